@@ -1,0 +1,9 @@
+"""`python -m gpumux` runs the same command line as `gpumux`."""
+
+from __future__ import annotations
+
+import sys
+
+from gpumux.cli import main
+
+sys.exit(main())

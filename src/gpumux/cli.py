@@ -1,0 +1,107 @@
+"""The `gpumux` command line: serve, validate, schema, simulate, status, switch.
+
+Owns: argument parsing, mapping problems to exit codes (0 ok, 2 invalid config or
+usage), and printing. The only module that exits the process.
+Does not: contain behaviour; each subcommand calls into the package.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from gpumux.config import ConfigProblems, json_schema
+from gpumux.config_loader import load_config
+
+EXIT_OK = 0
+EXIT_CONFIG = 2  # also systemd's RestartPreventExitStatus: a bad config never loops
+
+
+def _print_problems(problems: ConfigProblems) -> None:
+    for warning in problems.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    for error in problems.errors:
+        print(f"error: {error}", file=sys.stderr)
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    try:
+        _config, warnings = load_config(args.config)
+    except ConfigProblems as problems:
+        _print_problems(problems)
+        print(f"{args.config}: {len(problems.errors)} problem(s)", file=sys.stderr)
+        return EXIT_CONFIG
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    print(f"{args.config}: ok")
+    return EXIT_OK
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    print(json.dumps(json_schema(), indent=2))
+    return EXIT_OK
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from gpumux.daemon import ServeOptions, serve
+    from gpumux.logs import configure_logging, default_format
+
+    try:
+        config, warnings = load_config(args.config)
+    except ConfigProblems as problems:
+        _print_problems(problems)
+        return EXIT_CONFIG
+    configure_logging(args.log_format or default_format())
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    options = ServeOptions(
+        port=args.port, admin_port=args.admin_port, metrics_port=args.metrics_port
+    )
+    return serve(config, options)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gpumux", description=__doc__.splitlines()[0] if __doc__ else None
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the daemon")
+    serve.add_argument("config")
+    serve.add_argument("--port", type=int)
+    serve.add_argument("--admin-port", type=int)
+    serve.add_argument("--metrics-port", type=int)
+    serve.add_argument("--log-format", choices=["json", "console"])
+    serve.set_defaults(func=cmd_serve)
+
+    validate = sub.add_parser("validate", help="check a config; exit 0 or 2")
+    validate.add_argument("config")
+    validate.set_defaults(func=cmd_validate)
+
+    schema = sub.add_parser("schema", help="print the config's JSON Schema")
+    schema.set_defaults(func=cmd_schema)
+
+    try:
+        from gpumux.simulate import command as simulate_command
+    except ImportError:  # the simulator ships with the policies; absent in minimal builds
+        pass
+    else:
+        simulate = sub.add_parser(
+            "simulate", help="replay load against the scheduler in virtual time"
+        )
+        simulate_command.add_arguments(simulate)
+        simulate.set_defaults(func=simulate_command.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `gpumux` console script."""
+    args = build_parser().parse_args(argv)
+    code: int = args.func(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

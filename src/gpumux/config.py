@@ -1,0 +1,394 @@
+"""The configuration schema: pydantic models, derived values and every validation rule.
+
+Owns: the JSON contract of design §1 (field names follow llmux v1), the values gpumux
+derives from `extra_args` (tensor parallelism, memory utilisation, GPU indices) and the
+cross-field rules, reported all at once as errors (exit 2) or warnings.
+Does not: read files or the environment (that is `config_loader`), resolve secrets, or
+apply anything. Pure: no I/O, no clock.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import shlex
+from collections.abc import Iterator
+from enum import StrEnum
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+GIB = 1024**3
+
+
+class WeightStrategy(StrEnum):
+    """What happens to the weights when a model is evicted (vLLM sleep levels)."""
+
+    RETAIN = "retain"
+    OFFLOAD = "offload"  # sleep level 1: weights to host RAM, KV cache dropped
+    DISCARD = "discard"  # sleep level 2: weights and KV cache dropped
+
+
+class ProcessStrategy(StrEnum):
+    """What happens to the process after the weights step."""
+
+    KEEP_RUNNING = "keep_running"
+    CUDA_SUSPEND = "cuda_suspend"
+    CHECKPOINT = "checkpoint"
+    STOP = "stop"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class EvictionConfig(_Strict):
+    weights: WeightStrategy
+    process: ProcessStrategy
+
+    def __str__(self) -> str:
+        return f"{self.weights.value}+{self.process.value}"
+
+    @property
+    def needs_sleep_mode(self) -> bool:
+        return (
+            self.weights is not WeightStrategy.RETAIN and self.process is not ProcessStrategy.STOP
+        )
+
+    @property
+    def needs_checkpoint_section(self) -> bool:
+        return self.process in (ProcessStrategy.CUDA_SUSPEND, ProcessStrategy.CHECKPOINT)
+
+    def nonsense_reason(self) -> str | None:
+        """Why this pair can never be useful, or None when it can."""
+        if self.weights is WeightStrategy.RETAIN and self.process is ProcessStrategy.KEEP_RUNNING:
+            return "retain+keep_running frees no GPU memory, so evicting would change nothing"
+        return None
+
+    @classmethod
+    def parse(cls, text: str) -> EvictionConfig:
+        """Parse the CLI form `WEIGHTS+PROCESS`, e.g. `discard+checkpoint`."""
+        weights, sep, process = text.partition("+")
+        if not sep:
+            raise ValueError(f"eviction must look like WEIGHTS+PROCESS, got {text!r}")
+        return cls(weights=WeightStrategy(weights), process=ProcessStrategy(process))
+
+
+DEFAULT_EVICTION = EvictionConfig(
+    weights=WeightStrategy.OFFLOAD, process=ProcessStrategy.KEEP_RUNNING
+)
+
+
+class ModelConfig(_Strict):
+    model_path: str = Field(min_length=1)
+    port: int = Field(ge=1, le=65535, strict=True)
+    extra_args: list[str] = Field(default_factory=list)
+    env: dict[str, str] = Field(default_factory=dict)
+    gpus: list[int] | None = None
+    eviction: EvictionConfig | None = None
+    checkpoint_path: str | None = None
+    enable_sleep_mode: bool = True
+    startup_timeout_secs: float = Field(default=600, gt=0)
+    max_queue: int = Field(default=256, ge=1)
+    max_num_seqs: int = Field(default=256, ge=1, description="Simulator batch size.")
+
+    @property
+    def tensor_parallel_size(self) -> int:
+        value = _flag_value(self.extra_args, "--tensor-parallel-size", "-tp")
+        return int(value) if value is not None else 1
+
+    @property
+    def gpu_memory_utilization(self) -> float:
+        value = _flag_value(self.extra_args, "--gpu-memory-utilization")
+        return float(value) if value is not None else 0.9
+
+    @property
+    def gpu_indices(self) -> tuple[int, ...]:
+        if self.gpus is not None:
+            return tuple(self.gpus)
+        return tuple(range(self.tensor_parallel_size))
+
+    def has_flag(self, flag: str) -> bool:
+        return any(arg == flag or arg.startswith(flag + "=") for arg in self.extra_args)
+
+
+def _flag_value(args: list[str], *flags: str) -> str | None:
+    """The value of the last `--flag N` or `--flag=N` in args (vLLM's argparse keeps the last)."""
+    found: str | None = None
+    for i, arg in enumerate(args):
+        for flag in flags:
+            if arg == flag and i + 1 < len(args):
+                found = args[i + 1]
+            elif arg.startswith(flag + "="):
+                found = arg.split("=", 1)[1]
+    return found
+
+
+class PolicyConfig(_Strict):
+    policy_type: Literal["fifo", "cost_aware", "time_slice"] = "fifo"
+    request_timeout_secs: float = Field(default=300, gt=0)
+    drain_before_switch: bool = True
+    drain_timeout_secs: float = Field(default=60, ge=0)
+    min_active_secs: float = Field(default=5, ge=0)
+    coalesce_window_ms: float = Field(default=2000, ge=0)
+    amortization_factor: float = Field(default=0.5, gt=0)
+    max_wait_secs: float = Field(default=15, gt=0)
+    tick_interval_ms: float = Field(default=500, gt=0)
+    min_quantum_ms: float = Field(default=2000, ge=0)
+    eviction: EvictionConfig = DEFAULT_EVICTION
+
+
+class ObjectStoreConfig(_Strict):
+    endpoint: str
+    bucket: str
+    region: str = "us-east-1"
+    prefix: str = ""
+    access_key: str | None = None
+    secret_key: str | None = None
+
+
+class CheckpointConfig(_Strict):
+    criu_path: str = "criu"
+    cuda_plugin_dir: str | None = "/usr/lib/criu/"
+    images_dir: str = "/var/lib/gpumux/images"
+    cuda_checkpoint_path: str = "cuda-checkpoint"
+    keep_images: bool = True
+    object_store: ObjectStoreConfig | None = None
+
+
+class GpuConfig(_Strict):
+    """Where GPU memory facts come from. `fake` reads the ledger mock backends book into."""
+
+    probe: Literal["auto", "nvml", "fake", "none"] = "auto"
+    fake_capacity_gib: list[float] = Field(default_factory=lambda: [80.0])
+    fake_ledger_path: str | None = None
+    sleeping_residual_gib: float = Field(default=1.0, ge=0)
+
+
+class SupervisionConfig(_Strict):
+    """Named deadlines and restart limits for backends (every wait has one)."""
+
+    stop_grace_secs: float = Field(default=10, gt=0)
+    sleep_timeout_secs: float = Field(default=120, gt=0)
+    wake_timeout_secs: float = Field(default=300, gt=0)
+    warmup_timeout_secs: float = Field(default=120, gt=0)
+    health_interval_secs: float = Field(default=5, gt=0)
+    health_timeout_secs: float = Field(default=5, gt=0)
+    health_failures_before_restart: int = Field(default=3, ge=1)
+    upstream_connect_timeout_secs: float = Field(default=5, gt=0)
+    upstream_idle_timeout_secs: float = Field(default=600, gt=0)
+    restart_backoff_secs: float = Field(default=1, ge=0)
+    restart_backoff_max_secs: float = Field(default=60, ge=0)
+    max_start_failures: int = Field(default=3, ge=1)
+    failed_retry_secs: float = Field(default=60, gt=0)
+    shutdown_timeout_secs: float = Field(default=30, gt=0)
+
+
+class Config(_Strict):
+    models: dict[str, ModelConfig] = Field(min_length=1)
+    policy: PolicyConfig = PolicyConfig()
+    port: int = Field(default=3000, ge=0, le=65535, strict=True)
+    host: str = "0.0.0.0"
+    metrics_port: int = Field(default=9090, ge=0, le=65535, strict=True)
+    admin_port: int | None = Field(default=None, ge=0, le=65535, strict=True)
+    admin_host: str = "127.0.0.1"
+    vllm_command: str | list[str] = "vllm"
+    checkpoint: CheckpointConfig | None = None
+    warmup: bool = False
+    api_keys_env: str | None = None
+    admin_token_env: str | None = None
+    max_request_body_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
+    state_dir: str | None = None
+    gpu: GpuConfig = GpuConfig()
+    supervision: SupervisionConfig = SupervisionConfig()
+
+    @property
+    def vllm_argv(self) -> list[str]:
+        if isinstance(self.vllm_command, str):
+            return shlex.split(self.vllm_command)
+        return list(self.vllm_command)
+
+    def eviction_for(self, alias: str) -> EvictionConfig:
+        """The model's own eviction, else the policy default (which must really apply)."""
+        return self.models[alias].eviction or self.policy.eviction
+
+
+class ConfigProblems(Exception):
+    """Every problem found in a config, so the operator fixes them in one pass."""
+
+    def __init__(self, errors: list[str], warnings: list[str]) -> None:
+        super().__init__("\n".join(errors))
+        self.errors = errors
+        self.warnings = warnings
+
+
+def parse_config(raw: object) -> tuple[Config, list[str]]:
+    """Validate a decoded JSON document; return the config and its warnings.
+
+    Raises ConfigProblems listing every schema error, or (when the schema holds) every
+    cross-field error.
+    """
+    try:
+        config = Config.model_validate(raw)
+    except ValidationError as exc:
+        errors = [_format_pydantic_error(e) for e in exc.errors()]
+        errors.extend(_raw_port_collisions(raw))
+        raise ConfigProblems(errors, []) from None
+    errors = list(semantic_errors(config))
+    warnings = list(semantic_warnings(config))
+    if errors:
+        raise ConfigProblems(errors, warnings)
+    return config, warnings
+
+
+def _format_pydantic_error(error: object) -> str:
+    assert isinstance(error, dict)
+    where = ".".join(str(part) for part in error.get("loc", ())) or "(top level)"
+    message = str(error.get("msg", "invalid"))
+    if error.get("type") == "extra_forbidden":
+        message = "unknown key"
+    return f"{where}: {message}"
+
+
+def _raw_port_collisions(raw: object) -> Iterator[str]:
+    """Port collisions are worth reporting even when other fields fail the schema."""
+    if not isinstance(raw, dict):
+        return
+    claims: list[tuple[str, object]] = [
+        ("port", raw.get("port", 3000)),
+        ("metrics_port", raw.get("metrics_port", 9090)),
+        ("admin_port", raw.get("admin_port")),
+    ]
+    models = raw.get("models")
+    if isinstance(models, dict):
+        claims += [
+            (f"models.{alias}.port", m.get("port"))
+            for alias, m in models.items()
+            if isinstance(m, dict)
+        ]
+    yield from _collisions(
+        [(name, p) for name, p in claims if type(p) is int and p > 0]  # bool is not a port
+    )
+
+
+def _collisions(claims: list[tuple[str, int]]) -> Iterator[str]:
+    owner: dict[int, str] = {}
+    for name, port in claims:
+        if port in owner:
+            yield f"{name}: port {port} is already used by {owner[port]}"
+        else:
+            owner[port] = name
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def semantic_errors(config: Config) -> Iterator[str]:
+    claims = [("port", config.port)]
+    if config.metrics_port:
+        claims.append(("metrics_port", config.metrics_port))
+    if config.admin_port:
+        claims.append(("admin_port", config.admin_port))
+    claims += [(f"models.{alias}.port", m.port) for alias, m in config.models.items()]
+    yield from _collisions(claims)
+
+    exposed = config.admin_port is not None and not _is_loopback(config.admin_host)
+    if exposed and not config.admin_token_env:
+        yield (
+            f"admin_host: {config.admin_host} is not loopback; set admin_token_env "
+            "so the admin API requires a token"
+        )
+    if not config.vllm_argv:
+        yield "vllm_command: must name a program"
+
+    gpu_count = len(config.gpu.fake_capacity_gib) if config.gpu.probe == "fake" else None
+    for alias, model in config.models.items():
+        where = f"models.{alias}"
+        if not alias.strip():
+            yield f"{where}: alias must be a non-empty model name"
+        eviction = config.eviction_for(alias)
+        source = "eviction" if model.eviction else "policy.eviction (the default)"
+        reason = eviction.nonsense_reason()
+        if reason:
+            yield f"{where}.{source}: {reason}"
+        if eviction.needs_checkpoint_section and config.checkpoint is None:
+            yield f"{where}: {source} {eviction} needs a top-level `checkpoint` section"
+        if model.checkpoint_path is not None and config.checkpoint is None:
+            yield f"{where}.checkpoint_path: needs a top-level `checkpoint` section"
+        try:
+            tp = model.tensor_parallel_size
+            util = model.gpu_memory_utilization
+        except ValueError:
+            yield (
+                f"{where}.extra_args: --tensor-parallel-size / --gpu-memory-utilization "
+                "must be numbers"
+            )
+            continue
+        if tp < 1:
+            yield f"{where}.extra_args: --tensor-parallel-size must be at least 1"
+        if not 0 < util <= 1:
+            yield f"{where}.extra_args: --gpu-memory-utilization must be in (0, 1], got {util}"
+        if model.gpus is not None:
+            if len(model.gpus) != tp:
+                yield f"{where}.gpus: lists {len(model.gpus)} GPUs but tensor parallel size is {tp}"
+            if len(set(model.gpus)) != len(model.gpus):
+                yield f"{where}.gpus: lists a GPU twice"
+            if any(g < 0 for g in model.gpus):
+                yield f"{where}.gpus: GPU indices are non-negative"
+        if gpu_count is not None and any(g >= gpu_count for g in model.gpu_indices):
+            yield (
+                f"{where}.gpus: uses GPU {max(model.gpu_indices)} "
+                f"but gpu.fake_capacity_gib lists {gpu_count}"
+            )
+        for flag in ("--host", "--port", "--served-model-name", "--enable-sleep-mode"):
+            if model.has_flag(flag):
+                yield f"{where}.extra_args: {flag} is set by gpumux; remove it"
+
+
+def _tp_or_one(model: ModelConfig) -> int:
+    """Tensor parallel size, or 1 where extra_args spell it wrong (semantic_errors reports that)."""
+    try:
+        return model.tensor_parallel_size
+    except ValueError:
+        return 1
+
+
+def semantic_warnings(config: Config) -> Iterator[str]:
+    for alias, model in config.models.items():
+        where = f"models.{alias}"
+        eviction = config.eviction_for(alias)
+        if eviction.needs_checkpoint_section and _tp_or_one(model) > 1:
+            for flag, why in (
+                ("--enforce-eager", "CUDA graphs hold NCCL handles that do not survive a suspend"),
+                (
+                    "--disable-custom-all-reduce",
+                    "custom all-reduce IPC buffers do not survive a suspend",
+                ),
+            ):
+                if not model.has_flag(flag):
+                    yield f"{where}: TP>1 with {eviction} but no {flag} ({why})"
+        if eviction.needs_sleep_mode and not model.enable_sleep_mode:
+            yield (
+                f"{where}: eviction {eviction} uses vLLM sleep but enable_sleep_mode is false; "
+                "vLLM will refuse /sleep"
+            )
+        if (
+            eviction.process is ProcessStrategy.STOP
+            and eviction.weights is not WeightStrategy.RETAIN
+        ):
+            yield f"{where}: {eviction} skips the weights step (the process is stopped anyway)"
+    store = config.checkpoint.object_store if config.checkpoint else None
+    if store is not None and (store.access_key or store.secret_key):
+        yield (
+            "checkpoint.object_store: keys written in the config file; prefer AWS_ACCESS_KEY_ID/"
+            "AWS_SECRET_ACCESS_KEY or the credential chain"
+        )
+
+
+def json_schema() -> dict[str, object]:
+    return Config.model_json_schema()

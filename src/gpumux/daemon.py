@@ -1,0 +1,222 @@
+"""The composition root: builds every component from the config and runs them in order.
+
+Owns: start-up order (sweep leftovers → subreaper → reaper → ledger/probe → scheduler →
+listeners), the background tasks, signal handling, and the shutdown sequence (stop
+accepting → fail queues → drain in-flight within `shutdown_timeout_secs` → stop every
+tree → exit 0).
+Does not: contain decisions; everything here is wiring.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import structlog
+from aiohttp import web
+
+from gpumux.backends import Backends
+from gpumux.config import GIB, Config
+from gpumux.fake_ledger import create_ledger
+from gpumux.gpu_probe import GpuProbe, host_memory_available, open_probe
+from gpumux.metrics import Metrics, measure_loop_lag, metrics_app
+from gpumux.observer import DaemonObserver
+from gpumux.orchestrator import Orchestrator
+from gpumux.policy.base import make_policy
+from gpumux.procs import ChildRegistry, Reaper, set_child_subreaper, sweep_leftovers
+from gpumux.proxy import Proxy
+from gpumux.proxy_auth import ApiKeys
+from gpumux.scheduler import Scheduler
+from gpumux.scheduler_core import SchedulerCore
+from gpumux.states import DAEMON_TRANSITIONS, DaemonState, transition
+
+log = structlog.get_logger("gpumux.daemon")
+
+#: Nominal per-GPU capacity when no probe can tell (placement then reasons in fractions).
+NOMINAL_CAPACITY_BYTES = 80 * GIB
+#: How often GPU and host memory gauges are refreshed.
+MEMORY_POLL_SECS = 2.0
+LOOP_LAG_INTERVAL_SECS = 0.5
+#: Upstream keep-alive must stay below vLLM's own 5 s idle close.
+UPSTREAM_KEEPALIVE_SECS = 4.0
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    port: int | None = None
+    admin_port: int | None = None
+    metrics_port: int | None = None
+
+
+def resolve_state_dir(config: Config) -> Path:
+    if config.state_dir:
+        return Path(config.state_dir)
+    if os.environ.get("STATE_DIRECTORY"):  # systemd StateDirectory=
+        return Path(os.environ["STATE_DIRECTORY"].split(":")[0])
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "gpumux"
+
+
+class Daemon:
+    def __init__(self, config: Config, options: ServeOptions) -> None:
+        self.config = config
+        self.options = options
+        self.state = DaemonState.STARTING
+        self._stop = asyncio.Event()
+
+    def _set_state(self, target: DaemonState) -> None:
+        before = self.state
+        self.state = transition(DAEMON_TRANSITIONS, before, target, what="daemon")
+        log.info("daemon_state_changed", before=before.value, after=target.value)
+
+    @property
+    def shutting_down(self) -> bool:
+        return self.state is not DaemonState.SERVING
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def run(self) -> int:
+        config = self.config
+        state_dir = resolve_state_dir(config)
+        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        swept = sweep_leftovers(state_dir)
+        if swept:
+            log.warning("leftovers_swept", pids=swept)
+        set_child_subreaper()
+        loop = asyncio.get_running_loop()
+        reaper = Reaper()
+        reaper.install(loop)
+        ledger_path = self._prepare_ledger(state_dir)
+        probe = await open_probe(config.gpu, ledger_path=ledger_path)
+        capacity = await self._capacity(probe)
+        metrics = Metrics()
+        metrics.init_models(config.models)
+        observer = DaemonObserver(metrics)
+        core = SchedulerCore(config, make_policy(config.policy), capacity)
+        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=UPSTREAM_KEEPALIVE_SECS)
+        session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
+        scheduler_ref: list[Scheduler] = []
+        backends = Backends(
+            config,
+            session=session,
+            reaper=reaper,
+            registry=ChildRegistry(state_dir),
+            log_dir=state_dir / "logs",
+            ledger_path=ledger_path,
+            on_exit=lambda model, pid, code: scheduler_ref[0].process_exited(model, pid, code),
+        )
+        scheduler = Scheduler(core, Orchestrator(backends, loop.time), observer, loop.time)
+        scheduler_ref.append(scheduler)
+        api_keys = ApiKeys.from_env_value(os.environ.get(config.api_keys_env or "", ""))
+        proxy = Proxy(config, scheduler, session, metrics, api_keys, lambda: self.shutting_down)
+        runners: list[web.AppRunner] = []
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(scheduler.run(), name="scheduler")
+                tasks.create_task(
+                    measure_loop_lag(metrics, LOOP_LAG_INTERVAL_SECS), name="loop-lag"
+                )
+                tasks.create_task(self._poll_memory(probe, metrics), name="memory-poll")
+                port = self.options.port if self.options.port is not None else config.port
+                runners.append(
+                    await _listen(proxy.app(), config.host, port, cancel_on_disconnect=True)
+                )
+                metrics_port = (
+                    self.options.metrics_port
+                    if self.options.metrics_port is not None
+                    else config.metrics_port
+                )
+                if metrics_port:
+                    runners.append(await _listen(metrics_app(metrics), config.host, metrics_port))
+                self._install_signals(loop)
+                self._set_state(DaemonState.SERVING)
+                log.info(
+                    "daemon_ready", port=port, metrics_port=metrics_port, models=list(config.models)
+                )
+                await self._stop.wait()
+                await self._shutdown(scheduler, backends)
+                raise _Finished
+        except* _Finished:
+            pass
+        finally:
+            for runner in reversed(runners):
+                await runner.cleanup()
+            await backends.close()
+            await session.close()
+            probe.close()
+            reaper.uninstall()
+        self._set_state(DaemonState.STOPPED)
+        log.info("daemon_stopped")
+        return 0
+
+    async def _shutdown(self, scheduler: Scheduler, backends: Backends) -> None:
+        self._set_state(DaemonState.DRAINING)
+        log.info("daemon_stopping")
+        scheduler.begin_shutdown()
+        deadline = self.config.supervision.shutdown_timeout_secs
+        try:
+            async with asyncio.timeout(deadline):
+                await scheduler.wait_idle()
+        except TimeoutError:
+            log.warning("shutdown_drain_timed_out", timeout_s=deadline)
+            scheduler.force_stop()
+        try:
+            async with asyncio.timeout(deadline):
+                await scheduler.wait_stopped()
+        except TimeoutError:
+            log.warning("shutdown_stop_timed_out", timeout_s=deadline)
+        await backends.close()
+
+    def _prepare_ledger(self, state_dir: Path) -> Path | None:
+        gpu = self.config.gpu
+        if gpu.probe != "fake":
+            return None
+        path = (
+            Path(gpu.fake_ledger_path)
+            if gpu.fake_ledger_path
+            else state_dir / "fake-gpu-ledger.json"
+        )
+        create_ledger(path, [int(gib * GIB) for gib in gpu.fake_capacity_gib])
+        return path
+
+    async def _capacity(self, probe: GpuProbe) -> dict[int, int]:
+        gpus = await probe.read()
+        if gpus:
+            return {g.index: g.total_bytes for g in gpus}
+        indices = {i for m in self.config.models.values() for i in m.gpu_indices}
+        log.warning("gpu_capacity_unknown", probe=probe.name, nominal_bytes=NOMINAL_CAPACITY_BYTES)
+        return dict.fromkeys(indices, NOMINAL_CAPACITY_BYTES)
+
+    async def _poll_memory(self, probe: GpuProbe, metrics: Metrics) -> None:
+        while True:
+            metrics.set_gpu_memory(await probe.read())
+            metrics.host_memory_available.set(await host_memory_available())
+            await asyncio.sleep(MEMORY_POLL_SECS)
+
+    def _install_signals(self, loop: asyncio.AbstractEventLoop) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+
+
+class _Finished(Exception):
+    """Leaves the task group once shutdown is complete (cancels the background tasks)."""
+
+
+async def _listen(
+    app: web.Application, host: str, port: int, *, cancel_on_disconnect: bool = False
+) -> web.AppRunner:
+    # handler_cancellation: a client that leaves cancels its handler, which closes the
+    # upstream request so vLLM aborts it (aiohttp's default is False in production).
+    runner = web.AppRunner(app, handler_cancellation=cancel_on_disconnect, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    return runner
+
+
+def serve(config: Config, options: ServeOptions) -> int:
+    return asyncio.run(Daemon(config, options).run())

@@ -1,0 +1,228 @@
+"""Logging for gpumux: structlog configuration, secret/prompt redaction, event catalogue.
+
+Owns: `configure_logging()` (JSON lines or a console renderer on stderr, with `ts` in
+ISO-8601 UTC, `level`, `event` and any contextvars bound with
+`structlog.contextvars.bind_contextvars`, e.g. `request_id`), which also routes the
+standard library's loggers (aiohttp, asyncio, botocore) through the same processors;
+`default_format()`; `redact_secrets`, the processor that masks secrets and prompt text;
+and `EVENTS`, the catalogue of event names used across gpumux.
+
+Does not: decide what to log (each owner logs its own events, named from `EVENTS`),
+re-emit backend output (the process adapter does, as `backend_output`), or rate-limit.
+
+Loggers are not cached on first use, so `configure_logging` and
+`structlog.testing.capture_logs` apply to module-level `structlog.get_logger()` loggers
+obtained earlier.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import re
+import sys
+from collections.abc import Mapping
+from typing import Final, Literal
+
+import structlog
+from structlog.typing import EventDict, Processor, WrappedLogger
+
+LogFormat = Literal["json", "console"]
+
+#: Event names used across gpumux, with what each means. Log with these names; add new
+#: ones here (a test checks the names are snake_case).
+EVENT_CATALOGUE: Final[Mapping[str, str]] = {
+    # daemon lifecycle
+    "daemon_starting": "config loaded, components starting",
+    "daemon_ready": "proxy listening; READY=1 sent to systemd",
+    "daemon_stopping": "shutdown began (signal or fatal error)",
+    "daemon_stopped": "everything drained, stopped and reaped",
+    "config_warning": "a validation warning (the config still loads)",
+    "listener_started": "a port (proxy, admin, metrics) is bound",
+    # model lifecycle and switching
+    "state_changed": "a model moved between lifecycle states (from, to)",
+    "switch_started": "a switch began (from, to, strategy, switch_id)",
+    "switch_phase": "one phase of a switch finished (phase, duration)",
+    "switch_finished": "a switch completed (outcome ok or fallback, duration)",
+    "switch_failed": "a switch failed; the target is failed or cold-starting",
+    "switch_fallback": "a wake failed and a cold start was tried instead",
+    "mode_changed": "scheduling mode switched between auto and manual",
+    # requests
+    "request_queued": "a request waits for its model",
+    "request_granted": "a request got a lease",
+    "request_rejected": "a request was refused (queue_full, model_unavailable, ...)",
+    "request_timed_out": "a request waited past request_timeout_secs",
+    "request_cancelled": "the client left while queued",
+    "request_finished": "a proxied request completed (status, durations)",
+    "upstream_error": "the backend failed a proxied request",
+    # processes and backends
+    "process_spawned": "a backend process tree started (pid)",
+    "process_exited": "a backend process exited (pid, returncode or signal)",
+    "process_killed": "a backend tree was killed after the grace period",
+    "backend_output": "a line of a backend's stdout/stderr (model, pid)",
+    "backend_healthy": "a backend answered /health 200",
+    "backend_unhealthy": "a backend failed health checks",
+    "backend_restarting": "a backend is restarted after a crash or failed health",
+    # checkpoints and images
+    "checkpoint_started": "a CRIU dump or cuda-checkpoint toggle began",
+    "checkpoint_finished": "a dump/restore/toggle finished",
+    "checkpoint_failed": "a dump/restore/toggle failed",
+    "image_quarantined": "a restore failed and the image was set aside",
+    "transfer_progress": "an image upload/download progressed",
+    "transfer_finished": "an image upload/download finished",
+    "transfer_failed": "an image upload/download failed",
+    # resources and health
+    "gpu_probe_selected": "which GPU probe is in use (and why NVML is not)",
+    "gpu_probe_failed": "a GPU probe read failed; last values kept",
+    "loop_lag_high": "the event loop woke far later than asked",
+    "admin_command": "an admin API command was accepted (command, model)",
+}
+EVENTS: Final = frozenset(EVENT_CATALOGUE)
+
+REDACTED: Final = "[redacted]"
+
+#: Key words (after splitting a key on `_`, `-`, `.` and camelCase) that mark a secret or
+#: user content. `api_key`/`apikey`/`x-api-key` are matched as a pair of words too.
+_SENSITIVE_WORDS: Final = frozenset(
+    {
+        "authorization",
+        "auth",
+        "apikey",
+        "token",
+        "secret",
+        "password",
+        "passwd",
+        "credential",
+        "credentials",
+        "cookie",
+        "prompt",
+        "messages",
+        "input",
+    }
+)
+#: A sensitive key whose last word is one of these and whose value is a number is a
+#: count, not content (`prompt_tokens=12`, `messages_count=3`): it is kept.
+_COUNT_WORDS: Final = frozenset(
+    {"tokens", "count", "len", "length", "bytes", "chars", "ms", "secs", "seconds"}
+)
+_WORD_SPLIT = re.compile(r"[_\-.\s]+|(?<=[a-z0-9])(?=[A-Z])")
+_BEARER = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]+")
+_MAX_DEPTH: Final = 6
+_HANDLER_NAME: Final = "gpumux"
+_CHATTY_LIBRARIES: Final = ("botocore", "boto3", "s3transfer", "urllib3")
+
+
+def is_sensitive_key(key: str) -> bool:
+    words = [w.lower() for w in _WORD_SPLIT.split(key) if w]
+    if any(w in _SENSITIVE_WORDS for w in words):
+        return True
+    return any(a == "api" and b == "key" for a, b in itertools.pairwise(words))
+
+
+def _is_count(key: str, value: object) -> bool:
+    words = [w.lower() for w in _WORD_SPLIT.split(key) if w]
+    numeric = isinstance(value, int | float) and not isinstance(value, bool)
+    return numeric and bool(words) and words[-1] in _COUNT_WORDS
+
+
+def _scrub(value: object, depth: int) -> object:
+    if depth > _MAX_DEPTH:
+        return value
+    if isinstance(value, str):
+        return _BEARER.sub(lambda m: f"{m.group(1)} {REDACTED}", value)
+    if isinstance(value, Mapping):
+        return {k: _scrub_item(str(k), v, depth + 1) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_scrub(v, depth + 1) for v in value]
+    if isinstance(value, tuple):
+        return tuple(_scrub(v, depth + 1) for v in value)
+    return value
+
+
+def _scrub_item(key: str, value: object, depth: int) -> object:
+    if is_sensitive_key(key) and not _is_count(key, value) and value is not None:
+        return REDACTED
+    return _scrub(value, depth)
+
+
+def redact_secrets(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
+    """Mask secrets and prompt text before anything renders.
+
+    A value is replaced by `[redacted]` when its key names a secret or user content
+    (authorization, api_key, token, secret, password, cookie, prompt, messages, input —
+    as a word of the key, at any depth of nested dicts), unless it is a number under a
+    count-like key (`prompt_tokens=12`). `Bearer …` credentials inside any string are
+    masked too. The caller's objects are never mutated. `event` itself is kept.
+    """
+    for key, value in list(event_dict.items()):
+        if key == "event":
+            continue
+        event_dict[key] = _scrub_item(key, value, 0)
+    return event_dict
+
+
+def default_format() -> LogFormat:
+    """`console` when stderr is a terminal, else `json` (journald, files, pipes)."""
+    stream = sys.stderr
+    return "console" if stream is not None and stream.isatty() else "json"
+
+
+def _level_number(level: str) -> int:
+    number = logging.getLevelNamesMapping().get(level.upper())
+    if number is None:
+        raise ValueError(f"unknown log level {level!r}")
+    return number
+
+
+def configure_logging(fmt: LogFormat, level: str = "info") -> None:
+    """Configure structlog and the stdlib root logger to write `fmt` lines to stderr.
+
+    Idempotent: a second call replaces the first (only gpumux's own root handler is
+    replaced; handlers others installed stay).
+    """
+    threshold = _level_number(level)
+    shared: list[Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True, key="ts"),
+        redact_secrets,
+    ]
+    renderer: Processor
+    if fmt == "json":
+        shared += [structlog.processors.StackInfoRenderer(), structlog.processors.format_exc_info]
+        renderer = structlog.processors.JSONRenderer()
+    elif fmt == "console":
+        renderer = structlog.dev.ConsoleRenderer(colors=_stderr_isatty(), timestamp_key="ts")
+    else:
+        raise ValueError(f"unknown log format {fmt!r}")
+
+    structlog.configure(
+        processors=[*shared, renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(threshold),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=False,
+    )
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.set_name(_HANDLER_NAME)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                renderer,
+            ],
+            foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared],
+        )
+    )
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if h.get_name() == _HANDLER_NAME]:
+        root.removeHandler(old)
+        old.close()
+    root.addHandler(handler)
+    root.setLevel(threshold)
+    for name in _CHATTY_LIBRARIES:  # their DEBUG is wire traffic, not gpumux's story
+        logging.getLogger(name).setLevel(max(threshold, logging.INFO))
+
+
+def _stderr_isatty() -> bool:
+    return sys.stderr is not None and sys.stderr.isatty()

@@ -1,0 +1,79 @@
+"""Turns the scheduler's observations into metrics and structured log events.
+
+Owns: the mapping from scheduler commands (state changes, switches, restarts, queue
+waits) to `gpumux_*` metrics and log lines, and a bounded history of recent events
+for the status API.
+Does not: change any state.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+
+import structlog
+
+from gpumux.metrics import Metrics
+from gpumux.scheduler_messages import Note, QueueWait, Restarted, StateChanged, SwitchFinished
+
+log = structlog.get_logger("gpumux.scheduler")
+
+#: Events kept for the status API / dashboard.
+HISTORY = 200
+
+
+class DaemonObserver:
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+        self.events: deque[dict[str, object]] = deque(maxlen=HISTORY)
+        self.last_switch: dict[str, dict[str, object]] = {}
+
+    def _remember(self, event: str, **fields: object) -> None:
+        self.events.append({"t": time.time(), "event": event, **fields})
+
+    def state_changed(self, event: StateChanged) -> None:
+        self._metrics.set_model_state(event.model, event.after)
+        log.info(
+            "state_changed", model=event.model, before=event.before.value, after=event.after.value
+        )
+        self._remember(
+            "state_changed", model=event.model, before=event.before.value, after=event.after.value
+        )
+
+    def switch_finished(self, event: SwitchFinished) -> None:
+        m = self._metrics
+        m.switch_duration.labels(event.strategy, event.outcome).observe(event.duration_secs)
+        source = event.victims[0] if event.victims else "-"
+        m.switches.labels(source, event.target, event.outcome).inc()
+        for phase, secs in event.phase_secs:
+            m.switch_phase.labels(phase).observe(secs)
+        fields: dict[str, object] = {
+            "switch_id": event.switch_id,
+            "target": event.target,
+            "victims": list(event.victims),
+            "strategy": event.strategy,
+            "outcome": event.outcome,
+            "duration_s": round(event.duration_secs, 4),
+            "phases": {phase: round(secs, 4) for phase, secs in event.phase_secs},
+        }
+        self.last_switch[event.target] = fields
+        log.info("switch_finished", **fields)
+        self._remember("switch_finished", **fields)
+
+    def restarted(self, event: Restarted) -> None:
+        self._metrics.backend_restarts.labels(event.model, event.reason).inc()
+        log.warning("backend_restarted", model=event.model, reason=event.reason)
+        self._remember("backend_restarted", model=event.model, reason=event.reason)
+
+    def queue_wait(self, event: QueueWait) -> None:
+        self._metrics.queue_wait.labels(event.model).observe(event.wait_secs)
+
+    def note(self, event: Note) -> None:
+        log.info(event.event, **event.fields)
+        self._remember(event.event, **event.fields)
+
+    def queues_changed(self, depths: dict[str, int], inflight: dict[str, int]) -> None:
+        for model, depth in depths.items():
+            self._metrics.queue_depth.labels(model).set(depth)
+        for model, count in inflight.items():
+            self._metrics.inflight.labels(model).set(count)

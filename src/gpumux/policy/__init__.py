@@ -1,0 +1,1 @@
+"""Switch policies: pure functions from a scheduler snapshot to decisions (design §5)."""

@@ -1,0 +1,92 @@
+"""The policy interface: the frozen snapshot a policy sees and the decision it returns.
+
+Owns: `ModelView`, `Snapshot`, `Decision`, the `Policy` protocol and the registry of
+policies by `policy_type`.
+Does not: evict, wake or read the clock; the scheduler builds the snapshot (with `now`)
+and carries the decision out, asking placement which victims make room. Pure.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from gpumux.config import PolicyConfig
+from gpumux.states import AWAKE_STATES, ModelState
+
+
+@dataclass(frozen=True)
+class ModelView:
+    alias: str
+    state: ModelState
+    queued: int
+    oldest_enqueued_at: float | None
+    inflight: int
+    ready_since: float | None
+    last_used_at: float
+    retry_not_before: float | None = None  # restart backoff: no start before this
+    wake_cost_secs: float = 0.0  # learned estimate of bringing it back
+    evict_cost_secs: float = 0.0  # learned estimate of evicting it
+    max_num_seqs: int = 256
+    fits_now: bool = False  # placement could wake it now without evicting anyone
+    gpus: tuple[int, ...] = ()  # GPUs it occupies when awake; () = unknown, assume all
+    switch_pending: bool = False  # a switch to bring it up has begun (victims may be draining)
+
+    @property
+    def awake(self) -> bool:
+        return self.state in AWAKE_STATES
+
+    @property
+    def serving(self) -> bool:
+        return self.state is ModelState.READY
+
+    @property
+    def has_demand(self) -> bool:
+        return self.queued > 0
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    now: float
+    models: Mapping[str, ModelView]
+    switching: bool  # an eviction or wake is under way somewhere
+    pinned: str | None = None  # manual mode: only this model may be woken
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Wake these models, in this order of priority; ask again at `recheck_at`."""
+
+    wake: tuple[str, ...] = ()
+    recheck_at: float | None = None
+    reasons: Mapping[str, str] = field(default_factory=dict)
+
+
+class Policy(Protocol):
+    name: str
+
+    def decide(self, snapshot: Snapshot) -> Decision: ...
+
+
+PolicyFactory = Callable[[PolicyConfig], Policy]
+
+
+def waiting(snapshot: Snapshot) -> list[ModelView]:
+    """Models with queued demand that are not serving, oldest request first."""
+    views = [
+        v
+        for v in snapshot.models.values()
+        if v.has_demand and not v.serving and v.oldest_enqueued_at is not None
+    ]
+    return sorted(views, key=lambda v: (v.oldest_enqueued_at, v.alias))
+
+
+def startable(view: ModelView, now: float) -> bool:
+    return view.retry_not_before is None or view.retry_not_before <= now
+
+
+def make_policy(config: PolicyConfig) -> Policy:
+    from gpumux.policy.registry import POLICIES
+
+    return POLICIES[config.policy_type](config)

@@ -1,0 +1,1 @@
+"""Shared helpers for the integration tiers: free ports, the daemon as a real process."""

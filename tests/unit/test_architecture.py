@@ -1,0 +1,384 @@
+"""The architecture rules of design §2, checked on the source tree as it is on disk.
+
+Modules are discovered at collection time, so files added later are held to the same
+rules: every module documents itself, imports flow one way (pure core → adapters →
+coordination → edges), modules stay small, and tests use fakes rather than mocks.
+"""
+
+from __future__ import annotations
+
+import ast
+import statistics
+from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
+from functools import cached_property
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.unit
+
+ROOT = Path(__file__).resolve().parents[2]
+PACKAGE_DIRS = {"gpumux": ROOT / "src" / "gpumux", "mock_vllm": ROOT / "mock_vllm"}
+TESTS_DIR = ROOT / "tests"
+
+#: Layer L0: no I/O, no clock, no logging (design §2).
+PURE = (
+    "gpumux.config",
+    "gpumux.errors",
+    "gpumux.states",
+    "gpumux.eviction",
+    "gpumux.placement",
+    "gpumux.policy",
+    "gpumux.policy.*",
+    "gpumux.costs",
+)
+#: What a pure module may not import: I/O, clocks, processes, logging, the network.
+PURE_FORBIDDEN_TOP_LEVEL = frozenset(
+    {
+        "aiohttp",
+        "anyio",
+        "boto3",
+        "botocore",
+        "pynvml",
+        "psutil",
+        "structlog",
+        "time",
+        "datetime",
+        "asyncio",
+        "subprocess",
+        "os",
+        "logging",
+        "socket",
+        "signal",
+        "threading",
+        "shutil",
+        "prometheus_client",
+    }
+)
+#: Layer L1: talks to the world, but never to coordination or edges.
+ADAPTERS = (
+    "gpumux.procs",
+    "gpumux.procs.*",
+    "gpumux.vllm_client",
+    "gpumux.gpu_probe",
+    "gpumux.fake_ledger",
+    "gpumux.criu*",
+    "gpumux.s3*",
+)
+#: Layers L2 and L3, which adapters must not reach up into.
+COORDINATION_AND_EDGES = (
+    "gpumux.scheduler*",
+    "gpumux.orchestrator*",
+    "gpumux.proxy*",
+    "gpumux.admin*",
+    "gpumux.daemon",
+    "gpumux.daemon.*",
+    "gpumux.cli",
+    "gpumux.cli.*",
+)
+
+MEDIAN_LINES_LIMIT = 150
+LONG_MODULE_LINES = 400
+MOCK_BOUNDARY_MARK = "# mock-boundary:"
+
+
+def matches(name: str, patterns: tuple[str, ...]) -> bool:
+    return any(fnmatchcase(name, pattern) for pattern in patterns)
+
+
+@dataclass(frozen=True)
+class Module:
+    """One source file and the dotted name it is imported under."""
+
+    name: str
+    path: Path
+    is_package: bool
+    known: frozenset[str] = field(compare=False, repr=False)
+
+    @cached_property
+    def source(self) -> str:
+        return self.path.read_text(encoding="utf-8")
+
+    @cached_property
+    def tree(self) -> ast.Module:
+        return ast.parse(self.source, filename=str(self.path))
+
+    @cached_property
+    def lines(self) -> int:
+        return len(self.source.splitlines())
+
+    def imports(self) -> list[tuple[str, int]]:
+        """(dotted name, line) of everything imported, relative imports resolved.
+
+        `from pkg import name` also yields `pkg.name` when that is a module of ours, so
+        `from gpumux import scheduler` counts as importing `gpumux.scheduler`.
+        """
+        found: list[tuple[str, int]] = []
+        for node in ast.walk(self.tree):
+            if isinstance(node, ast.Import):
+                found += [(alias.name, node.lineno) for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = self._resolve(node)
+                found.append((base, node.lineno))
+                for alias in node.names:
+                    candidate = f"{base}.{alias.name}"
+                    if candidate in self.known:
+                        found.append((candidate, node.lineno))
+        return found
+
+    def absolute_top_levels(self) -> list[tuple[str, int]]:
+        """Top-level package of every absolute import (the third-party/stdlib view)."""
+        found: list[tuple[str, int]] = []
+        for node in ast.walk(self.tree):
+            if isinstance(node, ast.Import):
+                found += [(alias.name.split(".")[0], node.lineno) for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                found.append((node.module.split(".")[0], node.lineno))
+        return found
+
+    def _resolve(self, node: ast.ImportFrom) -> str:
+        if node.level == 0:
+            return node.module or ""
+        parts = self.name.split(".")
+        if not self.is_package:
+            parts = parts[:-1]
+        parts = parts[: len(parts) - (node.level - 1)]
+        if node.module:
+            parts.append(node.module)
+        return ".".join(parts)
+
+
+def discover() -> list[Module]:
+    entries: list[tuple[str, Path, bool]] = []
+    for package, directory in PACKAGE_DIRS.items():
+        for path in sorted(directory.rglob("*.py")):
+            if "__pycache__" in path.parts:
+                continue
+            parts = [package, *path.relative_to(directory).with_suffix("").parts]
+            is_package = parts[-1] == "__init__"
+            if is_package:
+                parts = parts[:-1]
+            entries.append((".".join(parts), path, is_package))
+    known = frozenset(name for name, _, _ in entries)
+    return [Module(name, path, is_package, known) for name, path, is_package in entries]
+
+
+MODULES = discover()
+BY_NAME = {m.name: m for m in MODULES}
+PURE_MODULES = [m for m in MODULES if matches(m.name, PURE)]
+ADAPTER_MODULES = [m for m in MODULES if matches(m.name, ADAPTERS)]
+TEST_FILES = sorted(p for p in TESTS_DIR.rglob("*.py") if "__pycache__" not in p.parts)
+
+
+def ids(modules: list[Module]) -> list[str]:
+    return [m.name for m in modules]
+
+
+def test_discovery_finds_the_contract_modules() -> None:
+    """The walk sees the lead's core modules, so an empty parametrization cannot pass silently."""
+    for name in ("gpumux.config", "gpumux.errors", "gpumux.states", "gpumux.eviction"):
+        assert name in BY_NAME, name
+        assert BY_NAME[name] in PURE_MODULES
+    assert TEST_FILES
+
+
+# --- (a) docstrings ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("module", MODULES, ids=ids(MODULES))
+def test_module_has_a_docstring(module: Module) -> None:
+    """Every module opens with a docstring saying what it owns."""
+    docstring = ast.get_docstring(module.tree) or ""
+    assert docstring.strip(), f"{module.path.relative_to(ROOT)} has no docstring"
+
+
+# --- (b) import layering -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("module", PURE_MODULES, ids=ids(PURE_MODULES))
+def test_pure_module_imports_no_io_clock_or_logging(module: Module) -> None:
+    """The pure core imports nothing that does I/O, reads a clock, spawns or logs."""
+    bad = [
+        f"line {line}: {name}"
+        for name, line in module.absolute_top_levels()
+        if name in PURE_FORBIDDEN_TOP_LEVEL
+    ]
+    assert not bad, f"{module.name} is pure but imports: {', '.join(bad)}"
+
+
+@pytest.mark.parametrize("module", PURE_MODULES, ids=ids(PURE_MODULES))
+def test_pure_module_imports_only_pure_gpumux_modules(module: Module) -> None:
+    """The pure core depends on nothing above it (adapters, coordination, edges)."""
+    bad = [
+        f"line {line}: {name}"
+        for name, line in module.imports()
+        if (name == "gpumux" or name.startswith("gpumux."))
+        and name != "gpumux"
+        and not matches(name, PURE)
+    ]
+    assert not bad, f"{module.name} is pure but imports: {', '.join(bad)}"
+
+
+@pytest.mark.parametrize("module", ADAPTER_MODULES, ids=ids(ADAPTER_MODULES))
+def test_adapter_does_not_import_coordination_or_edges(module: Module) -> None:
+    """Adapters serve the scheduler and orchestrator; they never call up into them."""
+    bad = [
+        f"line {line}: {name}"
+        for name, line in module.imports()
+        if matches(name, COORDINATION_AND_EDGES)
+    ]
+    assert not bad, f"{module.name} is an adapter but imports: {', '.join(bad)}"
+
+
+def test_layer_patterns_do_not_overlap() -> None:
+    """No module is both pure and an adapter, so each is held to one set of rules."""
+    assert not set(ids(PURE_MODULES)) & set(ids(ADAPTER_MODULES))
+
+
+def test_relative_imports_are_resolved() -> None:
+    """`from ..x import y` and `from . import z` resolve like Python resolves them."""
+    known = frozenset(
+        {"gpumux", "gpumux.policy", "gpumux.policy.base", "gpumux.policy.fifo", "gpumux.scheduler"}
+    )
+    module = Module("gpumux.policy.fifo", ROOT / "x.py", False, known)
+    module.__dict__["tree"] = ast.parse(
+        "from ..scheduler import Loop\nfrom . import base\nfrom .. import scheduler\n"
+    )
+    names = {name for name, _ in module.imports()}
+    assert {"gpumux.scheduler", "gpumux.policy", "gpumux.policy.base", "gpumux"} <= names
+    package = Module("gpumux.policy", ROOT / "y.py", True, known)
+    package.__dict__["tree"] = ast.parse("from .fifo import Fifo\n")
+    assert [name for name, _ in package.imports()] == ["gpumux.policy.fifo"]
+
+
+def synthetic(name: str, source: str, *, known: frozenset[str] = frozenset()) -> Module:
+    module = Module(name, ROOT / "synthetic.py", False, known | {name})
+    module.__dict__["tree"] = ast.parse(source)
+    return module
+
+
+@pytest.mark.parametrize(
+    ("check", "name", "source"),
+    [
+        (test_pure_module_imports_no_io_clock_or_logging, "gpumux.placement", "import time\n"),
+        (test_pure_module_imports_no_io_clock_or_logging, "gpumux.policy.x", "from os import path"),
+        (test_pure_module_imports_only_pure_gpumux_modules, "gpumux.states", "import gpumux.proxy"),
+        (
+            test_pure_module_imports_only_pure_gpumux_modules,
+            "gpumux.policy.x",
+            "from ..metrics import m",
+        ),
+        (
+            test_adapter_does_not_import_coordination_or_edges,
+            "gpumux.s3_store",
+            "from gpumux import cli",
+        ),
+        (
+            test_adapter_does_not_import_coordination_or_edges,
+            "gpumux.procs.tree",
+            "from ..scheduler_core import X",
+        ),
+    ],
+)
+def test_layering_checks_catch_violations(check: object, name: str, source: str) -> None:
+    """Each layering check fails on a module that breaks its rule."""
+    assert callable(check)
+    module = synthetic(name, source, known=frozenset({"gpumux.cli"}))
+    with pytest.raises(AssertionError, match="imports"):
+        check(module)
+
+
+# --- (c) module size ---------------------------------------------------------------------
+
+
+def test_median_module_is_short() -> None:
+    """Modules stay small: the median is under 150 lines."""
+    lengths = [m.lines for m in MODULES]
+    median = statistics.median(lengths)
+    longest = sorted(MODULES, key=lambda m: m.lines, reverse=True)[:5]
+    assert median < MEDIAN_LINES_LIMIT, (
+        f"median module length {median} >= {MEDIAN_LINES_LIMIT}; longest: "
+        + ", ".join(f"{m.name} ({m.lines})" for m in longest)
+    )
+
+
+LONG_MODULES = [m for m in MODULES if m.lines > LONG_MODULE_LINES]
+
+
+@pytest.mark.parametrize("module", LONG_MODULES, ids=ids(LONG_MODULES))
+def test_long_module_says_why_in_its_docstring(module: Module) -> None:
+    """A module over 400 lines explains in its docstring why it is not split."""
+    docstring = (ast.get_docstring(module.tree) or "").lower()
+    assert "400" in docstring or "long because" in docstring, (
+        f"{module.name} has {module.lines} lines; say why in its docstring "
+        "(mention 400, or 'long because ...')"
+    )
+
+
+# --- (d) fakes over mocks ----------------------------------------------------------------
+
+
+def mock_uses(tree: ast.Module) -> list[ast.stmt | ast.expr]:
+    """Imports of unittest.mock in any spelling, and `unittest.mock` attribute access."""
+    uses: list[ast.stmt | ast.expr] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            if any(
+                a.name == "unittest.mock" or a.name.startswith("unittest.mock.") for a in node.names
+            ):
+                uses.append(node)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            module = node.module or ""
+            from_mock = module == "unittest.mock" or module.startswith("unittest.mock.")
+            mock_itself = module == "unittest" and any(a.name == "mock" for a in node.names)
+            if from_mock or mock_itself:
+                uses.append(node)
+        elif (
+            isinstance(node, ast.Attribute)
+            and node.attr == "mock"
+            and isinstance(node.value, ast.Name)
+            and node.value.id == "unittest"
+        ):
+            uses.append(node)
+    return uses
+
+
+def unmarked_mock_lines(source: str) -> list[int]:
+    lines = source.splitlines()
+    bad: list[int] = []
+    for node in mock_uses(ast.parse(source)):
+        end = node.end_lineno or node.lineno
+        span = lines[node.lineno - 1 : end]
+        if not any(MOCK_BOUNDARY_MARK in line for line in span):
+            bad.append(node.lineno)
+    return sorted(set(bad))
+
+
+@pytest.mark.parametrize("path", TEST_FILES, ids=[str(p.relative_to(ROOT)) for p in TEST_FILES])
+def test_tests_use_fakes_not_unittest_mock(path: Path) -> None:
+    """unittest.mock appears only on lines marked `# mock-boundary: <why>`."""
+    bad = unmarked_mock_lines(path.read_text(encoding="utf-8"))
+    assert not bad, (
+        f"{path.relative_to(ROOT)} imports unittest.mock on lines {bad}; use a fake, or mark "
+        f"the line with '{MOCK_BOUNDARY_MARK} <why>'"
+    )
+
+
+@pytest.mark.parametrize(
+    ("source", "flagged"),
+    [
+        ("import unittest.mock\n", [1]),
+        ("from unittest import mock\n", [1]),
+        ("from unittest.mock import patch\n", [1]),
+        ("import unittest\nunittest.mock.patch('x')\n", [2]),
+        ("import unittest.mock as m\n", [1]),
+        ("from unittest.mock import patch  # mock-boundary: the kernel\n", []),
+        ("from unittest.mock import (\n    patch,  # mock-boundary: the kernel\n)\n", []),
+        ("text = 'unittest.mock'\n", []),
+        ("import unittest\n", []),
+    ],
+)
+def test_mock_detector(source: str, flagged: list[int]) -> None:
+    """The detector finds every spelling of unittest.mock and honours the marker."""
+    assert unmarked_mock_lines(source) == flagged

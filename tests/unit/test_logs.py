@@ -1,0 +1,215 @@
+"""Log configuration, redaction of secrets and prompt text, and the event catalogue."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import re
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+
+import pytest
+import structlog
+from structlog.testing import capture_logs
+
+from gpumux.logs import (
+    EVENT_CATALOGUE,
+    EVENTS,
+    REDACTED,
+    configure_logging,
+    default_format,
+    is_sensitive_key,
+    redact_secrets,
+)
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.fixture(autouse=True)
+def restore_logging() -> Iterator[None]:
+    root = logging.getLogger()
+    level, handlers = root.level, list(root.handlers)
+    chatty = {
+        name: logging.getLogger(name).level
+        for name in ("botocore", "boto3", "s3transfer", "urllib3")
+    }
+    yield
+    for name, old in chatty.items():
+        logging.getLogger(name).setLevel(old)
+    for handler in [h for h in root.handlers if h not in handlers]:
+        root.removeHandler(handler)
+        handler.close()
+    root.setLevel(level)
+    structlog.contextvars.clear_contextvars()
+    structlog.reset_defaults()
+
+
+def redact(**event: object) -> dict[str, object]:
+    return dict(redact_secrets(None, "info", dict(event)))
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "authorization",
+        "Authorization",
+        "api_key",
+        "x-api-key",
+        "apiKey",
+        "OPENAI_API_KEY",
+        "token",
+        "admin_token",
+        "secret",
+        "secret_key",
+        "aws_secret_access_key",
+        "password",
+        "prompt",
+        "messages",
+        "input",
+        "cookie",
+    ],
+)
+def test_sensitive_keys_are_masked(key: str) -> None:
+    assert redact(event="x", **{key: "sk-very-secret"})[key] == REDACTED
+
+
+@pytest.mark.parametrize(
+    "key", ["model", "max_tokens", "status", "endpoint", "request_id", "duration_ms", "keys"]
+)
+def test_ordinary_keys_are_kept(key: str) -> None:
+    assert not is_sensitive_key(key)
+    assert redact(event="x", **{key: "v"})[key] == "v"
+
+
+def test_counts_under_sensitive_words_are_kept_but_text_is_not() -> None:
+    out = redact(event="x", prompt_tokens=12, messages_count=3, prompt_len="long text")
+    assert out["prompt_tokens"] == 12
+    assert out["messages_count"] == 3
+    assert out["prompt_len"] == REDACTED
+    assert redact(event="x", password=1234)["password"] == REDACTED
+    assert redact(event="x", token=None)["token"] is None
+
+
+def test_nested_values_and_bearer_strings_are_masked_without_mutating() -> None:
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    headers = [("Authorization", "Bearer sk-abc"), {"X-Api-Key": "k"}]
+    out = redact(event="x", body=body, headers=headers, note="got Bearer sk-abc.def from env")
+    assert out["body"] == {"model": "m", "messages": REDACTED, "stream": True}
+    assert out["headers"] == [("Authorization", f"Bearer {REDACTED}"), {"X-Api-Key": REDACTED}]
+    assert out["note"] == f"got Bearer {REDACTED} from env"
+    assert body["messages"] == [{"role": "user", "content": "hi"}]
+    assert headers[1] == {"X-Api-Key": "k"}
+
+
+def test_redaction_through_capture_logs() -> None:
+    log = structlog.get_logger("test")
+    with capture_logs(processors=[redact_secrets]) as logs:
+        log.info("request_queued", model="m", api_key="sk-1", prompt="tell me a secret")
+    assert logs == [
+        {
+            "event": "request_queued",
+            "model": "m",
+            "api_key": REDACTED,
+            "prompt": REDACTED,
+            "log_level": "info",
+        }
+    ]
+
+
+def test_json_lines_on_stderr(capsys: pytest.CaptureFixture[str]) -> None:
+    configure_logging("json")
+    structlog.contextvars.bind_contextvars(request_id="req-1")
+    structlog.get_logger("gpumux.test").info("state_changed", model="m", token="t0ken")
+    logging.getLogger("aiohttp.access").warning("GET %s", "/health")
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    lines = [json.loads(line) for line in captured.err.splitlines()]
+    assert len(lines) == 2
+    first, second = lines
+    assert first["event"] == "state_changed"
+    assert first["level"] == "info"
+    assert first["model"] == "m"
+    assert first["request_id"] == "req-1"
+    assert first["token"] == REDACTED
+    ts = datetime.fromisoformat(first["ts"])
+    assert ts.utcoffset() == timedelta(0)
+    assert second["event"] == "GET /health"
+    assert second["level"] == "warning"
+    assert second["logger"] == "aiohttp.access"
+    assert second["request_id"] == "req-1"
+    assert "t0ken" not in captured.err
+
+
+def test_json_exceptions_are_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    configure_logging("json")
+    try:
+        raise RuntimeError("boom")
+    except RuntimeError:
+        structlog.get_logger().exception("switch_failed", model="m")
+    (line,) = capsys.readouterr().err.splitlines()
+    record = json.loads(line)
+    assert record["level"] == "error"
+    assert "RuntimeError: boom" in record["exception"]
+
+
+def test_level_filters(capsys: pytest.CaptureFixture[str]) -> None:
+    configure_logging("json", level="warning")
+    log = structlog.get_logger()
+    log.info("request_queued")
+    log.warning("request_rejected", reason="queue_full")
+    logging.getLogger("asyncio").info("quiet")
+    lines = capsys.readouterr().err.splitlines()
+    assert [json.loads(line)["event"] for line in lines] == ["request_rejected"]
+    with pytest.raises(ValueError, match="log level"):
+        configure_logging("json", level="loud")
+
+
+def test_console_format_and_reconfiguration(capsys: pytest.CaptureFixture[str]) -> None:
+    configure_logging("json")
+    configure_logging("console", level="debug")
+    structlog.get_logger().debug("daemon_ready", port=3000, password="hunter2")
+    logging.getLogger("aiohttp.server").debug("stdlib line")
+    logging.getLogger("botocore.endpoint").debug("wire traffic")
+    err = capsys.readouterr().err
+    lines = err.splitlines()
+    assert len(lines) == 2, err
+    assert "daemon_ready" in lines[0]
+    assert "port=3000" in lines[0]
+    assert "hunter2" not in err
+    assert "wire traffic" not in err
+    assert "stdlib line" in lines[1]
+    assert not lines[0].startswith("{")
+    ours = [h for h in logging.getLogger().handlers if h.get_name() == "gpumux"]
+    assert len(ours) == 1
+
+
+def test_default_format_follows_the_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.setattr("sys.stderr", Tty())
+    assert default_format() == "console"
+    monkeypatch.setattr("sys.stderr", io.StringIO())
+    assert default_format() == "json"
+
+
+def test_event_catalogue() -> None:
+    assert frozenset(EVENT_CATALOGUE) == EVENTS
+    for name in [
+        "state_changed",
+        "switch_started",
+        "switch_finished",
+        "switch_failed",
+        "request_queued",
+        "request_rejected",
+        "process_spawned",
+        "process_exited",
+        "backend_output",
+        "daemon_ready",
+        "daemon_stopping",
+    ]:
+        assert name in EVENTS
+    assert all(re.fullmatch(r"[a-z]+(_[a-z]+)+", name) for name in EVENTS)
+    assert all(EVENT_CATALOGUE.values())
