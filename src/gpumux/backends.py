@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,10 +44,23 @@ ExitCallback = Callable[[str, int, int], None]
 HEALTH_POLL_SECS = 0.1
 
 
+def resolve_program(name: str) -> str:
+    """A bare program name from PATH, else from the interpreter's own bin directory.
+
+    gpumux installed in a venv but started by its full path (systemd, scripts) still
+    finds the `mock-vllm` or `vllm` installed beside it.
+    """
+    if os.sep in name or shutil.which(name):
+        return name
+    beside = Path(sys.executable).parent / name
+    return str(beside) if beside.exists() else name
+
+
 def backend_argv(config: Config, alias: str) -> list[str]:
     """`vllm serve MODEL ...` with the flags gpumux always owns (design §1)."""
     model = config.models[alias]
-    argv = [*config.vllm_argv, "serve", model.model_path, *model.extra_args]
+    program, *rest = config.vllm_argv
+    argv = [resolve_program(program), *rest, "serve", model.model_path, *model.extra_args]
     argv += ["--host", "127.0.0.1", "--port", str(model.port), "--served-model-name", alias]
     if model.enable_sleep_mode:
         argv.append("--enable-sleep-mode")
@@ -216,6 +231,9 @@ class Backends:
         if task is not None:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+
+    def client(self, model: str) -> VllmClient:
+        return self._backends[model].client
 
     def recent_output(self, model: str) -> list[str]:
         tail = self._backends[model].tail

@@ -83,16 +83,6 @@ def build_parser() -> argparse.ArgumentParser:
     schema = sub.add_parser("schema", help="print the config's JSON Schema")
     schema.set_defaults(func=cmd_schema)
 
-    try:
-        from gpumux.simulate import command as simulate_command
-    except ImportError:  # the simulator ships with the policies; absent in minimal builds
-        pass
-    else:
-        simulate = sub.add_parser(
-            "simulate", help="replay load against the scheduler in virtual time"
-        )
-        simulate_command.add_arguments(simulate)
-        simulate.set_defaults(func=simulate_command.run)
     return parser
 
 

@@ -23,6 +23,7 @@ from gpumux.backends import Backends
 from gpumux.config import GIB, Config
 from gpumux.fake_ledger import create_ledger
 from gpumux.gpu_probe import GpuProbe, host_memory_available, open_probe
+from gpumux.health import HealthMonitor
 from gpumux.metrics import Metrics, measure_loop_lag, metrics_app
 from gpumux.observer import DaemonObserver
 from gpumux.orchestrator import Orchestrator
@@ -122,6 +123,8 @@ class Daemon:
                     measure_loop_lag(metrics, LOOP_LAG_INTERVAL_SECS), name="loop-lag"
                 )
                 tasks.create_task(self._poll_memory(probe, metrics), name="memory-poll")
+                health = HealthMonitor(scheduler, backends.client, config.supervision)
+                tasks.create_task(health.run(), name="health")
                 port = self.options.port if self.options.port is not None else config.port
                 runners.append(
                     await _listen(proxy.app(), config.host, port, cancel_on_disconnect=True)

@@ -88,6 +88,8 @@ def error_response(error: GpumuxError, request_id: str | None = None) -> web.Res
         headers["Retry-After"] = str(max(1, round(error.retry_after)))
     if isinstance(error, InvalidApiKey):
         headers["WWW-Authenticate"] = "Bearer"
+    if isinstance(error, ShuttingDown):
+        headers["Connection"] = "close"  # let clients reconnect elsewhere, not reuse this one
     if request_id:
         headers[REQUEST_ID] = request_id
     return web.json_response(error.envelope(), status=error.http_status, headers=headers)

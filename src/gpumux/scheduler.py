@@ -20,6 +20,7 @@ from gpumux.errors import GpumuxError, ShuttingDown
 from gpumux.orchestrator import Orchestrator
 from gpumux.scheduler_core import SchedulerCore
 from gpumux.scheduler_messages import (
+    AdminReply,
     Command,
     Grant,
     Note,
@@ -91,13 +92,19 @@ class _Exited:
 
 
 @dataclass(frozen=True)
+class _Unhealthy:
+    model: str
+    pid: int
+
+
+@dataclass(frozen=True)
 class _Call:
     """Run `fn(core, now)` inside the owner task (admin commands, shutdown)."""
 
     fn: Callable[[SchedulerCore, float], list[Command]]
 
 
-_Message = _Submit | _Release | _Cancel | _OpDone | _OpState | _Exited | _Call
+_Message = _Submit | _Release | _Cancel | _OpDone | _OpState | _Exited | _Unhealthy | _Call
 
 
 class Scheduler:
@@ -115,6 +122,8 @@ class Scheduler:
         self._inbox: asyncio.Queue[_Message] = asyncio.Queue()
         self._waiters: dict[int, asyncio.Future[Lease]] = {}
         self._tickets = itertools.count(1)
+        self._replies = itertools.count(1)
+        self._admin_waiters: dict[int, asyncio.Future[AdminReply]] = {}
         self._ops: set[asyncio.Task[None]] = set()
         self._idle = asyncio.Event()  # set when no lease is held
         self._idle.set()
@@ -146,8 +155,25 @@ class Scheduler:
     def process_exited(self, model: str, pid: int, code: int) -> None:
         self._inbox.put_nowait(_Exited(model, pid, code))
 
+    def report_unhealthy(self, model: str, pid: int) -> None:
+        self._inbox.put_nowait(_Unhealthy(model, pid))
+
     def call(self, fn: Callable[[SchedulerCore, float], list[Command]]) -> None:
         self._inbox.put_nowait(_Call(fn))
+
+    async def admin(
+        self, command: Callable[[SchedulerCore, int, float], list[Command]], *, timeout: float
+    ) -> AdminReply:
+        """Run an admin input in the owner task and wait (bounded) for its reply."""
+        reply = next(self._replies)
+        future: asyncio.Future[AdminReply] = asyncio.get_running_loop().create_future()
+        self._admin_waiters[reply] = future
+        self.call(lambda core, now: command(core, reply, now))
+        try:
+            async with asyncio.timeout(timeout):
+                return await future
+        finally:
+            self._admin_waiters.pop(reply, None)
 
     async def wait_idle(self) -> None:
         await self._idle.wait()
@@ -204,6 +230,8 @@ class Scheduler:
                 return core.op_phase(op_id, state, now)
             case _Exited(model, pid, code):
                 return core.process_exited(model, pid, code, now)
+            case _Unhealthy(model, pid):
+                return core.health_failed(model, pid, now)
             case _Call(fn):
                 return fn(core, now)
 
@@ -228,6 +256,10 @@ class Scheduler:
                     self._observer.queue_wait(command)
                 case Note():
                     self._observer.note(command)
+                case AdminReply(reply):
+                    waiter = self._admin_waiters.get(reply)
+                    if waiter is not None and not waiter.done():
+                        waiter.set_result(command)
         self._after_commands()
 
     def _after_commands(self) -> None:

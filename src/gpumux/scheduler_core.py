@@ -14,6 +14,7 @@ one invariant set; splitting them would scatter the single-owner rules across fi
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Mapping
 
 from gpumux.config import Config, EvictionConfig, ProcessStrategy, WeightStrategy
@@ -23,6 +24,7 @@ from gpumux.placement import Tenant, admit
 from gpumux.policy.base import Policy, Snapshot
 from gpumux.policy.costs import SwitchCosts
 from gpumux.scheduler_messages import (
+    AdminReply,
     Command,
     Grant,
     Note,
@@ -86,6 +88,10 @@ class SchedulerCore:
         self.shutting_down = False
         self.pinned: str | None = None
         self._warmup: list[str] = list(config.models) if config.warmup else []
+        # Admin-forced wakes, served one at a time in order (concurrent switches serialise).
+        self._forced: deque[tuple[str, int]] = deque()
+        self._restart_after_stop: dict[str, int] = {}
+        self.last_switch: dict[str, SwitchFinished] = {}  # by target, for status and replies
 
     # ---- inputs -------------------------------------------------------------------
 
@@ -160,6 +166,11 @@ class SchedulerCore:
         else:
             slot.pid = None
             self._set_state(slot, M.STOPPED)
+            reply = self._restart_after_stop.pop(slot.alias, None)
+            if reply is not None and not self.shutting_down:
+                self._forced.append((slot.alias, reply))
+            elif slot.start_failures and not self.shutting_down:
+                self._judge_failures(slot, now)  # stopped because it was unhealthy
         return self._flush(now)
 
     def process_exited(self, model: str, pid: int, code: int, now: float) -> list[Command]:
@@ -186,12 +197,30 @@ class SchedulerCore:
                 slot.retry_not_before = now
         return self._flush(now)
 
+    def health_failed(self, model: str, pid: int, now: float) -> list[Command]:
+        """A live backend failed its health probes repeatedly: kill it (it restarts on demand)."""
+        slot = self.slots.get(model)
+        alive = (M.READY, M.SLEEPING, M.SUSPENDED)
+        if slot is None or slot.pid != pid or slot.op is not None or slot.state not in alive:
+            return self._flush(now)  # stale report: the owner's view wins
+        slot.last_error = "failed its health checks"
+        slot.restarts += 1
+        self._out.append(Restarted(model, "unhealthy"))
+        self._set_state(slot, M.STOPPING)
+        self._start_op(slot, OpKind.STOP, (Step.STOP,), M.STOPPED, None, abort=True, now=now)
+        slot.start_failures += 1  # judged when the stop completes (STOPPING cannot fail)
+        slot.retry_not_before = now + self._backoff(slot)
+        return self._flush(now)
+
     def tick(self, now: float) -> list[Command]:
         return self._flush(now)
 
     def begin_shutdown(self, now: float) -> list[Command]:
         """Refuse new work, fail the queues, and stop every tree once in-flight requests end."""
         self.shutting_down = True
+        while self._forced:
+            _, reply = self._forced.popleft()
+            self._reply(reply, False, "gpumux is shutting down", 503)
         for slot in self.slots.values():
             while slot.queue:
                 entry = slot.queue[0]
@@ -239,6 +268,132 @@ class SchedulerCore:
         switching = any(s.op is not None or s.state is M.DRAINING for s in self.slots.values())
         return Snapshot(now=now, models=views, switching=switching, pinned=self.pinned)
 
+    # ---- admin inputs (each answers with one AdminReply) ----------------------------------
+
+    def admin_switch(self, model: str, reply: int, now: float) -> list[Command]:
+        """Make `model` ready now: drain and evict whoever must leave, ignoring min_active."""
+        if self._admin_refused(model, reply):
+            return self._flush(now)
+        self._forced.append((model, reply))
+        return self._flush(now)
+
+    def admin_evict(self, model: str, reply: int, now: float) -> list[Command]:
+        if self._admin_refused(model, reply):
+            return self._flush(now)
+        slot = self.slots[model]
+        if slot.state is not M.READY:
+            self._reply(reply, False, f"`{model}` is {slot.state.value}, not ready", 409)
+        else:
+            self._start_drain(slot, None, now)
+            self._reply(reply, True, f"`{model}` is draining, then {slot.eviction}")
+        return self._flush(now)
+
+    def admin_restart(self, model: str, reply: int, now: float) -> list[Command]:
+        if self._admin_refused(model, reply):
+            return self._flush(now)
+        slot = self.slots[model]
+        if slot.op is not None or slot.state is M.DRAINING:
+            self._reply(reply, False, f"`{model}` is busy ({slot.state.value})", 409)
+        elif slot.process_alive:
+            self._restart_after_stop[model] = reply
+            self._set_state(slot, M.STOPPING)
+            self._start_op(slot, OpKind.STOP, (Step.STOP,), M.STOPPED, None, abort=True, now=now)
+        else:
+            if slot.state is M.FAILED:
+                self._reset(slot)
+            self._forced.append((model, reply))
+        return self._flush(now)
+
+    def admin_reset(self, model: str, reply: int, now: float) -> list[Command]:
+        if model not in self.slots:
+            self._reply(reply, False, f"unknown model `{model}`", 404)
+            return self._flush(now)
+        slot = self.slots[model]
+        was = slot.state
+        self._reset(slot)
+        self._reply(reply, True, f"`{model}` reset (was {was.value})")
+        return self._flush(now)
+
+    def admin_mode(self, mode: str, model: str | None, reply: int, now: float) -> list[Command]:
+        """`manual` pins one model (never evicted, the only one woken); `auto` releases it."""
+        if mode == "auto":
+            self._pin(None)
+            self._reply(reply, True, "automatic switching")
+        elif mode == "manual":
+            target = model or next(
+                (s.alias for s in self.slots.values() if s.state is M.READY), None
+            )
+            if target is None or target not in self.slots:
+                self._reply(reply, False, "manual mode needs a model (none is ready)", 400)
+            else:
+                self._pin(target)
+                self._forced.append((target, reply))
+        else:
+            self._reply(reply, False, f"unknown mode {mode!r}", 400)
+        return self._flush(now)
+
+    @property
+    def mode(self) -> str:
+        return "manual" if self.pinned else "auto"
+
+    def _pin(self, model: str | None) -> None:
+        self.pinned = model
+        for slot in self.slots.values():
+            slot.pinned = slot.alias == model
+
+    def _reset(self, slot: Slot) -> None:
+        if slot.state is M.FAILED:
+            self._set_state(slot, M.STOPPED)
+        slot.start_failures = 0
+        slot.retry_not_before = None
+        slot.last_error = ""
+
+    def _admin_refused(self, model: str, reply: int) -> bool:
+        if model not in self.slots:
+            self._reply(reply, False, f"unknown model `{model}`", 404)
+        elif self.shutting_down:
+            self._reply(reply, False, "gpumux is shutting down", 503)
+        else:
+            return False
+        return True
+
+    def _reply(
+        self,
+        reply: int,
+        ok: bool,
+        detail: str,
+        status: int = 200,
+        data: dict[str, object] | None = None,
+    ) -> None:
+        self._out.append(AdminReply(reply, ok, detail, status, data or {}))
+
+    def _advance_forced(self, now: float) -> None:
+        """Serve the head of the forced queue: done when ready, failed when it cannot start."""
+        while self._forced:
+            model, reply = self._forced[0]
+            slot = self.slots[model]
+            if slot.state is M.READY:
+                self._forced.popleft()
+                last = self.last_switch.get(model)
+                details: dict[str, object] = {"model": model}
+                if last is not None:
+                    details |= {
+                        "switch_id": last.switch_id,
+                        "victims": list(last.victims),
+                        "outcome": last.outcome,
+                        "duration_s": last.duration_secs,
+                        "phases": dict(last.phase_secs),
+                    }
+                self._reply(reply, True, f"`{model}` is ready", data=details)
+                continue
+            if slot.state is M.FAILED:
+                self._forced.popleft()
+                self._reply(reply, False, f"`{model}` failed: {slot.last_error}", 503)
+                continue
+            if slot.state in _STARTABLE and slot.op is None:
+                self._try_bring_up(slot, now, force=True)
+            return
+
     # ---- the reconcile pass -----------------------------------------------------------
 
     def _flush(self, now: float) -> list[Command]:
@@ -261,20 +416,27 @@ class SchedulerCore:
         if self._warmup:
             self._advance_warmup(now)
             return
+        self._advance_forced(now)
+        if self._forced:
+            return  # an operator's switch goes first; the policy resumes after it
         self._recheck_at = None
         decision = self._policy.decide(self.snapshot(now))
         self._recheck_at = decision.recheck_at
+        wake = [m for m in decision.wake if self.pinned is None or m == self.pinned]
         blocked_gpus: set[int] = set()
-        for target in decision.wake:
+        for target in wake:
             slot = self.slots[target]
             if slot.state not in _STARTABLE or blocked_gpus.intersection(slot.config.gpu_indices):
                 continue
             if not self._try_bring_up(slot, now):
                 blocked_gpus.update(slot.config.gpu_indices)
 
-    def _try_bring_up(self, slot: Slot, now: float) -> bool:
-        """Start waking `slot` or evicting for it; False when its GPUs must wait."""
-        admission = admit(slot.alias, self._tenants(), self._capacity, now)
+    def _try_bring_up(self, slot: Slot, now: float, *, force: bool = False) -> bool:
+        """Start waking `slot` or evicting for it; False when its GPUs must wait.
+
+        `force` (an operator's switch) ignores min_active_secs.
+        """
+        admission = admit(slot.alias, self._tenants(force=force), self._capacity, now)
         if admission.impossible:
             self._reject_queue(
                 slot, ModelUnavailable(f"`{slot.alias}` cannot be placed: {admission.impossible}")
@@ -292,10 +454,10 @@ class SchedulerCore:
             self._recheck_at = min(self._recheck_at or admission.wait_until, admission.wait_until)
         return False
 
-    def _tenants(self) -> dict[str, Tenant]:
+    def _tenants(self, *, force: bool = False) -> dict[str, Tenant]:
         return {
             alias: s.tenant(
-                min_active_secs=self._policy_config.min_active_secs,
+                min_active_secs=0.0 if force else self._policy_config.min_active_secs,
                 wake_cost_secs=self._wake_cost(s),
             )
             for alias, s in self.slots.items()
@@ -397,7 +559,8 @@ class SchedulerCore:
         """
         for switch in list(self.switches.values()):
             target = self.slots[switch.target]
-            if target.queue or target.state not in _STARTABLE:
+            forced = any(model == target.alias for model, _ in self._forced)
+            if target.queue or forced or target.state not in _STARTABLE:
                 continue
             for victim in switch.victims:
                 slot = self.slots[victim]
@@ -492,16 +655,27 @@ class SchedulerCore:
         # A failed wake already tried a cold start; count it like a failed start.
         self._set_state(slot, M.STOPPED)
         self._count_failure(slot, now)
+        if self._forced and self._forced[0][0] == slot.alias and slot.state is not M.FAILED:
+            _, reply = self._forced.popleft()
+            self._reply(reply, False, f"`{slot.alias}` did not start: {outcome.error}", 503)
 
     def _count_failure(self, slot: Slot, now: float) -> None:
         slot.start_failures += 1
+        self._judge_failures(slot, now)
+
+    def _judge_failures(self, slot: Slot, now: float) -> None:
+        """Back off exponentially; after max_start_failures the model is failed (503s)."""
         if slot.start_failures >= self._supervision.max_start_failures:
             slot.retry_not_before = now + self._supervision.failed_retry_secs
             self._set_state(slot, M.FAILED)
             self._reject_queue(slot, self._unavailable(slot, now))
             return
-        backoff = self._supervision.restart_backoff_secs * 2 ** (slot.start_failures - 1)
-        slot.retry_not_before = now + min(backoff, self._supervision.restart_backoff_max_secs)
+        slot.retry_not_before = now + self._backoff(slot)
+
+    def _backoff(self, slot: Slot) -> float:
+        exponent = max(0, slot.start_failures - 1)
+        backoff: float = self._supervision.restart_backoff_secs * 2.0**exponent
+        return min(backoff, self._supervision.restart_backoff_max_secs)
 
     def _finish_switch(self, switch: Switch, target: Slot, outcome: str, now: float) -> None:
         self.switches.pop(switch.switch_id, None)
@@ -521,17 +695,17 @@ class SchedulerCore:
                 if phase not in ("sleep", "suspend", "dump", "stop", "drain")
             )
             self.costs.observe_switch(source, target.alias, strategy, evict + wake)
-        self._out.append(
-            SwitchFinished(
-                switch.switch_id,
-                target.alias,
-                tuple(switch.victims),
-                strategy,
-                outcome,
-                duration,
-                tuple(switch.phases),
-            )
+        finished = SwitchFinished(
+            switch.switch_id,
+            target.alias,
+            tuple(switch.victims),
+            strategy,
+            outcome,
+            duration,
+            tuple(switch.phases),
         )
+        self.last_switch[target.alias] = finished
+        self._out.append(finished)
 
     # ---- warm-up, shutdown, plumbing ----------------------------------------------------
 

@@ -109,4 +109,25 @@ class Note:
     fields: dict[str, object] = field(default_factory=dict)
 
 
-Command = Grant | Reject | StartOp | StateChanged | SwitchFinished | Restarted | QueueWait | Note
+@dataclass(frozen=True)
+class AdminReply:
+    """The answer to an admin command (forced switch, evict, restart, ...)."""
+
+    reply: int
+    ok: bool
+    detail: str
+    status: int = 200  # HTTP status the admin API should answer with
+    data: dict[str, object] = field(default_factory=dict)
+
+
+Command = (
+    Grant
+    | Reject
+    | StartOp
+    | StateChanged
+    | SwitchFinished
+    | Restarted
+    | QueueWait
+    | Note
+    | AdminReply
+)

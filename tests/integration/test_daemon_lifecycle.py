@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import signal
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,7 @@ from tests.integration.test_daemon_proxy import chat_body, raw_post
 from tests.support.daemon import (
     daemon_config,
     http_status,
+    metric_value,
     mock_model,
     running_daemon,
     start_daemon,
@@ -36,8 +36,10 @@ def test_sigterm_drains_in_flight_refuses_new_and_leaves_no_process(tmp_path: Pa
             )
         )
         streaming.start()
-        wait_until(lambda: len(daemon.descendants()) >= 2, what="backend tree")
-        time.sleep(0.3)  # the stream is under way (simulated latency, not readiness)
+        wait_until(
+            lambda: metric_value(daemon, "gpumux_inflight_requests", model="a") == 1,
+            what="the stream in flight",
+        )
         daemon.process.send_signal(signal.SIGTERM)
         wait_until(lambda: http_status(daemon.url + "/health") == 503, what="503 while draining")
         status, headers, body = raw_post(daemon, "/v1/chat/completions", chat_body("b"))

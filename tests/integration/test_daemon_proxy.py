@@ -296,3 +296,24 @@ def test_sdk_raises_on_a_failed_stream(tmp_path: Path) -> None:
         with pytest.raises(openai.APIError):
             for _ in stream:
                 pass
+
+
+def test_hung_backend_is_killed_by_health_checks_and_restarted(tmp_path: Path) -> None:
+    """SIGSTOP a backend: failed health probes kill its tree; the next request cold-starts it."""
+    import os
+    import signal as sig
+
+    supervision = {"health_interval_secs": 0.2, "health_timeout_secs": 0.3}
+    with running_daemon(tmp_path, {"a": mock_model()}, supervision=supervision) as daemon:
+        assert raw_post(daemon, "/v1/chat/completions", chat_body())[0] == 200
+        root = get_json(daemon.backend_url("a") + "/mock/state")["pid"]
+        os.kill(root, sig.SIGSTOP)
+        wait_until(
+            lambda: metric_value(
+                daemon, "gpumux_backend_restarts_total", model="a", reason="unhealthy"
+            ),
+            timeout=10,
+            what="unhealthy restart",
+        )
+        assert raw_post(daemon, "/v1/chat/completions", chat_body())[0] == 200
+        assert get_json(daemon.backend_url("a") + "/mock/state")["pid"] != root

@@ -293,3 +293,74 @@ def test_min_active_defers_the_switch() -> None:
     d.now = 5.0
     d.feed(d.core.tick(d.now))
     assert d.state("a") is ModelState.EVICTING
+
+
+def admin(d: Driver, name: str, *args: Any) -> Any:
+    replies: list[Any] = []
+    method = getattr(d.core, f"admin_{name}")
+    for c in method(*args, 99, d.now):
+        d.feed([c])
+        if type(c).__name__ == "AdminReply":
+            replies.append(c)
+    return replies
+
+
+def replies_in(d: Driver) -> list[Any]:
+    return [c for c in d.log if type(c).__name__ == "AdminReply"]
+
+
+def test_forced_switch_ignores_min_active_and_replies_when_ready() -> None:
+    d = Driver(make_config(min_active_secs=60))
+    d.submit(1, "a")
+    d.finish("a")
+    d.feed(d.core.release(1, d.now))
+    admin(d, "switch", "b")
+    assert d.state("a") is ModelState.EVICTING  # min_active did not hold it
+    d.finish("a")
+    d.finish("b")
+    reply = replies_in(d)[-1]
+    assert reply.ok
+    assert reply.data["victims"] == ["a"]
+    assert reply.data["duration_s"] >= 0
+
+
+def test_concurrent_forced_switches_are_serialised() -> None:
+    d = Driver(make_config())
+    admin(d, "switch", "a")
+    admin(d, "switch", "b")
+    assert d.state("a") is ModelState.STARTING
+    assert d.state("b") is ModelState.STOPPED  # waits for the first
+    d.finish("a")
+    assert d.state("a") is ModelState.EVICTING
+    d.finish("a")
+    d.finish("b")
+    assert [r.ok for r in replies_in(d)] == [True, True]
+
+
+def test_manual_mode_pins_a_model_and_stops_automatic_switching() -> None:
+    d = Driver(make_config())
+    admin(d, "mode", "manual", "a")
+    d.finish("a")
+    d.submit(1, "b")
+    assert d.state("a") is ModelState.READY  # b waits: a is pinned
+    assert d.state("b") is ModelState.STOPPED
+    admin(d, "mode", "auto", None)
+    assert d.state("a") is ModelState.EVICTING
+
+
+def test_evict_restart_reset() -> None:
+    d = Driver(make_config())
+    d.submit(1, "a")
+    d.finish("a")
+    d.feed(d.core.release(1, d.now))
+    assert admin(d, "evict", "a")[0].ok
+    d.finish("a")
+    assert d.state("a") is ModelState.SLEEPING
+    assert not admin(d, "evict", "a")[0].ok  # not ready
+    admin(d, "restart", "a")
+    assert d.pending_op("a").op.kind is OpKind.STOP
+    d.finish("a")
+    assert d.pending_op("a").op.steps == (Step.COLD_START,)
+    d.finish("a")
+    assert replies_in(d)[-1].ok
+    assert admin(d, "reset", "nope")[0].status == 404

@@ -234,6 +234,10 @@ async def kill_tree(
             )
             members.update(tree.members)
             group_is_ours = tree.group_is_ours
+            # A stopped (SIGSTOP, hung) process keeps SIGTERM pending until it continues.
+            await asyncio.to_thread(
+                _signal_tree, proc.pid, proc.pgid, proc.create_time, signal.SIGCONT
+            )
             await _wait_tree_gone(exited, members.values(), grace_secs)
         # Re-enumerate even if all looked gone: once the root is dead, orphans it left
         # behind are findable only by group and session, and they may have forked.
