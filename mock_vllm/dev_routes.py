@@ -113,6 +113,7 @@ async def state(request: web.Request) -> web.Response:
         "asleep": sorted(engine.asleep),
         "sleep_state": engine.sleep_state(),
         "weights_valid": engine.weights_valid,
+        "cuda_running": engine.cuda_running.is_set(),
         "running": engine.count("running"),
         "waiting": engine.count("waiting"),
     })  # fmt: skip

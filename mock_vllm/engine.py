@@ -9,6 +9,10 @@ vLLM semantics kept here: requests that arrive while asleep queue and run once f
 awake; level 1 keeps weights (in host RAM), level 2 discards them so that, after a wake
 without ``reload_weights``, generation "works" but yields garbage; ``mode`` decides what
 happens to in-flight requests (abort them, wait for them, or freeze them until wake).
+
+cuda-checkpoint: while any rank is locked or checkpointed (``cuda_running`` cleared by
+the server's ledger watcher), every CUDA call of a real vLLM blocks — so tokens stop,
+and sleep/wake/reload wait — until the ranks run again. Nothing fails; it stalls.
 """
 
 from __future__ import annotations
@@ -23,11 +27,13 @@ from typing import Any, TypeVar
 from mock_vllm import textgen
 from mock_vllm.errors import ApiError
 from mock_vllm.faults import Faults
-from mock_vllm.gpu_memory import Footprint, GpuMemory, GpuMemoryError
+from mock_vllm.gpu_memory import CudaSuspended, Footprint, GpuMemory, GpuMemoryError
 from mock_vllm.metrics import Stats
 from mock_vllm.options import ServeOptions
 
 TAGS = ("weights", "kv_cache", "scheduling")
+#: How soon a memory change blocked by a suspended rank is tried again.
+CUDA_RETRY_SECS = 0.05
 MEMORY_TAGS = frozenset({"weights", "kv_cache"})
 SLEEP_MODES = ("abort", "wait", "keep")
 
@@ -100,7 +106,8 @@ class Engine:
         self._run = asyncio.Event()  # admitted requests may make progress
         self._idle = asyncio.Event()  # nothing is running
         self._closing = asyncio.Event()
-        for ev in (self._admit, self._run, self._idle):
+        self.cuda_running = asyncio.Event()  # no rank is locked/checkpointed
+        for ev in (self._admit, self._run, self._idle, self.cuda_running):
             ev.set()
         self._transition = asyncio.Lock()
         self._detached: set[asyncio.Task[Any]] = set()
@@ -130,6 +137,27 @@ class Engine:
         """A worker died: fail everything in flight, as vLLM's EngineDeadError does."""
         self.dead = True
         self.abort_all(running_only=False)
+
+    def set_cuda_running(self, running: bool) -> None:
+        """The ledger watcher saw the ranks' CUDA state change."""
+        if running == self.cuda_running.is_set():
+            return
+        if running:
+            self.cuda_running.set()
+        else:
+            self.cuda_running.clear()
+        self.events.record("cuda_resumed" if running else "cuda_suspended")
+
+    async def _apply_memory(self, fp: Footprint) -> None:
+        """Rebook the ranks, waiting (like a blocked CUDA call) while any is suspended."""
+        while True:
+            await self.cuda_running.wait()
+            try:
+                self.gpu.apply(fp)
+                return
+            except CudaSuspended:
+                # Suspended after the watcher last looked; it will notice soon.
+                await asyncio.sleep(CUDA_RETRY_SECS)
 
     def count(self, state: str) -> int:
         return sum(1 for r in self.requests if r.state == state)
@@ -178,6 +206,10 @@ class Engine:
         for i in range(max_tokens):
             delay = self.opts.ttft_ms / 1000 if i == 0 else 1 / self.opts.tokens_per_sec
             await wait_any(req.aborted, timeout=delay)
+            # A suspended rank blocks the forward pass until cuda-checkpoint resumes it.
+            if not self.cuda_running.is_set() and not req.aborted.is_set():
+                self.events.record("cuda_stall", request_id=req.request_id)
+                await wait_any(self.cuda_running, req.aborted)
             # A keep-mode sleep freezes running requests here until the wake.
             if not self._run.is_set() and not req.aborted.is_set():
                 await wait_any(self._run, req.aborted)
@@ -239,7 +271,7 @@ class Engine:
                 elif "weights" not in self.asleep:
                     self.weights_offloaded = True
                 self.asleep.update(TAGS)
-                self.gpu.apply(self._footprint(self.asleep, self.weights_offloaded))
+                await self._apply_memory(self._footprint(self.asleep, self.weights_offloaded))
         self.events.record("sleep_done", level=level, mode=mode)
 
     async def wake(self, tags: list[str] | None) -> str:
@@ -252,7 +284,7 @@ class Engine:
             offloaded = self.weights_offloaded and "weights" in asleep
             if (self.asleep - asleep) & MEMORY_TAGS:
                 try:
-                    self.gpu.apply(self._footprint(asleep, offloaded))
+                    await self._apply_memory(self._footprint(asleep, offloaded))
                 except GpuMemoryError as exc:
                     raise ApiError(500, str(exc)) from None
                 await asyncio.sleep(self.opts.wake_delay + self.faults.wake_delay_secs)
@@ -273,6 +305,7 @@ class Engine:
             async with self._transition:
                 if "weights" in self.asleep:
                     raise ApiError(500, "Cannot reload weights while they are asleep.")
+                await self.cuda_running.wait()
                 await asyncio.sleep(self.opts.reload_delay)
                 self.weights_valid = True
         return [None] * self.opts.tensor_parallel_size

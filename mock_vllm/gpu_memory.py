@@ -8,16 +8,22 @@ every method is a no-op, so the mock runs anywhere.
 Per rank: awake = ``gpu_memory_utilization x capacity`` (vLLM reserves exactly that);
 asleep = the residual CUDA context, plus the weights and/or KV cache still awake
 during a partial wake. Level-1 sleep books the offloaded weights as host memory.
+
+A rank that ``mock-cuda-checkpoint`` locked or checkpointed cannot be rebooked (its CUDA
+calls would block): ``apply`` then raises ``CudaSuspended`` and ``cuda_running`` says
+whether every rank may use its GPU.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 
 from gpumux.fake_ledger import (
     Allocation,
     AllocationState,
+    CudaBusy,
     LedgerFull,
     allocations,
     book,
@@ -31,6 +37,10 @@ LEDGER_ENV = "MOCK_VLLM_LEDGER"
 
 class GpuMemoryError(Exception):
     """Memory did not fit; ``str()`` is the message vLLM/PyTorch would print."""
+
+
+class CudaSuspended(Exception):
+    """A rank's CUDA state is locked or checkpointed; retry once it runs again."""
 
 
 def visible_gpus(tp: int) -> list[int]:
@@ -133,6 +143,10 @@ class GpuMemory:
             want = self._bytes(gpu, fp)
             try:
                 book(self.path, pid, {gpu: want}, model=self.model, state=state, host_bytes=host)
+            except CudaBusy as exc:
+                for done_pid in done:
+                    self._restore(done_pid, before.get(done_pid))
+                raise CudaSuspended(str(exc)) from None
             except LedgerFull as exc:
                 # Put back the ranks already rebooked so a failed wake leaves no half state.
                 for done_pid in done:
@@ -149,7 +163,9 @@ class GpuMemory:
         assert self.path is not None
         if prev is None:
             release(self.path, pid)
-        else:
+            return
+        # A rank suspended meanwhile keeps what cuda-checkpoint made of it.
+        with contextlib.suppress(CudaBusy):
             book(
                 self.path,
                 pid,
@@ -158,6 +174,26 @@ class GpuMemory:
                 state=prev.state,
                 host_bytes=prev.host_bytes,
             )
+
+    def cuda_running(self) -> bool:
+        """Whether no rank is locked or checkpointed (always true without a ledger)."""
+        if self.path is None:
+            return True
+        try:
+            booked = allocations(self.path)
+        except (OSError, ValueError):
+            return True  # an unreadable ledger is no reason to stall
+        return all(booked[pid].cuda_state == "running" for pid, _gpu in self.ranks if pid in booked)
+
+    def ledger_stamp(self) -> tuple[int, int] | None:
+        """Changes whenever the ledger is rewritten (it is replaced, never edited in place)."""
+        if self.path is None:
+            return None
+        try:
+            info = os.stat(self.path)
+        except OSError:
+            return None
+        return (info.st_ino, info.st_mtime_ns)
 
     def release(self) -> None:
         if self.path is None:

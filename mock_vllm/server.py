@@ -26,6 +26,10 @@ from mock_vllm.vlog import log
 from mock_vllm.workers import Workers
 
 WATCH_SECS = 0.2
+#: How often the ledger is checked for a rank that cuda-checkpoint suspended; cheap (a
+#: stat) unless the file changed, and re-read regardless every CUDA_REREAD_POLLS polls.
+CUDA_WATCH_SECS = 0.02
+CUDA_REREAD_POLLS = 25
 # vLLM's API server exits a few seconds after its engine core dies; keep it short here.
 ENGINE_DEATH_EXIT_SECS = 1.0
 HANDLER_SHUTDOWN_SECS = 1.0
@@ -73,6 +77,19 @@ async def _watch(workers: Workers, engine: Engine, stop: asyncio.Event, code: li
         if not stop.is_set():
             code[0] = 1
             stop.set()
+
+
+async def _watch_cuda(gpu: GpuMemory, engine: Engine) -> None:
+    """Keep ``engine.cuda_running`` in step with the ranks' cuda-checkpoint state."""
+    seen: tuple[int, int] | None = None
+    polls = 0
+    while True:
+        stamp = gpu.ledger_stamp()
+        polls += 1
+        if stamp is not None and (stamp != seen or polls >= CUDA_REREAD_POLLS):
+            seen, polls = stamp, 0
+            engine.set_cuda_running(gpu.cuda_running())
+        await asyncio.sleep(CUDA_WATCH_SECS)
 
 
 async def serve(opts: ServeOptions) -> int:
@@ -171,10 +188,13 @@ async def _run(
         await site.start()
         log("Application startup complete.", where="on.py:1")
         watchdog = asyncio.create_task(_watch(workers, engine, stop, code))
+        cuda_watch = asyncio.create_task(_watch_cuda(gpu, engine)) if gpu.path else None
         await stop.wait()
-        watchdog.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await watchdog
+        for task in (watchdog, cuda_watch):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         del ballast
     finally:
         # Stop listening first, then abort what is in flight (vLLM's default

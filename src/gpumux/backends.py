@@ -11,6 +11,7 @@ so the per-model records here have a single writer.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import os
 import shutil
 import sys
@@ -21,8 +22,10 @@ from pathlib import Path
 import aiohttp
 import structlog
 
-from gpumux.config import Config, ModelConfig
-from gpumux.eviction import Step
+from gpumux.checkpoints import CheckpointFailed, Checkpoints
+from gpumux.config import Config, ModelConfig, ProcessStrategy, WeightStrategy
+from gpumux.cuda_suspend import CudaSuspender, CudaSuspendFailed, nccl_safe_env, suspender_for
+from gpumux.eviction import WEIGHTS_AFTER, Step
 from gpumux.orchestrator import StepFailed
 from gpumux.procs import (
     BackendProcess,
@@ -34,6 +37,7 @@ from gpumux.procs import (
     kill_tree,
     spawn_backend,
 )
+from gpumux.upstream import UpstreamPools
 from gpumux.vllm_client import BackendControlError, VllmClient
 
 log = structlog.get_logger(__name__)
@@ -68,7 +72,12 @@ def backend_argv(config: Config, alias: str) -> list[str]:
 
 
 def backend_env(
-    config: Config, model: ModelConfig, parent: Mapping[str, str], ledger_path: Path | None
+    config: Config,
+    model: ModelConfig,
+    parent: Mapping[str, str],
+    ledger_path: Path | None,
+    *,
+    alias: str | None = None,
 ) -> dict[str, str]:
     secrets = [name for name in (config.api_keys_env, config.admin_token_env) if name]
     extra = {
@@ -79,6 +88,8 @@ def backend_env(
     }
     if ledger_path is not None:
         extra["MOCK_VLLM_LEDGER"] = str(ledger_path)
+    if alias is not None:
+        extra.update(nccl_safe_env(config, alias))
     return child_environment(parent, model_env=model.env, secret_names=secrets, extra=extra)
 
 
@@ -91,6 +102,11 @@ class _Backend:
     tail_task: asyncio.Task[None] | None = None
     tail: LogTail | None = None
     recent: list[str] = field(default_factory=list)
+    cuda_pids: list[int] = field(default_factory=list)  # what cuda_suspend moved to host
+    #: How the live process's weights were last put to sleep (RETAIN: awake).
+    weights: WeightStrategy = WeightStrategy.RETAIN
+    #: Set while a CRIU dump runs: nothing may open a connection into the tree.
+    quiesced: bool = False
 
 
 class Backends:
@@ -106,21 +122,30 @@ class Backends:
         log_dir: Path,
         ledger_path: Path | None,
         on_exit: ExitCallback,
+        pools: UpstreamPools | None = None,
+        checkpoints: Checkpoints | None = None,
     ) -> None:
+        """`pools` gives each backend its own connections (needed for CRIU dumps);
+        without it control calls share `session`."""
         self._config = config
         self._sup = config.supervision
         self._reaper = reaper
         self._registry = registry
         self._ledger_path = ledger_path
         self._on_exit = on_exit
+        self._session = session
+        self._log_dir = log_dir
+        self._cuda: CudaSuspender | None = None
+        self._pools = pools
+        self.checkpoints = checkpoints
         self._backends = {
-            alias: _Backend(
-                alias,
-                VllmClient(session, f"http://127.0.0.1:{model.port}"),
-                log_dir / f"{alias}.log",
-            )
+            alias: _Backend(alias, self._client_for(alias, model.port), log_dir / f"{alias}.log")
             for alias, model in config.models.items()
         }
+
+    def _client_for(self, alias: str, port: int) -> VllmClient:
+        session = self._pools.session(alias) if self._pools is not None else self._session
+        return VllmClient(session, f"http://127.0.0.1:{port}")
 
     # ---- Effects --------------------------------------------------------------------
 
@@ -131,6 +156,7 @@ class Backends:
     async def kill(self, model: str) -> None:
         backend = self._backends[model]
         process, backend.process = backend.process, None
+        backend.cuda_pids = []
         if process is None:
             return
         await kill_tree(process, grace_secs=self._sup.stop_grace_secs)
@@ -164,12 +190,97 @@ class Backends:
                     await client.reset_prefix_cache(timeout=sup.wake_timeout_secs)
                 case Step.WARMUP:
                     await client.warmup(model, timeout=sup.warmup_timeout_secs)
-                case Step.CUDA_SUSPEND | Step.CUDA_RESUME | Step.CRIU_DUMP | Step.CRIU_RESTORE:
-                    raise StepFailed(model, step, "this build has no cuda-checkpoint/CRIU support")
+                case Step.CUDA_SUSPEND | Step.CUDA_RESUME:
+                    await self._cuda_step(backend, step)
+                case Step.CRIU_DUMP:
+                    await self._criu_dump(backend)
+                case Step.CRIU_RESTORE:
+                    await self._criu_restore(backend)
         except BackendControlError as exc:
             raise StepFailed(model, step, str(exc)) from exc
-        if step is not Step.STOP and step is not Step.COLD_START and self.pid_of(model) is None:
+        backend.weights = WEIGHTS_AFTER.get(step, backend.weights)
+        gone_is_ok = (Step.STOP, Step.COLD_START, Step.CRIU_DUMP)
+        if step not in gone_is_ok and self.pid_of(model) is None:
             raise StepFailed(model, step, "the backend process is gone")
+
+    # ---- CRIU -------------------------------------------------------------------------
+
+    async def _criu_dump(self, backend: _Backend) -> None:
+        checkpoints, process = self.checkpoints, backend.process
+        model = self._config.models[backend.alias]
+        if checkpoints is None or process is None or process.exited.done():
+            why = "the backend process is gone" if checkpoints else "CRIU needs `checkpoint`"
+            raise StepFailed(backend.alias, Step.CRIU_DUMP, why)
+        backend.quiesced = True
+        try:
+            # An established connection into the tree fails the dump: drop our pool.
+            if self._pools is not None:
+                await self._pools.drop(backend.alias)
+                backend.client = self._client_for(backend.alias, model.port)
+            eviction = f"{backend.weights}+{ProcessStrategy.CHECKPOINT}"
+            await checkpoints.evict(
+                backend.alias,
+                process,
+                eviction=eviction,
+                tp=model.tensor_parallel_size,
+                port=model.port,
+            )
+        except CheckpointFailed as exc:
+            raise StepFailed(backend.alias, Step.CRIU_DUMP, exc.detail) from exc
+        finally:
+            backend.quiesced = False
+        backend.process = None
+        self._registry.remove(process.pid)
+        await self._stop_tail(backend)
+
+    async def _criu_restore(self, backend: _Backend) -> None:
+        alias, model, checkpoints = (
+            backend.alias,
+            self._config.models[backend.alias],
+            self.checkpoints,
+        )
+        if checkpoints is None:
+            raise StepFailed(alias, Step.CRIU_RESTORE, "CRIU needs a `checkpoint` section")
+        await self.kill(alias)  # never two trees for one model
+        try:
+            process = await checkpoints.bring_back(
+                alias,
+                port=model.port,
+                tp=model.tensor_parallel_size,
+                log_path=backend.log_path,
+                reaper=self._reaper,
+            )
+        except CheckpointFailed as exc:
+            raise StepFailed(alias, Step.CRIU_RESTORE, exc.detail) from exc
+        self._attach(backend, process, process.log_offset)
+        try:
+            timeout = checkpoints.config.restore_timeout_secs
+            await self._wait_healthy(backend, process, timeout, step=Step.CRIU_RESTORE)
+        except StepFailed as exc:
+            checkpoints.restore_failed(alias, exc.detail)
+            raise
+        checkpoints.catalog.restored(alias)
+
+    # ---- cuda-checkpoint ----------------------------------------------------------------
+
+    async def _cuda_step(self, backend: _Backend, step: Step) -> None:
+        """Suspend or resume every CUDA pid of the tree (design §3 `cuda_suspend`)."""
+        checkpoint, process = self._config.checkpoint, backend.process
+        if checkpoint is None or process is None:
+            raise StepFailed(backend.alias, step, "needs a `checkpoint` section and a live tree")
+        if self._cuda is None:  # first use: configs without cuda_suspend start no helper
+            cli_path = resolve_program(checkpoint.cuda_checkpoint_path)
+            self._cuda = suspender_for(
+                checkpoint, cli_path=cli_path, reaper=self._reaper, log_dir=self._log_dir
+            )
+        try:
+            if step is Step.CUDA_SUSPEND:
+                backend.cuda_pids = await self._cuda.suspend(backend.alias, process.pid)
+            else:
+                await self._cuda.resume(backend.alias, process.pid, backend.cuda_pids)
+                backend.cuda_pids = []
+        except CudaSuspendFailed as exc:
+            raise StepFailed(backend.alias, step, str(exc)) from exc
 
     # ---- processes ------------------------------------------------------------------
 
@@ -177,7 +288,7 @@ class Backends:
         alias = backend.alias
         model = self._config.models[alias]
         await self.kill(alias)  # never two trees for one model (stale port, leaked memory)
-        env = backend_env(self._config, model, os.environ, self._ledger_path)
+        env = backend_env(self._config, model, os.environ, self._ledger_path, alias=alias)
         # Only this run's output is re-emitted; the file keeps earlier runs for operators.
         offset = backend.log_path.stat().st_size if backend.log_path.exists() else 0
         try:
@@ -190,6 +301,12 @@ class Backends:
             )
         except SpawnFailed as exc:
             raise StepFailed(alias, Step.COLD_START, str(exc)) from exc
+        self._attach(backend, process, offset)
+        await self._wait_healthy(backend, process, model.startup_timeout_secs)
+
+    def _attach(self, backend: _Backend, process: BackendProcess, offset: int) -> None:
+        """Supervise a spawned or restored tree: registry, exit report, log tail."""
+        alias = backend.alias
         backend.process = process
         self._registry.add(process)
         process.exited.add_done_callback(
@@ -198,13 +315,21 @@ class Backends:
             )
         )
         backend.tail = LogTail(backend.log_path, model=alias, pid=process.pid, start_offset=offset)
-        backend.tail_task = asyncio.get_running_loop().create_task(backend.tail.run())
-        await self._wait_healthy(backend, process, model.startup_timeout_secs)
+        # A fresh context: the tail lives as long as the process, not as the op that
+        # started it, so it must not carry that op's switch_id/op_id into every line.
+        backend.tail_task = asyncio.get_running_loop().create_task(
+            backend.tail.run(), context=contextvars.Context()
+        )
 
     async def _wait_healthy(
-        self, backend: _Backend, process: BackendProcess, deadline_secs: float
+        self,
+        backend: _Backend,
+        process: BackendProcess,
+        deadline_secs: float,
+        *,
+        step: Step = Step.COLD_START,
     ) -> None:
-        """Readiness is `/health` answering 200, bounded by `startup_timeout_secs`."""
+        """Readiness is `/health` answering 200, bounded by `deadline_secs`."""
         try:
             async with asyncio.timeout(deadline_secs):
                 while True:
@@ -212,18 +337,15 @@ class Backends:
                         code = process.exited.result()
                         tail = " | ".join(self.recent_output(backend.alias)[-3:])
                         raise StepFailed(
-                            backend.alias,
-                            Step.COLD_START,
-                            f"exited with code {code} during start: {tail}",
+                            backend.alias, step, f"exited with code {code} during start: {tail}"
                         )
                     if await backend.client.health(timeout=self._sup.health_timeout_secs):
                         return
                     await asyncio.sleep(HEALTH_POLL_SECS)
         except TimeoutError:
+            limit = "startup_timeout_secs" if step is Step.COLD_START else "restore_timeout_secs"
             raise StepFailed(
-                backend.alias,
-                Step.COLD_START,
-                f"not healthy within startup_timeout_secs={deadline_secs:g}",
+                backend.alias, step, f"not healthy within {limit}={deadline_secs:g}"
             ) from None
 
     async def _stop_tail(self, backend: _Backend) -> None:
@@ -239,8 +361,36 @@ class Backends:
         tail = self._backends[model].tail
         return tail.recent_lines() if tail is not None else []
 
+    def live_ports(self) -> dict[str, int]:
+        """Each model whose tree is alive, with the port it was started on."""
+        models = self._config.models
+        return {
+            a: models[a].port
+            for a, b in self._backends.items()
+            if a in models and self.pid_of(a) and not b.quiesced
+        }
+
+    def reload(self, config: Config) -> None:
+        """Take a new model table (SIGHUP). New models get a record; a changed one a client
+        for its new port (its old tree is stopped by the scheduler through `kill`, which
+        needs no config). Records of removed models stay until `close()` so that stop works.
+        """
+        old = self._config.models
+        self._config = config
+        for alias, model in config.models.items():
+            if alias not in self._backends:
+                self._backends[alias] = _Backend(
+                    alias, self._client_for(alias, model.port), self._log_dir / f"{alias}.log"
+                )
+            elif alias in old and old[alias].port != model.port:
+                self._backends[alias].client = self._client_for(alias, model.port)
+
     async def close(self) -> None:
         """Kill every tree (shutdown's last resort after the scheduler's orderly stops)."""
         await asyncio.gather(
             *(self.kill(alias) for alias in self._backends), return_exceptions=True
         )
+        if self._cuda is not None:
+            await self._cuda.close()  # the driver-API helper, if one was started
+        if self.checkpoints is not None:
+            await self.checkpoints.close()  # background finalisations and uploads

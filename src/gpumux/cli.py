@@ -12,10 +12,13 @@ import json
 import sys
 from collections.abc import Sequence
 
-from gpumux.config import ConfigProblems, json_schema
+from gpumux.cli_admin import add_admin_commands
+from gpumux.config import Config, ConfigProblems, json_schema
 from gpumux.config_loader import load_config
+from gpumux.simulate import command as simulate_command
 
 EXIT_OK = 0
+EXIT_FAILED = 1
 EXIT_CONFIG = 2  # also systemd's RestartPreventExitStatus: a bad config never loops
 
 
@@ -56,10 +59,37 @@ def cmd_serve(args: argparse.Namespace) -> int:
     configure_logging(args.log_format or default_format())
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
+    if args.checkpoint is not None:
+        return cmd_prebake(config, args.checkpoint, args.eviction)
     options = ServeOptions(
-        port=args.port, admin_port=args.admin_port, metrics_port=args.metrics_port
+        port=args.port,
+        admin_port=args.admin_port,
+        metrics_port=args.metrics_port,
+        config_path=args.config,
     )
-    return serve(config, options)
+    try:
+        return serve(config, options)
+    except ConfigProblems as problems:  # found at start-up, before binding (e.g. no token)
+        _print_problems(problems)
+        return EXIT_CONFIG
+
+
+def cmd_prebake(config: Config, model: str, eviction_text: str | None) -> int:
+    """`serve --checkpoint MODEL`: bake a CRIU image of MODEL, print where it is, exit."""
+    from gpumux.prebake import PrebakeFailed, check_request, run_prebake, summary
+
+    try:
+        eviction = check_request(config, model, eviction_text)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        result = run_prebake(config, model, eviction)
+    except PrebakeFailed as exc:
+        print(f"error: pre-baking {model} failed: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    print(summary(model, result))
+    return EXIT_OK
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -74,6 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--admin-port", type=int)
     serve.add_argument("--metrics-port", type=int)
     serve.add_argument("--log-format", choices=["json", "console"])
+    serve.add_argument(
+        "--checkpoint", metavar="MODEL", help="pre-bake a CRIU image of MODEL and exit"
+    )
+    serve.add_argument(
+        "--eviction", metavar="WEIGHTS+PROCESS", help="with --checkpoint (discard+checkpoint)"
+    )
     serve.set_defaults(func=cmd_serve)
 
     validate = sub.add_parser("validate", help="check a config; exit 0 or 2")
@@ -83,6 +119,11 @@ def build_parser() -> argparse.ArgumentParser:
     schema = sub.add_parser("schema", help="print the config's JSON Schema")
     schema.set_defaults(func=cmd_schema)
 
+    simulate = sub.add_parser("simulate", help="replay load against the scheduler in virtual time")
+    simulate_command.add_arguments(simulate)
+    simulate.set_defaults(func=simulate_command.run)
+
+    add_admin_commands(sub)
     return parser
 
 

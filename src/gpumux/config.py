@@ -5,6 +5,8 @@ derives from `extra_args` (tensor parallelism, memory utilisation, GPU indices) 
 cross-field rules, reported all at once as errors (exit 2) or warnings.
 Does not: read files or the environment (that is `config_loader`), resolve secrets, or
 apply anything. Pure: no I/O, no clock.
+Long because the whole contract is kept in one place: splitting the models from the rules
+that cross them would make each rule harder to find than the file is to scroll.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import ipaddress
 import shlex
 from collections.abc import Iterator
 from enum import StrEnum
+from functools import cached_property
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -90,18 +93,21 @@ class ModelConfig(_Strict):
     startup_timeout_secs: float = Field(default=600, gt=0)
     max_queue: int = Field(default=256, ge=1)
     max_num_seqs: int = Field(default=256, ge=1, description="Simulator batch size.")
+    #: TP>1 with cuda_suspend/checkpoint: start with NCCL_P2P_DISABLE=1/NCCL_SHM_DISABLE=1
+    #: (those transports map memory cuda-checkpoint cannot move); values in `env` win.
+    nccl_safe_env: bool = True
 
-    @property
+    @cached_property  # the scheduler reads these on every request
     def tensor_parallel_size(self) -> int:
         value = _flag_value(self.extra_args, "--tensor-parallel-size", "-tp")
         return int(value) if value is not None else 1
 
-    @property
+    @cached_property  # the scheduler reads these on every request
     def gpu_memory_utilization(self) -> float:
         value = _flag_value(self.extra_args, "--gpu-memory-utilization")
         return float(value) if value is not None else 0.9
 
-    @property
+    @cached_property  # the scheduler reads these on every request
     def gpu_indices(self) -> tuple[int, ...]:
         if self.gpus is not None:
             return tuple(self.gpus)
@@ -144,6 +150,14 @@ class ObjectStoreConfig(_Strict):
     prefix: str = ""
     access_key: str | None = None
     secret_key: str | None = None
+    # Bounds on every request (botocore's defaults are 60 s x retries) and on a whole
+    # transfer; multipart chunks are uploaded `max_concurrency` at a time.
+    connect_timeout_secs: float = Field(default=5, gt=0)
+    read_timeout_secs: float = Field(default=30, gt=0)
+    max_attempts: int = Field(default=3, ge=1)
+    max_concurrency: int = Field(default=4, ge=1)
+    multipart_chunk_mib: float = Field(default=64, ge=5)  # S3's minimum part is 5 MiB
+    transfer_timeout_secs: float = Field(default=1800, gt=0)
 
 
 class CheckpointConfig(_Strict):
@@ -153,6 +167,18 @@ class CheckpointConfig(_Strict):
     cuda_checkpoint_path: str = "cuda-checkpoint"
     keep_images: bool = True
     object_store: ObjectStoreConfig | None = None
+    # cuda_suspend: `auto` uses the driver API (cuda-bindings, in a helper) when usable,
+    # else the CLI; a timeout bounds one call on one pid; `lock` waits at most the lock
+    # timeout for GPU work; the end state of every pid is checked `attempts` times.
+    cuda_checkpoint_api: Literal["auto", "driver", "cli"] = "auto"
+    cuda_checkpoint_timeout_secs: float = Field(default=120, gt=0)
+    cuda_lock_timeout_secs: float = Field(default=30, gt=0)
+    cuda_verify_attempts: int = Field(default=5, ge=1)
+    cuda_verify_interval_secs: float = Field(default=0.2, ge=0)
+    # CRIU: bounds on one `criu dump` / `criu restore` run (the restored tree's /health
+    # wait is bounded by the restore timeout too).
+    dump_timeout_secs: float = Field(default=600, gt=0)
+    restore_timeout_secs: float = Field(default=300, gt=0)
 
 
 class GpuConfig(_Strict):
@@ -288,6 +314,16 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def _checkpoint_errors(config: Config) -> Iterator[str]:
+    store = config.checkpoint.object_store if config.checkpoint else None
+    if store is None:
+        return
+    if not store.endpoint.startswith(("http://", "https://")):
+        yield "checkpoint.object_store.endpoint: must be an http:// or https:// URL"
+    if not store.bucket.strip():
+        yield "checkpoint.object_store.bucket: must name a bucket"
+
+
 def semantic_errors(config: Config) -> Iterator[str]:
     claims = [("port", config.port)]
     if config.metrics_port:
@@ -296,6 +332,7 @@ def semantic_errors(config: Config) -> Iterator[str]:
         claims.append(("admin_port", config.admin_port))
     claims += [(f"models.{alias}.port", m.port) for alias, m in config.models.items()]
     yield from _collisions(claims)
+    yield from _checkpoint_errors(config)
 
     exposed = config.admin_port is not None and not _is_loopback(config.admin_host)
     if exposed and not config.admin_token_env:
@@ -372,10 +409,12 @@ def semantic_warnings(config: Config) -> Iterator[str]:
             ):
                 if not model.has_flag(flag):
                     yield f"{where}: TP>1 with {eviction} but no {flag} ({why})"
+            if not model.nccl_safe_env:
+                yield f"{where}: TP>1 with {eviction} and nccl_safe_env false (NCCL P2P/SHM)"
         if eviction.needs_sleep_mode and not model.enable_sleep_mode:
             yield (
                 f"{where}: eviction {eviction} uses vLLM sleep but enable_sleep_mode is false; "
-                "vLLM will refuse /sleep"
+                "vLLM will then refuse /sleep or (CPU builds) accept it without freeing memory"
             )
         if (
             eviction.process is ProcessStrategy.STOP

@@ -19,21 +19,30 @@ import aiohttp
 import structlog
 from aiohttp import web
 
+from gpumux.admin import AdminApi
+from gpumux.admin_auth import AdminToken
+from gpumux.admin_setup import admin_port, build_admin, proxy_url
+from gpumux.backend_metrics import BACKENDS_PATH, BackendMetrics
 from gpumux.backends import Backends
 from gpumux.config import GIB, Config
 from gpumux.fake_ledger import create_ledger
-from gpumux.gpu_probe import GpuProbe, host_memory_available, open_probe
+from gpumux.gpu_probe import GpuProbe, open_probe
 from gpumux.health import HealthMonitor
 from gpumux.metrics import Metrics, measure_loop_lag, metrics_app
 from gpumux.observer import DaemonObserver
 from gpumux.orchestrator import Orchestrator
 from gpumux.policy.base import make_policy
+from gpumux.prebake import initial_states, make_checkpoints
 from gpumux.procs import ChildRegistry, Reaper, set_child_subreaper, sweep_leftovers
 from gpumux.proxy import Proxy
 from gpumux.proxy_auth import ApiKeys
+from gpumux.reload import Reloader
+from gpumux.resources import Resources
 from gpumux.scheduler import Scheduler
 from gpumux.scheduler_core import SchedulerCore
+from gpumux.sdnotify import Notifier, extend_timeout, watchdog
 from gpumux.states import DAEMON_TRANSITIONS, DaemonState, transition
+from gpumux.upstream import UpstreamPools
 
 log = structlog.get_logger("gpumux.daemon")
 
@@ -51,6 +60,7 @@ class ServeOptions:
     port: int | None = None
     admin_port: int | None = None
     metrics_port: int | None = None
+    config_path: str | None = None  # re-read on SIGHUP
 
 
 def resolve_state_dir(config: Config) -> Path:
@@ -83,6 +93,10 @@ class Daemon:
 
     async def run(self) -> int:
         config = self.config
+        admin_at = admin_port(config, self.options.admin_port)
+        # Before anything binds: a named-but-unset token is a config error (exit 2).
+        admin_token = AdminToken.from_env(config, serving=admin_at is not None)
+        notifier = Notifier.from_env()
         state_dir = resolve_state_dir(config)
         state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         swept = sweep_leftovers(state_dir)
@@ -98,7 +112,17 @@ class Daemon:
         metrics = Metrics()
         metrics.init_models(config.models)
         observer = DaemonObserver(metrics)
-        core = SchedulerCore(config, make_policy(config.policy), capacity)
+        checkpoints = make_checkpoints(
+            config,
+            state_dir / "logs",
+            lambda op, secs: metrics.checkpoint_ops_duration.labels(op).observe(secs),
+        )
+        # Models with a usable pre-baked image start CHECKPOINTED (restored on demand).
+        prebaked = await initial_states(config, checkpoints)
+        for alias, (state, _weights) in prebaked.items():
+            metrics.set_model_state(alias, state)
+        core = SchedulerCore(config, make_policy(config.policy), capacity, initial_states=prebaked)
+        pools = UpstreamPools(UPSTREAM_KEEPALIVE_SECS)  # per backend, so a dump can drop one
         connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=UPSTREAM_KEEPALIVE_SECS)
         session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
         scheduler_ref: list[Scheduler] = []
@@ -110,19 +134,38 @@ class Daemon:
             log_dir=state_dir / "logs",
             ledger_path=ledger_path,
             on_exit=lambda model, pid, code: scheduler_ref[0].process_exited(model, pid, code),
+            pools=pools,
+            checkpoints=checkpoints,
         )
         scheduler = Scheduler(core, Orchestrator(backends, loop.time), observer, loop.time)
         scheduler_ref.append(scheduler)
         api_keys = ApiKeys.from_env_value(os.environ.get(config.api_keys_env or "", ""))
-        proxy = Proxy(config, scheduler, session, metrics, api_keys, lambda: self.shutting_down)
+        proxy = Proxy(
+            config, scheduler, session, metrics, api_keys, lambda: self.shutting_down, pools
+        )
+        resources = Resources(probe, metrics)
+        reloader = Reloader(
+            self.options.config_path,
+            config,
+            scheduler=scheduler,
+            backends=backends,
+            proxy=proxy,
+            metrics=metrics,
+            notifier=notifier,
+        )
+        admin: AdminApi | None = None
         runners: list[web.AppRunner] = []
         try:
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(scheduler.run(), name="scheduler")
+                if checkpoints is not None:
+                    tasks.create_task(checkpoints.housekeeping(), name="images")
                 tasks.create_task(
                     measure_loop_lag(metrics, LOOP_LAG_INTERVAL_SECS), name="loop-lag"
                 )
-                tasks.create_task(self._poll_memory(probe, metrics), name="memory-poll")
+                tasks.create_task(resources.poll(MEMORY_POLL_SECS), name="memory-poll")
+                tasks.create_task(reloader.run(), name="config-reload")
+                tasks.create_task(watchdog(notifier), name="sd-watchdog")
                 health = HealthMonitor(scheduler, backends.client, config.supervision)
                 tasks.create_task(health.run(), name="health")
                 port = self.options.port if self.options.port is not None else config.port
@@ -135,24 +178,59 @@ class Daemon:
                     else config.metrics_port
                 )
                 if metrics_port:
-                    runners.append(await _listen(metrics_app(metrics), config.host, metrics_port))
+                    app = metrics_app(metrics)
+                    scraper = BackendMetrics(session, backends.live_ports)
+                    app.router.add_get(BACKENDS_PATH, scraper.handle)
+                    runners.append(await _listen(app, config.host, metrics_port))
+                if admin_at is not None:
+                    admin = build_admin(
+                        config=lambda: reloader.config,
+                        token=admin_token,
+                        scheduler=scheduler,
+                        observer=observer,
+                        metrics=metrics,
+                        resources=resources,
+                        backends=backends,
+                        session=session,
+                        proxy=proxy_url(config.host, port),
+                        clock=loop.time,
+                        daemon_state=lambda: self.state.value,
+                    )
+                    runners.append(
+                        await _listen(
+                            admin.app(), config.admin_host, admin_at, cancel_on_disconnect=True
+                        )
+                    )
                 self._install_signals(loop)
+                loop.add_signal_handler(signal.SIGHUP, reloader.request)
                 self._set_state(DaemonState.SERVING)
                 log.info(
-                    "daemon_ready", port=port, metrics_port=metrics_port, models=list(config.models)
+                    "daemon_ready",
+                    port=port,
+                    metrics_port=metrics_port,
+                    admin_port=admin_at,
+                    models=list(config.models),
                 )
+                # Listeners are bound; models load on demand, so this never waits for one.
+                notifier.ready(f"serving {len(config.models)} models on port {port}")
                 await self._stop.wait()
-                await self._shutdown(scheduler, backends)
+                notifier.stopping()
+                async with extend_timeout(notifier):
+                    await self._shutdown(scheduler, backends)
                 raise _Finished
         except* _Finished:
             pass
         finally:
+            if admin is not None:
+                admin.close()  # ends SSE streams, so the admin runner's cleanup is quick
             for runner in reversed(runners):
                 await runner.cleanup()
             await backends.close()
+            await pools.close()
             await session.close()
             probe.close()
             reaper.uninstall()
+            notifier.close()
         self._set_state(DaemonState.STOPPED)
         log.info("daemon_stopped")
         return 0
@@ -194,12 +272,6 @@ class Daemon:
         indices = {i for m in self.config.models.values() for i in m.gpu_indices}
         log.warning("gpu_capacity_unknown", probe=probe.name, nominal_bytes=NOMINAL_CAPACITY_BYTES)
         return dict.fromkeys(indices, NOMINAL_CAPACITY_BYTES)
-
-    async def _poll_memory(self, probe: GpuProbe, metrics: Metrics) -> None:
-        while True:
-            metrics.set_gpu_memory(await probe.read())
-            metrics.host_memory_available.set(await host_memory_available())
-            await asyncio.sleep(MEMORY_POLL_SECS)
 
     def _install_signals(self, loop: asyncio.AbstractEventLoop) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -125,3 +125,15 @@ class BackendUnreachable(ServerError):
 class SwitchConflict(ClientError):
     http_status = 409
     code = "switch_in_progress"
+
+
+class AdminTokenMissing(ClientError):
+    http_status = 401
+    error_type = "authentication_error"
+    code = "missing_admin_token"
+
+
+class AdminTokenInvalid(ClientError):
+    http_status = 403
+    error_type = "permission_error"
+    code = "invalid_admin_token"

@@ -52,6 +52,16 @@ PHASE_OF: dict[Step, str] = {
     Step.WARMUP: "warmup",
 }
 
+#: How a live backend's weights stand after each step that changes them (a CRIU image
+#: records it, so its restore knows which wake steps the weights need).
+WEIGHTS_AFTER: dict[Step, WeightStrategy] = {
+    Step.COLD_START: WeightStrategy.RETAIN,
+    Step.SLEEP_OFFLOAD: WeightStrategy.OFFLOAD,
+    Step.SLEEP_DISCARD: WeightStrategy.DISCARD,
+    Step.WAKE_ALL: WeightStrategy.RETAIN,
+    Step.WAKE_KV_CACHE: WeightStrategy.RETAIN,
+}
+
 _WEIGHTS_SLEEP: dict[WeightStrategy, tuple[Step, ...]] = {
     WeightStrategy.RETAIN: (),
     WeightStrategy.OFFLOAD: (Step.SLEEP_OFFLOAD,),

@@ -9,7 +9,15 @@ Format::
 
     {"capacity_bytes": {"0": 85899345920, ...},
      "allocations": {"<pid>": {"gpus": {"0": bytes, ...}, "host_bytes": int,
-                               "model": str, "state": "awake"|"sleeping"|"suspended"}}}
+                               "model": str, "state": "awake"|"sleeping"|"suspended",
+                               "cuda": {...}}}}    # only while not "running"
+
+``cuda`` is the pid's cuda-checkpoint state, written by ``update`` (mock_vllm's fake
+driver): ``{"state": "locked"|"checkpointed"|"failed", "image": {"0": bytes},
+"state_before": "awake"|"sleeping", "restore_failed": bool}``. ``image`` is what a
+checkpoint moved from the GPUs to host memory, to be moved back on restore. A pid whose
+CUDA state is not running cannot be rebooked (``book`` raises ``CudaBusy``), because a
+real process's CUDA calls block until it is unlocked.
 
 Real GPUs free a process's memory when it dies, so every read ignores allocations whose
 pid is gone or a zombie, and every write drops them for good.
@@ -21,13 +29,16 @@ import contextlib
 import fcntl
 import json
 import os
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, cast
 
 AllocationState = Literal["awake", "sleeping", "suspended"]
 ALLOCATION_STATES: frozenset[str] = frozenset({"awake", "sleeping", "suspended"})
+#: cuda-checkpoint's process states (`cuda-checkpoint --get-state`).
+CudaState = Literal["running", "locked", "checkpointed", "failed"]
+CUDA_STATES: frozenset[str] = frozenset({"running", "locked", "checkpointed", "failed"})
 
 PathLike = str | os.PathLike[str]
 
@@ -46,6 +57,18 @@ class LedgerFull(Exception):
         return (LedgerFull, (self.gpu, self.free, self.wanted))
 
 
+class CudaBusy(Exception):
+    """The pid's CUDA state is locked or checkpointed, so it cannot change its booking."""
+
+    def __init__(self, pid: int, cuda_state: str) -> None:
+        super().__init__(f"pid {pid}: CUDA is {cuda_state}")
+        self.pid = pid
+        self.cuda_state = cuda_state
+
+    def __reduce__(self) -> tuple[type[CudaBusy], tuple[int, str]]:
+        return (CudaBusy, (self.pid, self.cuda_state))
+
+
 @dataclass(frozen=True, slots=True)
 class Allocation:
     """One live process's booking."""
@@ -55,6 +78,13 @@ class Allocation:
     host_bytes: int
     model: str
     state: AllocationState
+    cuda_state: CudaState = "running"
+    #: Device bytes per GPU that a cuda-checkpoint moved to host memory (while checkpointed).
+    image: dict[int, int] = field(default_factory=dict)
+    #: The booking state to return to when the image is restored.
+    state_before: AllocationState | None = None
+    #: A restore ran out of memory: like the real driver, the process stays stuck.
+    restore_failed: bool = False
 
 
 def pid_is_dead(pid: int) -> bool:
@@ -91,7 +121,8 @@ def book(
 
     The pid's current allocation does not count against the new one, so a rebook to a
     smaller or larger size only needs the difference to be free. Raises ``LedgerFull``
-    (writing nothing) when any GPU would exceed its capacity once dead pids are pruned.
+    (writing nothing) when any GPU would exceed its capacity once dead pids are pruned,
+    and ``CudaBusy`` when the pid's CUDA state is locked or checkpointed.
     """
     if state not in ALLOCATION_STATES:
         raise ValueError(f"unknown state {state!r}")
@@ -101,6 +132,9 @@ def book(
         data = _pruned(_read(path))
         capacity = _capacities(data)
         allocs: dict[str, Any] = data["allocations"]
+        current = allocs.get(str(pid))
+        if current is not None and "cuda" in current:
+            raise CudaBusy(pid, str(current["cuda"].get("state", "locked")))
         others = {k: v for k, v in allocs.items() if k != str(pid)}
         used = _used(others)
         for gpu, wanted in sorted(gpus.items()):
@@ -139,16 +173,73 @@ def allocations(path: PathLike) -> dict[int, Allocation]:
     """Every live pid's allocation, for tests and tools; writes nothing."""
     with _locked(path, exclusive=False):
         data = _pruned(_read(path))
-    return {
-        int(pid): Allocation(
-            pid=int(pid),
-            gpus={int(g): int(b) for g, b in entry["gpus"].items()},
-            host_bytes=int(entry.get("host_bytes", 0)),
-            model=str(entry.get("model", "")),
-            state=cast(AllocationState, entry.get("state", "awake")),
-        )
-        for pid, entry in data["allocations"].items()
+    return {int(pid): _allocation(int(pid), entry) for pid, entry in data["allocations"].items()}
+
+
+Change = Callable[[Allocation | None, dict[int, int]], Allocation | None]
+
+
+def update(path: PathLike, pid: int, change: Change) -> Allocation | None:
+    """Read, change and write ``pid``'s allocation as one step under the ledger lock.
+
+    ``change`` gets the current allocation (None when the pid has none) and the free
+    bytes per GPU not counting this pid; it returns the new allocation, or None to
+    write nothing. It may raise to abort. A result that does not fit raises
+    ``LedgerFull`` and writes nothing. Returns what was written (or None).
+    """
+    with _locked(path, exclusive=True):
+        data = _pruned(_read(path))
+        capacity = _capacities(data)
+        allocs: dict[str, Any] = data["allocations"]
+        current = _allocation(pid, allocs[str(pid)]) if str(pid) in allocs else None
+        used = _used({k: v for k, v in allocs.items() if k != str(pid)})
+        free = {gpu: cap - used.get(gpu, 0) for gpu, cap in capacity.items()}
+        new = change(current, dict(free))
+        if new is None:
+            return None
+        for gpu, wanted in sorted(new.gpus.items()):
+            if gpu not in capacity:
+                raise ValueError(f"GPU {gpu} is not in the ledger {os.fspath(path)}")
+            if wanted > free[gpu]:
+                raise LedgerFull(gpu, max(free[gpu], 0), wanted)
+        allocs[str(pid)] = _entry(new)
+        _write(path, data)
+        return new
+
+
+def _allocation(pid: int, entry: Mapping[str, Any]) -> Allocation:
+    cuda: Mapping[str, Any] = entry.get("cuda") or {}
+    before = cuda.get("state_before")
+    return Allocation(
+        pid=pid,
+        gpus={int(g): int(b) for g, b in entry["gpus"].items()},
+        host_bytes=int(entry.get("host_bytes", 0)),
+        model=str(entry.get("model", "")),
+        state=cast(AllocationState, entry.get("state", "awake")),
+        cuda_state=cast(CudaState, cuda.get("state", "running")),
+        image={int(g): int(b) for g, b in (cuda.get("image") or {}).items()},
+        state_before=cast(AllocationState, before) if before in ALLOCATION_STATES else None,
+        restore_failed=bool(cuda.get("restore_failed", False)),
+    )
+
+
+def _entry(alloc: Allocation) -> dict[str, Any]:
+    if alloc.state not in ALLOCATION_STATES or alloc.cuda_state not in CUDA_STATES:
+        raise ValueError(f"bad states {alloc.state!r}/{alloc.cuda_state!r}")
+    entry: dict[str, Any] = {
+        "gpus": {str(g): int(b) for g, b in sorted(alloc.gpus.items())},
+        "host_bytes": int(alloc.host_bytes),
+        "model": alloc.model,
+        "state": alloc.state,
     }
+    if alloc.cuda_state != "running":
+        entry["cuda"] = {
+            "state": alloc.cuda_state,
+            "image": {str(g): int(b) for g, b in sorted(alloc.image.items())},
+            "state_before": alloc.state_before,
+            "restore_failed": alloc.restore_failed,
+        }
+    return entry
 
 
 @contextlib.contextmanager

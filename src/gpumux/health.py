@@ -16,7 +16,7 @@ import structlog
 from gpumux.config import SupervisionConfig
 from gpumux.scheduler import Scheduler
 from gpumux.states import ModelState
-from gpumux.vllm_client import VllmClient
+from gpumux.vllm_client import BackendControlError, VllmClient
 
 log = structlog.get_logger(__name__)
 
@@ -44,20 +44,19 @@ class HealthMonitor:
     async def probe_once(self) -> None:
         # A snapshot for choosing whom to probe; the scheduler re-checks any report.
         targets = [
-            (slot.alias, slot.pid)
+            (slot.alias, slot.pid, slot.state is ModelState.READY)
             for slot in self._scheduler.core.slots.values()
             if slot.state in PROBED_STATES and slot.op is None and slot.pid is not None
         ]
-        results = await asyncio.gather(
-            *(
-                self._clients(alias).health(timeout=self._sup.health_timeout_secs)
-                for alias, _ in targets
-            )
-        )
+        results = await asyncio.gather(*(self._probe(alias, ready) for alias, _, ready in targets))
         live = set()
-        for (alias, pid), healthy in zip(targets, results, strict=True):
+        for (alias, pid, _), (healthy, asleep) in zip(targets, results, strict=True):
             key = (alias, pid)
             live.add(key)
+            if asleep:
+                # Healthy but asleep while we route to it: requests would wait inside vLLM.
+                log.warning("backend_found_asleep", model=alias, pid=pid)
+                self._scheduler.report_asleep(alias, pid)
             if healthy:
                 self._failures.pop(key, None)
                 continue
@@ -69,3 +68,15 @@ class HealthMonitor:
                 self._scheduler.report_unhealthy(alias, pid)
         for key in set(self._failures) - live:
             del self._failures[key]
+
+    async def _probe(self, alias: str, ready: bool) -> tuple[bool, bool]:
+        """(healthy, asleep). vLLM answers /health while asleep, so ready models are also
+        asked whether they sleep."""
+        client = self._clients(alias)
+        healthy = await client.health(timeout=self._sup.health_timeout_secs)
+        if not healthy or not ready:
+            return healthy, False
+        try:
+            return True, await client.is_sleeping(timeout=self._sup.health_timeout_secs)
+        except BackendControlError:
+            return True, False  # an old vLLM without the dev route: nothing to reconcile

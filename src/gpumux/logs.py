@@ -76,6 +76,13 @@ EVENT_CATALOGUE: Final[Mapping[str, str]] = {
     "gpu_probe_failed": "a GPU probe read failed; last values kept",
     "loop_lag_high": "the event loop woke far later than asked",
     "admin_command": "an admin API command was accepted (command, model)",
+    # configuration reload (SIGHUP) and systemd
+    "config_reloaded": "a SIGHUP reload was applied (added, removed, changed models)",
+    "config_reload_failed": "a SIGHUP reload was refused; the running config stays",
+    "config_reload_ignored": "reloaded keys other than models, which need a restart",
+    "model_removed": "a model removed by a reload has stopped and left the table",
+    "model_reconfigured": "a model changed by a reload stopped and takes its new config",
+    "sd_notify_failed": "a systemd notify message could not be sent (logged once)",
 }
 EVENTS: Final = frozenset(EVENT_CATALOGUE)
 

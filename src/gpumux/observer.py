@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Callable
 
 import structlog
 
@@ -27,9 +28,16 @@ class DaemonObserver:
         self._metrics = metrics
         self.events: deque[dict[str, object]] = deque(maxlen=HISTORY)
         self.last_switch: dict[str, dict[str, object]] = {}
+        self._depths: dict[str, int] = {}
+        self._inflight: dict[str, int] = {}
+        #: Called with each remembered event (the admin API's SSE hub subscribes here).
+        self.listeners: list[Callable[[dict[str, object]], None]] = []
 
     def _remember(self, event: str, **fields: object) -> None:
-        self.events.append({"t": time.time(), "event": event, **fields})
+        record: dict[str, object] = {"t": time.time(), "event": event, **fields}
+        self.events.append(record)
+        for listener in self.listeners:
+            listener(record)
 
     def state_changed(self, event: StateChanged) -> None:
         self._metrics.set_model_state(event.model, event.after)
@@ -54,9 +62,9 @@ class DaemonObserver:
             "strategy": event.strategy,
             "outcome": event.outcome,
             "duration_s": round(event.duration_secs, 4),
-            "phases": {phase: round(secs, 4) for phase, secs in event.phase_secs},
+            "phases": {phase: round(secs, 4) for phase, secs in event.phase_totals().items()},
         }
-        self.last_switch[event.target] = fields
+        self.last_switch[event.target] = {**fields, "at": time.time()}
         log.info("switch_finished", **fields)
         self._remember("switch_finished", **fields)
 
@@ -73,7 +81,12 @@ class DaemonObserver:
         self._remember(event.event, **event.fields)
 
     def queues_changed(self, depths: dict[str, int], inflight: dict[str, int]) -> None:
+        # Called after every scheduler message: touch only the gauges that moved.
         for model, depth in depths.items():
-            self._metrics.queue_depth.labels(model).set(depth)
+            if self._depths.get(model) != depth:
+                self._depths[model] = depth
+                self._metrics.queue_depth.labels(model).set(depth)
         for model, count in inflight.items():
-            self._metrics.inflight.labels(model).set(count)
+            if self._inflight.get(model) != count:
+                self._inflight[model] = count
+                self._metrics.inflight.labels(model).set(count)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 import aiohttp
 import structlog
 from aiohttp import web
+from multidict import MultiMapping
 
 from gpumux.config import Config
 from gpumux.errors import (
@@ -34,10 +36,12 @@ from gpumux.errors import (
     ShuttingDown,
     UnsupportedMediaType,
     UpstreamTimeout,
+    openai_envelope,
 )
 from gpumux.metrics import Metrics
 from gpumux.proxy_auth import ApiKeys
 from gpumux.scheduler import Lease, Scheduler
+from gpumux.upstream import UpstreamPools
 
 log = structlog.get_logger(__name__)
 
@@ -73,6 +77,9 @@ _HOP_BY_HOP = frozenset(
 )
 
 REQUEST_ID = "X-Request-Id"
+#: The `model` label of requests naming a model that is not configured.
+UNKNOWN_MODEL_LABEL = "_unknown"
+_REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,128}")
 _SSE_DONE = b"data: [DONE]\n\n"
 
 
@@ -82,10 +89,45 @@ class ProxySettings:
     idle_timeout_secs: float
 
 
+#: Failures a blind retry may repeat: the request itself may be what crashed or hung the
+#: backend (a "query of death"), so the OpenAI SDK is told not to retry them on its own.
+_NO_AUTOMATIC_RETRY = frozenset({BackendCrashed.code, UpstreamTimeout.code})
+
+
+def should_retry(error: GpumuxError) -> str | None:
+    """The `x-should-retry` value for an error the SDK would otherwise judge by status.
+
+    The SDK retries 408/409/429/5xx by default; gpumux says so deliberately: "true" where
+    waiting `Retry-After` is expected to help (queue full, model starting or restarting,
+    backend unreachable), "false" where it is not (see `_NO_AUTOMATIC_RETRY`, and 5xx
+    without a Retry-After). None for the 4xx the SDK never retries.
+    """
+    if error.http_status < 500 and error.http_status not in (408, 409, 429):
+        return None
+    if error.code in _NO_AUTOMATIC_RETRY or error.retry_after is None:
+        return "false"
+    return "true"
+
+
+def end_to_end_headers(headers: MultiMapping[str]) -> dict[str, str]:
+    """`headers` without the hop-by-hop ones: the fixed set, and any a `Connection` names
+    (RFC 9110 §7.6.1), in either direction."""
+    named = {
+        token.strip().lower()
+        for value in headers.getall("Connection", ())
+        for token in value.split(",")
+    }
+    drop = _HOP_BY_HOP | named
+    return {k: v for k, v in headers.items() if k.lower() not in drop}
+
+
 def error_response(error: GpumuxError, request_id: str | None = None) -> web.Response:
     headers = {}
     if error.retry_after is not None:
         headers["Retry-After"] = str(max(1, round(error.retry_after)))
+    retry = should_retry(error)
+    if retry is not None:
+        headers["x-should-retry"] = retry
     if isinstance(error, InvalidApiKey):
         headers["WWW-Authenticate"] = "Bearer"
     if isinstance(error, ShuttingDown):
@@ -108,10 +150,15 @@ class Proxy:
         metrics: Metrics,
         api_keys: ApiKeys,
         is_shutting_down: Callable[[], bool],
+        upstream: UpstreamPools | None = None,
     ) -> None:
         self._config = config
+        # `created` in /v1/models: stable for the daemon's life, like a model registry's.
+        self._started_at = int(time.time())
         self._scheduler = scheduler
         self._session = session
+        # Per-model pools, when given, let a CRIU dump drop one backend's connections.
+        self._upstream = upstream
         self._metrics = metrics
         self._keys = api_keys
         self._shutting_down = is_shutting_down
@@ -121,6 +168,10 @@ class Proxy:
             sock_connect=sup.upstream_connect_timeout_secs,
             sock_read=sup.upstream_idle_timeout_secs,
         )
+
+    def reload(self, config: Config) -> None:
+        """Serve a new model table (SIGHUP); limits and timeouts stay as started."""
+        self._config = config
 
     def app(self) -> web.Application:
         app = web.Application(
@@ -135,7 +186,7 @@ class Proxy:
     async def _errors(
         self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
-        request_id = request.headers.get(REQUEST_ID) or uuid.uuid4().hex
+        request_id = client_request_id(request.headers.get(REQUEST_ID))
         request[REQUEST_ID] = request_id
         structlog.contextvars.bind_contextvars(request_id=request_id)
         try:
@@ -147,8 +198,25 @@ class Proxy:
             return error_response(
                 RequestTooLarge(f"Request body exceeds {limit} bytes."), request_id
             )
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            # aiohttp's own refusals (no route for CONNECT or `OPTIONS *`, ...) are text/plain;
+            # clients get the OpenAI shape like every other error.
+            if exc.status == 404:
+                error: GpumuxError = RouteNotFound(
+                    f"Unknown route {request.method} {request.raw_path[:200]}."
+                )
+            elif exc.status == 405:
+                error = MethodNotAllowed(f"{request.method} is not allowed here.")
+            else:
+                envelope = openai_envelope(exc.reason, "invalid_request_error", "invalid_request")
+                return web.json_response(
+                    envelope, status=exc.status, headers={REQUEST_ID: request_id}
+                )
+            return error_response(error, request_id)
         finally:
-            structlog.contextvars.unbind_contextvars("request_id")
+            structlog.contextvars.unbind_contextvars("request_id", "model")
 
     async def _health(self, request: web.Request) -> web.Response:
         if self._shutting_down():
@@ -157,7 +225,7 @@ class Proxy:
 
     async def _models(self, request: web.Request) -> web.Response:
         self._keys.check(request.headers.get("Authorization"))
-        created = int(time.time())
+        created = self._started_at
         data = [
             {
                 "id": alias,
@@ -184,12 +252,15 @@ class Proxy:
             raise UnsupportedMediaType("Content-Type must be application/json.")
         body = await request.read()
         model, stream = _peek(body)
+        structlog.contextvars.bind_contextvars(model=model[:128])
         endpoint = path
         started = time.monotonic()
         try:
             lease = await self._scheduler.acquire(model)
         except GpumuxError as exc:
-            self._metrics.requests.labels(model, endpoint, str(exc.http_status)).inc()
+            # Client-chosen names never become label values (unbounded series).
+            label = model if model in self._config.models else UNKNOWN_MODEL_LABEL
+            self._metrics.requests.labels(label, endpoint, str(exc.http_status)).inc()
             raise
         try:
             return await self._forward(request, lease, body, path, stream, started)
@@ -207,7 +278,7 @@ class Proxy:
     ) -> web.StreamResponse:
         model = self._config.models[lease.model]
         url = f"http://127.0.0.1:{model.port}{request.raw_path}"
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP}
+        headers = end_to_end_headers(request.headers)
         headers[REQUEST_ID] = request[REQUEST_ID]
         upstream = await self._open_upstream(url, body, headers, lease.model)
         try:
@@ -234,9 +305,8 @@ class Proxy:
         """Send upstream; retry once only when nothing was exchanged (stale pooled connection)."""
         for attempt in (1, 2):
             try:
-                return await self._session.post(
-                    url, data=body, headers=headers, timeout=self._timeout
-                )
+                session = self._upstream.session(model) if self._upstream else self._session
+                return await session.post(url, data=body, headers=headers, timeout=self._timeout)
             except aiohttp.ServerDisconnectedError as exc:
                 if attempt == 2:
                     raise _upstream_error(exc, model) from exc
@@ -276,15 +346,25 @@ class Proxy:
     def _response_headers(
         self, upstream: aiohttp.ClientResponse, request: web.Request
     ) -> dict[str, str]:
-        headers = {k: v for k, v in upstream.headers.items() if k.lower() not in _HOP_BY_HOP}
+        headers = end_to_end_headers(upstream.headers)
         headers[REQUEST_ID] = request[REQUEST_ID]
         return headers
 
     def _count(self, model: str, endpoint: str, status: int) -> None:
         self._metrics.requests.labels(model, endpoint, str(status)).inc()
+        # request_id and model come from the context the middleware and _dispatch bound.
+        log.info("request_finished", endpoint=endpoint, status=status)
 
     def _observe_ttft(self, model: str, started: float) -> None:
         self._metrics.time_to_first_token.labels(model).observe(time.monotonic() - started)
+
+
+def client_request_id(given: str | None) -> str:
+    """The client's `X-Request-Id` when it is a safe token (≤ 128 of `[A-Za-z0-9._-]`), else
+    a fresh one: the id is logged, echoed and forwarded to vLLM, so it is never free text."""
+    if given and _REQUEST_ID_RE.fullmatch(given):
+        return given
+    return uuid.uuid4().hex
 
 
 def _peek(body: bytes) -> tuple[str, bool]:

@@ -16,6 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+import structlog
+
 from gpumux.errors import GpumuxError, ShuttingDown
 from gpumux.orchestrator import Orchestrator
 from gpumux.scheduler_core import SchedulerCore
@@ -98,13 +100,21 @@ class _Unhealthy:
 
 
 @dataclass(frozen=True)
+class _Asleep:
+    model: str
+    pid: int
+
+
+@dataclass(frozen=True)
 class _Call:
     """Run `fn(core, now)` inside the owner task (admin commands, shutdown)."""
 
     fn: Callable[[SchedulerCore, float], list[Command]]
 
 
-_Message = _Submit | _Release | _Cancel | _OpDone | _OpState | _Exited | _Unhealthy | _Call
+_Message = (
+    _Submit | _Release | _Cancel | _OpDone | _OpState | _Exited | _Unhealthy | _Asleep | _Call
+)
 
 
 class Scheduler:
@@ -157,6 +167,9 @@ class Scheduler:
 
     def report_unhealthy(self, model: str, pid: int) -> None:
         self._inbox.put_nowait(_Unhealthy(model, pid))
+
+    def report_asleep(self, model: str, pid: int) -> None:
+        self._inbox.put_nowait(_Asleep(model, pid))
 
     def call(self, fn: Callable[[SchedulerCore, float], list[Command]]) -> None:
         self._inbox.put_nowait(_Call(fn))
@@ -232,6 +245,8 @@ class Scheduler:
                 return core.process_exited(model, pid, code, now)
             case _Unhealthy(model, pid):
                 return core.health_failed(model, pid, now)
+            case _Asleep(model, pid):
+                return core.found_asleep(model, pid, now)
             case _Call(fn):
                 return fn(core, now)
 
@@ -287,6 +302,11 @@ class Scheduler:
             future.set_exception(result)
 
     async def _run_op(self, op: Operation) -> None:
+        # Runs in its own task (a copy of the context), so these stay on this op's lines.
+        structlog.contextvars.bind_contextvars(
+            model=op.model, switch_id=op.switch_id, op_id=op.op_id
+        )
+
         def report(state: ModelState) -> None:
             self._inbox.put_nowait(_OpState(op.op_id, state))
 

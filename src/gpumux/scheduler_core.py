@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Mapping
 
-from gpumux.config import Config, EvictionConfig, ProcessStrategy, WeightStrategy
+from gpumux.config import Config, EvictionConfig, ModelConfig, ProcessStrategy, WeightStrategy
 from gpumux.errors import ModelNotFound, ModelUnavailable, QueueFull, QueueTimeout, ShuttingDown
 from gpumux.eviction import Step, evict_plan, wake_plan
 from gpumux.placement import Tenant, admit
@@ -92,13 +92,15 @@ class SchedulerCore:
         self._forced: deque[tuple[str, int]] = deque()
         self._restart_after_stop: dict[str, int] = {}
         self.last_switch: dict[str, SwitchFinished] = {}  # by target, for status and replies
+        # Config reload: models on their way out (alias -> new config; None = removed).
+        self._retiring: dict[str, ModelConfig | None] = {}
 
     # ---- inputs -------------------------------------------------------------------
 
     def submit(self, ticket: int, model: str, now: float) -> list[Command]:
         """A request for `model` arrived; it is granted, queued or rejected."""
         slot = self.slots.get(model)
-        if slot is None:
+        if slot is None or self._removing(model):
             self._out.append(
                 Reject(ticket, ModelNotFound(f"The model `{model}` does not exist.", param="model"))
             )
@@ -182,19 +184,39 @@ class SchedulerCore:
         if slot.op is not None:
             return self._flush(now)  # the running operation sees the failure itself
         self._out.append(Note("backend_crashed", {"model": model, "pid": pid, "code": code}))
-        if slot.state in (M.READY, M.DRAINING, M.SLEEPING, M.SUSPENDED, M.EVICTING):
+        if slot.state in (M.READY, M.DRAINING, M.SLEEPING, M.SUSPENDED):
             was_ready_for = now - slot.ready_since if slot.ready_since is not None else 0.0
-            self._set_state(slot, M.STOPPED)
             slot.ready_since = None
+            slot.drain_deadline = None
             slot.last_error = f"process exited with code {code}"
             slot.restarts += 1
             self._out.append(Restarted(model, "crash"))
-            # A crash soon after becoming ready counts toward the crash-loop breaker.
+            # A crash soon after becoming ready counts toward the crash-loop breaker
+            # (judged when the stop below completes).
             if was_ready_for < self._supervision.restart_backoff_max_secs:
-                self._count_failure(slot, now)
+                slot.start_failures += 1
             else:
                 slot.start_failures = 0
-                slot.retry_not_before = now
+            slot.retry_not_before = now + self._backoff(slot) if slot.start_failures else now
+            # The root is gone, but its EngineCore and workers may not be (they would keep
+            # GPU memory and the image's PIDs): stop the whole tree before anything else.
+            self._set_state(slot, M.STOPPING)
+            self._start_op(slot, OpKind.STOP, (Step.STOP,), M.STOPPED, None, abort=True, now=now)
+        return self._flush(now)
+
+    def found_asleep(self, model: str, pid: int, now: float) -> list[Command]:
+        """A ready backend reports it is asleep (someone called its /sleep): believe it.
+
+        The level is unknown, so it wakes with the level-2 sequence, which is correct after
+        either level (reload_weights after level 1 only re-reads the weights).
+        """
+        slot = self.slots.get(model)
+        if slot is None or slot.pid != pid or slot.op is not None or slot.state is not M.READY:
+            return self._flush(now)
+        self._out.append(Note("backend_found_asleep", {"model": model, "pid": pid}))
+        slot.ready_since = None
+        slot.evicted_weights = WeightStrategy.DISCARD
+        self._set_state(slot, M.SLEEPING)
         return self._flush(now)
 
     def health_failed(self, model: str, pid: int, now: float) -> list[Command]:
@@ -248,7 +270,9 @@ class SchedulerCore:
         for slot in self.slots.values():
             if slot.drain_deadline is not None and slot.state is M.DRAINING:
                 times.append(slot.drain_deadline)
-            if slot.queue and slot.retry_not_before is not None:
+            # Backoff gates only a start that has not begun: a STARTING slot keeps its
+            # (past) retry time, and counting it would make the runner spin.
+            if slot.queue and slot.retry_not_before is not None and slot.state is M.STOPPED:
                 times.append(slot.retry_not_before)
         if self._recheck_at is not None:
             times.append(self._recheck_at)
@@ -260,7 +284,10 @@ class SchedulerCore:
             alias: slot.view(
                 wake_cost_secs=self._wake_cost(slot),
                 evict_cost_secs=self.costs.op_cost(alias, "evict", str(slot.eviction)),
-                fits_now=slot.state in _STARTABLE
+                drain_cost_secs=self.costs.op_cost(alias, "drain", str(slot.eviction)),
+                # Only models with demand can be woken, so only they need placement.
+                fits_now=bool(slot.queue)
+                and slot.state in _STARTABLE
                 and admit(alias, tenants, self._capacity, now).fits_now,
             )
             for alias, slot in self.slots.items()
@@ -349,7 +376,7 @@ class SchedulerCore:
         slot.last_error = ""
 
     def _admin_refused(self, model: str, reply: int) -> bool:
-        if model not in self.slots:
+        if model not in self.slots or self._removing(model):
             self._reply(reply, False, f"unknown model `{model}`", 404)
         elif self.shutting_down:
             self._reply(reply, False, "gpumux is shutting down", 503)
@@ -382,7 +409,7 @@ class SchedulerCore:
                         "victims": list(last.victims),
                         "outcome": last.outcome,
                         "duration_s": last.duration_secs,
-                        "phases": dict(last.phase_secs),
+                        "phases": last.phase_totals(),
                     }
                 self._reply(reply, True, f"`{model}` is ready", data=details)
                 continue
@@ -394,6 +421,101 @@ class SchedulerCore:
                 self._try_bring_up(slot, now, force=True)
             return
 
+    # ---- config reload (SIGHUP) ---------------------------------------------------------
+
+    def reload(self, config: Config, reply: int, now: float) -> list[Command]:
+        """Apply a new model table: add new models, drain and stop removed ones, restart
+        changed ones with their new config. Untouched models keep slot, queue and process.
+        """
+        if self.shutting_down:
+            self._reply(reply, False, "gpumux is shutting down", 503)
+            return self._flush(now)
+        old = {a: s for a, s in self.slots.items() if not self._removing(a)}
+        added = [a for a in config.models if a not in self.slots]
+        removed = [a for a in old if a not in config.models]
+        changed = [
+            a
+            for a in config.models
+            if a in old
+            and (old[a].config != config.models[a] or old[a].eviction != config.eviction_for(a))
+        ]
+        self._config = config
+        residual = int(config.gpu.sleeping_residual_gib * 1024**3)
+        for alias in added:
+            self.slots[alias] = Slot(
+                alias, config.models[alias], config.eviction_for(alias), residual_bytes=residual
+            )
+        for alias in removed + changed:
+            self._retire(self.slots[alias], config.models.get(alias))
+        self._out.append(
+            Note("config_reloaded", {"added": added, "removed": removed, "changed": changed})
+        )
+        self._reply(
+            reply,
+            True,
+            "config reloaded",
+            data={"added": added, "removed": removed, "changed": changed},
+        )
+        return self._flush(now)
+
+    def _removing(self, alias: str) -> bool:
+        return alias in self._retiring and self._retiring[alias] is None
+
+    def _retire(self, slot: Slot, new: ModelConfig | None) -> None:
+        self._retiring[slot.alias] = new
+        # Its next eviction is a plain stop: the process must go, whatever the strategy.
+        slot.eviction = EvictionConfig(weights=WeightStrategy.RETAIN, process=ProcessStrategy.STOP)
+        if new is not None:
+            return  # a changed model keeps its queue: those requests wait for the restart
+        gone = ModelNotFound(f"The model `{slot.alias}` was removed from the config.")
+        while slot.queue:
+            entry = slot.queue[0]
+            self._ticket_state(entry, RequestState.REJECTED)
+            self._drop_ticket(entry)
+            self._out.append(Reject(entry.ticket, gone))
+        for model, reply in [f for f in self._forced if f[0] == slot.alias]:
+            self._forced.remove((model, reply))
+            self._reply(reply, False, f"`{model}` was removed from the config", 404)
+        if self.pinned == slot.alias:
+            self._pin(None)
+        if slot.alias in self._warmup and not slot.warming:
+            self._warmup.remove(slot.alias)
+
+    def _advance_retiring(self, now: float) -> None:
+        """Walk each retiring model to `stopped`, then drop or re-create its slot."""
+        for alias, new in list(self._retiring.items()):
+            slot = self.slots[alias]
+            if slot.op is not None or slot.state is M.DRAINING:
+                continue  # the running operation or drain finishes first
+            if slot.state is M.READY:
+                self._start_drain(slot, None, now)
+                continue
+            if slot.process_alive:
+                self._set_state(slot, M.STOPPING)
+                self._start_op(
+                    slot, OpKind.STOP, (Step.STOP,), M.STOPPED, None, abort=True, now=now
+                )
+                continue
+            if new is None and (slot.leases or slot.queue):
+                continue  # wait for the last release (the stop ended its streams)
+            del self._retiring[alias]
+            if slot.state in (M.FAILED, M.CHECKPOINTED):
+                self._set_state(slot, M.STOPPED)  # a new config (or none) deserves a fresh start
+            if new is None:
+                del self.slots[alias]
+                for switch in list(self.switches.values()):
+                    if alias in switch.victims:
+                        switch.victims.remove(alias)
+                    if switch.target == alias:
+                        del self.switches[switch.switch_id]
+                self._out.append(Note("model_removed", {"model": alias}))
+            else:
+                slot.config = new
+                slot.eviction = self._config.eviction_for(alias)
+                slot.evicted_weights = None
+                self._reset(slot)
+                self._out.append(Note("model_reconfigured", {"model": alias}))
+
     # ---- the reconcile pass -----------------------------------------------------------
 
     def _flush(self, now: float) -> list[Command]:
@@ -402,6 +524,7 @@ class SchedulerCore:
         return out
 
     def _reconcile(self, now: float) -> None:
+        self._advance_retiring(now)
         self._expire_tickets(now)
         for slot in self.slots.values():
             if slot.state is M.READY and slot.queue and not slot.warming:
@@ -420,9 +543,15 @@ class SchedulerCore:
         if self._forced:
             return  # an operator's switch goes first; the policy resumes after it
         self._recheck_at = None
+        if not any(slot.queue for slot in self.slots.values()):
+            return  # policies only wake models with demand: nothing to ask
         decision = self._policy.decide(self.snapshot(now))
         self._recheck_at = decision.recheck_at
-        wake = [m for m in decision.wake if self.pinned is None or m == self.pinned]
+        wake = [
+            m
+            for m in decision.wake
+            if (self.pinned is None or m == self.pinned) and m not in self._retiring
+        ]
         blocked_gpus: set[int] = set()
         for target in wake:
             slot = self.slots[target]
@@ -539,6 +668,7 @@ class SchedulerCore:
             else 0.0
         )
         slot.drain_deadline = now + drain
+        slot.drain_started_at = now
         self._maybe_finish_drain(slot, now)
 
     def _maybe_finish_drain(self, slot: Slot, now: float) -> None:
@@ -546,8 +676,14 @@ class SchedulerCore:
         if slot.leases and not deadline_passed:
             return
         steps, resting = evict_plan(slot.eviction)
+        secs = now - (slot.drain_started_at if slot.drain_started_at is not None else now)
+        if slot.drain_for is not None and secs > 0:
+            # How long a busy model takes to let go: policies plan tours of models with it
+            # (an idle model lets go at once, which says nothing). Not a switch cost.
+            self.costs.observe_op(slot.alias, "drain", str(slot.eviction), secs)
         self._set_state(slot, M.EVICTING)
         slot.drain_deadline = None
+        slot.drain_started_at = None
         self._start_op(
             slot, OpKind.EVICT, steps, resting, slot.drain_for, abort=bool(slot.leases), now=now
         )
@@ -567,6 +703,7 @@ class SchedulerCore:
                 if slot.state is M.DRAINING and slot.drain_for == switch.switch_id:
                     self._set_state(slot, M.READY)
                     slot.drain_deadline = None
+                    slot.drain_started_at = None
                     slot.drain_for = None
             self._finish_switch(switch, target, "cancelled", now)
 

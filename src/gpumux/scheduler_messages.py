@@ -88,6 +88,13 @@ class SwitchFinished:
     duration_secs: float
     phase_secs: tuple[tuple[str, float], ...] = ()
 
+    def phase_totals(self) -> dict[str, float]:
+        """Seconds per phase, summed (a discard wake has several `wake` steps)."""
+        totals: dict[str, float] = {}
+        for phase, secs in self.phase_secs:
+            totals[phase] = totals.get(phase, 0.0) + secs
+        return totals
+
 
 @dataclass(frozen=True)
 class Restarted:

@@ -54,6 +54,7 @@ class Slot:
     ready_since: float | None = None
     last_used_at: float = 0.0
     drain_deadline: float | None = None
+    drain_started_at: float | None = None
     drain_for: int | None = None  # the switch this drain serves (None: warmup / admin)
     switch_id: int | None = None  # the switch bringing this model up
     evicted_weights: WeightStrategy | None = None  # how the weights left (for the wake plan)
@@ -93,7 +94,14 @@ class Slot:
             pinned=self.pinned,
         )
 
-    def view(self, *, wake_cost_secs: float, evict_cost_secs: float, fits_now: bool) -> ModelView:
+    def view(
+        self,
+        *,
+        wake_cost_secs: float,
+        evict_cost_secs: float,
+        fits_now: bool,
+        drain_cost_secs: float = 0.0,
+    ) -> ModelView:
         return ModelView(
             alias=self.alias,
             state=self.state,
@@ -105,6 +113,7 @@ class Slot:
             retry_not_before=self.retry_not_before,
             wake_cost_secs=wake_cost_secs,
             evict_cost_secs=evict_cost_secs,
+            drain_cost_secs=drain_cost_secs,
             max_num_seqs=self.config.max_num_seqs,
             fits_now=fits_now,
             gpus=self.config.gpu_indices,

@@ -33,7 +33,8 @@ MODEL_TRANSITIONS: Mapping[ModelState, frozenset[ModelState]] = {
     M.STOPPED: frozenset({M.STARTING, M.FAILED, M.CHECKPOINTED}),
     # STARTING -> STOPPED: the start failed and will be retried after a backoff.
     M.STARTING: frozenset({M.READY, M.STOPPED, M.STOPPING, M.FAILED}),
-    M.READY: frozenset({M.DRAINING, M.EVICTING, M.STOPPING, M.STOPPED}),
+    # READY -> SLEEPING: reconciliation, the backend was found asleep behind our back.
+    M.READY: frozenset({M.DRAINING, M.EVICTING, M.STOPPING, M.STOPPED, M.SLEEPING}),
     # DRAINING -> READY: the switch was cancelled (demand vanished) before evicting.
     M.DRAINING: frozenset({M.EVICTING, M.READY, M.STOPPING, M.STOPPED}),
     # EVICTING -> STOPPED also covers "the weights step failed, so the tree was killed".

@@ -65,6 +65,8 @@ ADAPTERS = (
     "gpumux.fake_ledger",
     "gpumux.criu*",
     "gpumux.s3*",
+    "gpumux.sdnotify",
+    "gpumux.resources",
 )
 #: Layers L2 and L3, which adapters must not reach up into.
 COORDINATION_AND_EDGES = (

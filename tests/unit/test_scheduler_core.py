@@ -202,6 +202,9 @@ def test_crash_of_ready_model_is_restarted_on_demand() -> None:
     pid = d.core.slots["a"].pid
     assert pid is not None
     d.feed(d.core.process_exited("a", pid, -9, d.now))
+    assert d.state("a") is ModelState.STOPPING  # orphans of the dead root are killed too
+    assert d.pending_op("a").op.kind is OpKind.STOP
+    d.finish("a")
     assert d.state("a") is ModelState.STOPPED
     assert any(isinstance(c, Restarted) and c.reason == "crash" for c in d.log)
     d.submit(2, "a")
@@ -364,3 +367,17 @@ def test_evict_restart_reset() -> None:
     d.finish("a")
     assert replies_in(d)[-1].ok
     assert admin(d, "reset", "nope")[0].status == 404
+
+
+def test_backoff_deadline_is_not_reported_once_the_start_began() -> None:
+    """A past retry time must not be a deadline while starting (the runner would spin)."""
+    d = Driver(make_config())
+    d.submit(1, "a")
+    d.finish("a", OpResult.FAILED)
+    assert d.core.next_deadline() == 1.0  # backoff before the retry
+    d.now = 1.0
+    d.feed(d.core.tick(d.now))
+    assert d.state("a") is ModelState.STARTING
+    d.now = 2.0
+    deadline = d.core.next_deadline()
+    assert deadline is None or deadline > d.now

@@ -28,6 +28,7 @@ class ModelView:
     retry_not_before: float | None = None  # restart backoff: no start before this
     wake_cost_secs: float = 0.0  # learned estimate of bringing it back
     evict_cost_secs: float = 0.0  # learned estimate of evicting it
+    drain_cost_secs: float = 0.0  # learned time its in-flight requests take to end on a drain
     max_num_seqs: int = 256
     fits_now: bool = False  # placement could wake it now without evicting anyone
     gpus: tuple[int, ...] = ()  # GPUs it occupies when awake; () = unknown, assume all

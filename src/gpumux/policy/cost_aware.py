@@ -5,8 +5,10 @@ cost S (the holder's eviction plus the target's wake) sets the price: the switch
 ahead when the target has queued `max(1, ceil(amortization_factor × S))` requests and
 the holder has served at least S (so switching never takes more than half the time),
 or when the holder ran dry and the target's arrivals were coalesced for
-`coalesce_window_ms`, or when a waiting request's `max_wait_secs` bound (planned over
-every waiting model) says so. Models that fit without evicting anyone are woken at once.
+`coalesce_window_ms`, or when a waiting request's `max_wait_secs` bound says so (planned
+over every model waiting for the same GPUs, as in time_slice; demand lets a younger
+queue go first only where that plan leaves room). Models that fit without evicting
+anyone are woken at once.
 Does not: choose victims (placement does) or keep flags between calls: everything is
 derived from the snapshot (llmux's sticky `defer_pending` flag could block a model until
 an unrelated arrival). Every decision names its next recheck time. Pure.
@@ -18,7 +20,7 @@ import math
 
 from gpumux.config import PolicyConfig
 from gpumux.policy.base import Decision, ModelView, Snapshot
-from gpumux.policy.planning import Board, board, decide_each
+from gpumux.policy.planning import LEAVING, Board, board, decide_each
 
 
 class CostAwarePolicy:
@@ -39,10 +41,12 @@ class CostAwarePolicy:
             return "switch under way", []
         if view.fits_now:
             return "fits without evicting anyone", []
-        if plan.switching_near(view):
-            return "", []  # the core re-asks when that operation finishes
+        if plan.switching_near(view, LEAVING):
+            return "", []  # an eviction under way frees memory; the core re-asks after it
         holders = plan.holders(view)
         if not holders:
+            if plan.switching_near(view):
+                return "", []  # a wake holds the memory; nothing to evict until it is done
             return "memory held by no serving model", []
         assert view.oldest_enqueued_at is not None
         switch_secs = view.wake_cost_secs + max(h.evict_cost_secs for h in holders)
@@ -57,6 +61,9 @@ class CostAwarePolicy:
                 continue
             if plan.now >= urgent:
                 return "max_wait_secs bound", []
+            if not plan.may_go_first(view):
+                later.append(urgent)
+                continue  # an older queue is due first; jumping it would break its bound
             idle = holder.inflight == 0 and holder.queued == 0
             if view.queued >= required:
                 window_end = plan.visit_over_at(holder, switch_secs)

@@ -17,7 +17,9 @@ from dataclasses import dataclass, field
 ALPHA = 0.3
 
 #: Prior guesses (seconds) before anything was measured, by operation.
-PRIOR_SECS = {"evict": 2.0, "wake": 5.0, "cold_start": 30.0}
+#: "drain" is how long a victim's in-flight requests took to finish; it is kept apart
+#: from the switch costs (which exclude it) and only helps policies plan a tour of models.
+PRIOR_SECS = {"evict": 2.0, "wake": 5.0, "cold_start": 30.0, "drain": 0.0}
 
 
 def _ewma(old: float | None, sample: float) -> float:

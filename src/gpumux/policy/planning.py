@@ -23,7 +23,11 @@ M = ModelState
 #: is never "idle", even though nothing on it is READY (llmux's cost_aware and time_slice
 #: treated "switching" as "no active model" and bypassed every check).
 TRANSITIONAL = frozenset({M.DRAINING, M.EVICTING, M.WAKING, M.STARTING, M.STOPPING})
+LEAVING = frozenset({M.DRAINING, M.EVICTING, M.STOPPING})
 STARTABLE = frozenset({M.STOPPED, M.SLEEPING, M.SUSPENDED, M.CHECKPOINTED})
+#: A drain lasts as long as the longest request still in flight, so it varies far more
+#: than an eviction or a wake; plans budget this many times its learned average.
+DRAIN_MARGIN = 2.0
 
 
 def shares_gpu(a: ModelView, b: ModelView) -> bool:
@@ -42,6 +46,17 @@ def round_trip_secs(view: ModelView) -> float:
     return view.evict_cost_secs + view.wake_cost_secs
 
 
+def leave_secs(view: ModelView) -> float:
+    """How long `view` takes to give its GPUs back once asked: drain, then eviction."""
+    return DRAIN_MARGIN * view.drain_cost_secs + view.evict_cost_secs
+
+
+def hop_secs(view: ModelView, leaving: float, config: PolicyConfig) -> float:
+    """From the start of a switch to `view` (its predecessor takes `leaving` to go) until
+    the next switch may start: the wake and a minimum visit of `view`."""
+    return leaving + view.wake_cost_secs + min_visit_secs(config)
+
+
 @dataclass(frozen=True)
 class Board:
     """One snapshot seen through the policies' eyes."""
@@ -56,14 +71,11 @@ class Board:
     def now(self) -> float:
         return self.snapshot.now
 
-    def deadline(self, view: ModelView) -> float:
-        assert view.oldest_enqueued_at is not None
-        return view.oldest_enqueued_at + self.config.max_wait_secs
-
-    def switching_near(self, view: ModelView) -> bool:
-        """A switch is in progress on a GPU `view` needs: wait for it to finish."""
+    def switching_near(self, view: ModelView, states: frozenset[ModelState] = TRANSITIONAL) -> bool:
+        """Another model on a GPU `view` needs is in one of `states` (by default: any
+        switch is in progress there)."""
         return any(
-            other.alias != view.alias and other.state in TRANSITIONAL and shares_gpu(view, other)
+            other.alias != view.alias and other.state in states and shares_gpu(view, other)
             for other in self.snapshot.models.values()
         )
 
@@ -74,6 +86,16 @@ class Board:
             for other in self.snapshot.models.values()
             if other.alias != view.alias and other.serving and shares_gpu(view, other)
         ]
+
+    def may_go_first(self, view: ModelView) -> bool:
+        """Whether `view` can be served before the most urgent model waiting for its GPUs
+        and still leave that model its latest start (else it must wait its turn)."""
+        tour = [v for v in self.candidates if not v.fits_now and shares_gpu(v, view)]
+        head = min(tour, key=lambda v: (v.oldest_enqueued_at, v.alias), default=view)
+        if head.alias == view.alias:
+            return True
+        leaving = max((leave_secs(h) for h in self.holders(view)), default=0.0)
+        return self.now + hop_secs(view, leaving, self.config) <= self.urgent_at[head.alias]
 
     def visit_over_at(self, holder: ModelView, secs: float) -> float:
         """When `holder` will have stayed `secs` (never less than the minimum visit)."""
@@ -94,9 +116,8 @@ def board(snapshot: Snapshot, config: PolicyConfig) -> Board:
         elif view.retry_not_before is not None:
             backoff.append(view.retry_not_before)
     views.sort(key=lambda v: (not v.switch_pending, v.oldest_enqueued_at, -v.queued, v.alias))
-    return Board(
-        snapshot, config, tuple(views), _urgent_at(views, snapshot, config), tuple(backoff)
-    )
+    urgent = _urgent_at(views, snapshot, config)
+    return Board(snapshot, config, tuple(views), urgent, tuple(backoff))
 
 
 def _urgent_at(
@@ -104,24 +125,30 @@ def _urgent_at(
 ) -> dict[str, float]:
     """Latest start per candidate of an earliest-deadline-first tour that keeps the bound.
 
-    The k-th model of the tour starts after the k-1 before it each took a switch plus a
-    minimum visit, shared among the models that can be awake at once ("lanes"). Walking
-    the tour backwards, a model's latest start is the tighter of its own deadline and
-    what the ones after it need. Models that fit now are woken at once, so they are not
-    part of the tour.
+    A candidate's tour is itself, then the waiting models with later deadlines that
+    compete for its GPUs. Each switch of the tour starts when the model before it has
+    had its minimum visit; it takes that model's learned drain and eviction plus the
+    next one's wake. Those spans are shared among the models the GPUs hold awake at once
+    ("lanes"). A candidate's latest start is the tightest of its own deadline and what
+    each later member needs. Models that fit now are woken at once: they join no tour.
     """
-    tour = sorted(
-        (v for v in views if not v.fits_now),
-        key=lambda v: (v.oldest_enqueued_at, v.alias),
+    queued = sorted(
+        (v for v in views if not v.fits_now), key=lambda v: (v.oldest_enqueued_at, v.alias)
     )
-    lanes = max(1, sum(1 for v in snapshot.models.values() if v.awake))
-    visit = min_visit_secs(config)
     urgent: dict[str, float] = {}
-    latest = math.inf
-    for view in reversed(tour):
-        assert view.oldest_enqueued_at is not None
-        own = view.oldest_enqueued_at + config.max_wait_secs
-        latest = min(own, latest - (round_trip_secs(view) + visit) / lanes)
+    for view in queued:
+        tour = [v for v in queued if shares_gpu(v, view)]
+        tour = tour[tour.index(view) :]
+        awake = [v for v in snapshot.models.values() if v.awake and shares_gpu(v, view)]
+        lanes = max(1, len(awake))
+        holders = [v for v in awake if v.serving]
+        leaving = max((leave_secs(v) for v in holders), default=0.0)
+        latest, elapsed = math.inf, 0.0
+        for member in tour:
+            assert member.oldest_enqueued_at is not None
+            latest = min(latest, member.oldest_enqueued_at + config.max_wait_secs - elapsed)
+            elapsed += hop_secs(member, leaving, config) / lanes
+            leaving = leave_secs(member)
         urgent[view.alias] = latest
     return urgent
 

@@ -4,9 +4,11 @@ Owns: the rule for when a model on the GPUs gives way. A model that is serving k
 GPUs while it has work (exhaustive service), but no longer than its quantum: a multiple
 of its own learned switch cost (evict + wake), never below `min_quantum_ms` or the core's
 `min_active_secs`. When it runs dry, or its quantum is spent, or a waiting request's
-`max_wait_secs` bound (planned over every waiting model) says so, the waiting model
-with the earliest deadline goes next. Models that fit without evicting anyone are woken
-at once.
+`max_wait_secs` bound says so, the waiting model with the earliest deadline goes next.
+The bound is planned over every model waiting for the same GPUs (each switch budgeted
+at its learned drain, eviction and wake, plus a minimum visit), so a later model is not
+reached too late; a younger queue goes first only where that plan leaves room. Models
+that fit without evicting anyone are woken at once.
 Does not: choose victims (placement does) or wait on its own: every decision names the
 next moment it could change (`recheck_at`), so the bound is kept by the core's timer,
 not by the next arrival (llmux only checked staleness on arrivals). Pure.
@@ -16,7 +18,7 @@ from __future__ import annotations
 
 from gpumux.config import PolicyConfig
 from gpumux.policy.base import Decision, ModelView, Snapshot
-from gpumux.policy.planning import Board, board, decide_each, round_trip_secs
+from gpumux.policy.planning import LEAVING, Board, board, decide_each, round_trip_secs
 
 #: A visit may last this many times the model's round-trip switch cost. Four keeps the
 #: switching overhead of a busy rotation near 20 % (switch / (quantum + switch)).
@@ -41,10 +43,12 @@ class TimeSlicePolicy:
             return "switch under way", []
         if view.fits_now:
             return "fits without evicting anyone", []
-        if plan.switching_near(view):
-            return "", []  # the core re-asks when that operation finishes
+        if plan.switching_near(view, LEAVING):
+            return "", []  # an eviction under way frees memory; the core re-asks after it
         holders = plan.holders(view)
         if not holders:
+            if plan.switching_near(view):
+                return "", []  # a wake holds the memory; nothing to evict until it is done
             return "memory held by no serving model", []
         urgent = plan.urgent_at[view.alias]
         later: list[float] = []
@@ -53,6 +57,9 @@ class TimeSlicePolicy:
             if plan.now < free_at:
                 later.append(free_at)
                 continue
+            if not plan.may_go_first(view):
+                later.append(urgent)
+                continue  # an older queue is due first; jumping it would break its bound
             if holder.inflight == 0 and holder.queued == 0:
                 return f"{holder.alias} ran dry", []
             quantum_end = plan.visit_over_at(holder, self.quantum_secs(holder))

@@ -72,6 +72,10 @@ def is_child_subreaper() -> bool:
     return flag.value != 0
 
 
+#: Written to each backend's /proc/self/oom_score_adj before exec (systemd/gpumux.service).
+CHILD_OOM_SCORE_ADJ = b"500"
+
+
 def parent_death_signal_preexec(sig: int = signal.SIGKILL) -> Callable[[], None]:
     """Return a `preexec_fn` that makes the child receive `sig` when its parent dies.
 
@@ -89,5 +93,15 @@ def parent_death_signal_preexec(sig: int = signal.SIGKILL) -> Callable[[], None]
             prctl(PR_SET_PDEATHSIG, signum, 0, 0, 0)
         if os.getppid() != expected_parent:
             os._exit(1)
+        # Children inherit gpumux's OOMScoreAdjust=-500; under memory pressure the kernel
+        # must pick a model, not the supervisor. Raising the score needs no privilege.
+        try:
+            fd = os.open("/proc/self/oom_score_adj", os.O_WRONLY)
+            try:
+                os.write(fd, CHILD_OOM_SCORE_ADJ)
+            finally:
+                os.close(fd)
+        except OSError:
+            pass
 
     return preexec

@@ -1,0 +1,227 @@
+"""CRIU checkpoints of backend trees: the dump and restore sequences.
+
+Owns: the dump sequence (inventory the tree for io_uring and open TCP sockets, `criu
+dump` into a staging directory, copy the tree's /dev/shm files into it, hand it to the
+catalog to become an image off the switch path) and the restore sequence (get a verified
+image from the catalog, check that its pids and the model's port are free, put its
+/dev/shm files back, `criu restore`). A failed `criu restore` quarantines the image; a
+busy pid or port does not (the image is fine, the host is not ready for it).
+Does not: kill, reap, adopt or health-check trees (`backends` does that around these
+calls), keep track of images (`image_catalog`), or decide when to checkpoint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import os
+from pathlib import Path
+
+import structlog
+
+from gpumux import criu, images
+from gpumux.checkpoint_io import (
+    CopyFailed,
+    copy_sparse,
+    driver_version,
+    open_tcp_after,
+    shm_copy_name,
+    wait_pids_free,
+)
+from gpumux.config import CheckpointConfig
+from gpumux.criu_inventory import describe_io_uring, io_uring_users, port_is_free, shm_files
+from gpumux.image_catalog import ImageCatalog, NoImage, OpObserver
+from gpumux.images import Image
+from gpumux.procs import AdoptFailed, BackendProcess, Reaper, adopt, kill_tree, tree_pids
+from gpumux.s3_store import S3Store
+
+log = structlog.get_logger(__name__)
+
+#: How long a dump waits for connections into the tree to close: gpumux's own pools
+#: close at once, any other keep-alive client within its 4 s idle timeout.
+TCP_DRAIN_SECS = 5.0
+#: How long a restore waits for the image's pids to be reaped and free.
+PID_FREE_WAIT_SECS = 5.0
+
+
+class CheckpointFailed(Exception):
+    """A dump or restore did not happen; `detail` is safe to show to operators."""
+
+    def __init__(self, detail: str, *, quarantined: Path | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.quarantined = quarantined
+
+
+class Checkpoints:
+    def __init__(
+        self,
+        checkpoint: CheckpointConfig,
+        *,
+        log_dir: Path,
+        store: S3Store | None = None,
+        observe: OpObserver | None = None,
+    ) -> None:
+        self.config = checkpoint
+        self.settings = criu.CriuSettings(
+            criu_path=checkpoint.criu_path,
+            plugin_dir=checkpoint.cuda_plugin_dir,
+            dump_timeout_secs=checkpoint.dump_timeout_secs,
+            restore_timeout_secs=checkpoint.restore_timeout_secs,
+        )
+        self._observe = observe or (lambda _op, _secs: None)
+        if store is None and checkpoint.object_store is not None:
+            store = S3Store(checkpoint.object_store)
+        self.catalog = ImageCatalog(
+            Path(checkpoint.images_dir),
+            keep_images=checkpoint.keep_images,
+            store=store,
+            observe=self._observe,
+        )
+        self._log_dir = log_dir
+        self._criu_version: str | None = None
+        #: Set by `gpumux serve --checkpoint`: images made now are pre-baked (kept
+        #: forever, uploaded by the caller rather than in the background).
+        self.prebake = False
+
+    async def dump(
+        self,
+        alias: str,
+        process: BackendProcess,
+        *,
+        eviction: str,
+        tp: int,
+        port: int,
+    ) -> asyncio.Task[Image | None]:
+        """Dump the tree (CRIU kills it on success); return the task finalising the image.
+
+        Raises CheckpointFailed, after which the tree is as it was (a failed dump is
+        non-destructive) unless it died on its own.
+        """
+        await self.catalog.settle(alias)  # one image in the making per model
+        await asyncio.to_thread(self._log_dir.mkdir, mode=0o700, parents=True, exist_ok=True)
+        pids = await tree_pids(process.pid)
+        if not pids:
+            raise CheckpointFailed("the backend process is gone")
+        uring = await asyncio.to_thread(io_uring_users, pids)
+        if uring:
+            raise CheckpointFailed(describe_io_uring(uring))
+        leftovers = await open_tcp_after(pids, TCP_DRAIN_SECS)
+        shm = await asyncio.to_thread(shm_files, pids)
+        version = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S%fZ")
+        target = self.catalog.root / alias / version
+        staging = await asyncio.to_thread(images.staging_dir, target)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        try:
+            log_file = self._log_dir / f"{alias}.criu-dump.log"
+            await criu.dump(self.settings, process.pid, staging, log_file, tcp_established=tp > 1)
+            # Kill mode leaves the files on /dev/shm exactly as they were at the freeze.
+            for path in shm:
+                await copy_sparse(path, staging / shm_copy_name(path))
+        except (criu.CriuError, CopyFailed) as exc:
+            await asyncio.to_thread(images.discard_staging, staging)
+            state = "still running" if not process.exited.done() else "gone"
+            tcp = f"; TCP sockets open at the dump: {'; '.join(leftovers)}" if leftovers else ""
+            detail = f"{exc}{tcp} (the tree is {state})"
+            log.warning("criu_dump_failed", model=alias, pid=process.pid, error=detail)
+            raise CheckpointFailed(detail) from exc
+        secs = loop.time() - started
+        self._observe("dump", secs)
+        log.info("criu_dumped", model=alias, pid=process.pid, secs=round(secs, 3), shm=shm)
+        fields: dict[str, object] = {
+            "model": alias,
+            "created": datetime.datetime.now(datetime.UTC).isoformat(),
+            "eviction": eviction,
+            "tp": tp,
+            "port": port,
+            "pids": pids,
+            "shm_files": shm,
+            "criu_version": await self.criu_version(),
+            "kernel": os.uname().release,
+            "driver_version": driver_version(),
+            "prebaked": self.prebake,
+        }
+        upload = not self.prebake
+        return self.catalog.finalize_later(alias, staging, target, fields, upload=upload)
+
+    async def restore(self, alias: str, *, port: int, tp: int) -> int:
+        """Restore the model's image; return the restored root pid (already our child)."""
+        await asyncio.to_thread(self._log_dir.mkdir, mode=0o700, parents=True, exist_ok=True)
+        try:
+            image = await self.catalog.image_for_restore(alias)
+        except NoImage as exc:
+            raise CheckpointFailed(exc.detail, quarantined=exc.quarantined) from exc
+        taken = await wait_pids_free(image.manifest.pids, PID_FREE_WAIT_SECS)
+        if taken:
+            raise CheckpointFailed(f"the image's pids are taken: {taken}")
+        if not await asyncio.to_thread(port_is_free, port):
+            raise CheckpointFailed(f"port {port} is in use")
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        try:
+            for path in image.manifest.shm_files:
+                await copy_sparse(image.path / shm_copy_name(path), Path(path))
+            pid = await criu.restore(
+                self.settings,
+                image.path,
+                self._log_dir / f"{alias}.criu-restore.log",
+                self._log_dir / f".{alias}.criu-restore.pid",
+                tcp_established=tp > 1,
+            )
+        except (criu.CriuError, CopyFailed) as exc:
+            # A failed restore leaves zombies of ours on the image's pids; reap first,
+            # or the next attempt fails with "Can't fork for PID: File exists".
+            await wait_pids_free(image.manifest.pids, PID_FREE_WAIT_SECS)
+            log.warning("criu_restore_failed", model=alias, path=str(image.path), error=str(exc))
+            failure = self.catalog.quarantine(alias, "restore-failed", str(exc))
+            raise CheckpointFailed(failure.detail, quarantined=failure.quarantined) from exc
+        secs = loop.time() - started
+        # CRIU writes its stats file into the image with the default umask.
+        await asyncio.to_thread(images.lock_down, image.path)
+        self._observe("restore", secs)
+        log.info("criu_restored", model=alias, pid=pid, path=str(image.path), secs=round(secs, 3))
+        return pid
+
+    async def evict(
+        self, alias: str, process: BackendProcess, *, eviction: str, tp: int, port: int
+    ) -> asyncio.Task[Image | None]:
+        """`dump`, then make sure every member of the dumped tree is gone and reaped.
+
+        No SIGTERM: a graceful vLLM stop unlinks the /dev/shm files the image needs.
+        """
+        task = await self.dump(alias, process, eviction=eviction, tp=tp, port=port)
+        await kill_tree(process, grace_secs=0, graceful=False)
+        return task
+
+    async def bring_back(
+        self, alias: str, *, port: int, tp: int, log_path: Path, reaper: Reaper
+    ) -> BackendProcess:
+        """`restore`, then adopt the restored root (our child, as we are its subreaper)."""
+        pid = await self.restore(alias, port=port, tp=tp)
+        try:
+            return await adopt(pid, model=alias, log_path=log_path, reaper=reaper)
+        except AdoptFailed as exc:
+            self.restore_failed(alias, str(exc))
+            raise CheckpointFailed(f"restored pid {pid} could not be adopted: {exc}") from exc
+
+    def restore_failed(self, alias: str, reason: str) -> None:
+        """The restored tree never became healthy: its image is not tried again."""
+        self.catalog.quarantine(alias, "unhealthy", reason)
+
+    async def housekeeping(self) -> None:
+        """At start: say loudly if CRIU cannot work here, then tidy images and uploads."""
+        problem = await criu.check(self.settings)
+        if problem is not None:
+            log.error("criu_check_failed", criu=self.settings.criu_path, error=problem)
+        else:
+            log.info("criu_check_passed", version=await self.criu_version())
+        await self.catalog.housekeeping()
+
+    async def criu_version(self) -> str:
+        if self._criu_version is None:
+            self._criu_version = await criu.version(self.settings)
+        return self._criu_version
+
+    async def close(self) -> None:
+        await self.catalog.close()

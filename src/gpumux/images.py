@@ -1,0 +1,312 @@
+"""CRIU images on local disk: layout, manifest, validity, checksums, quarantine, pruning.
+
+Owns: `<images_dir>/<model>/<version>/` and its `manifest.json` (files with sizes and
+sha256, model, eviction, tp, port, pids, criu/kernel/driver versions, created), which is
+written last: a version directory only ever appears, by rename from a `.staging-*`
+directory, once its manifest is complete, so an image killed mid-write is never valid
+and is swept as staging litter. Directories are 0700 and files 0600 (an image holds the
+process's memory, prompts included). Quarantine renames `<version>` to
+`<version>.quarantined-<reason>`; nothing here deletes an image marked `prebaked`.
+Does not: run CRIU or talk to S3. Synchronous file work: callers run it in a thread.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+MANIFEST = "manifest.json"
+FORMAT = 1
+DIR_MODE = 0o700
+FILE_MODE = 0o600
+STAGING_PREFIX = ".staging-"
+QUARANTINE_MARK = ".quarantined-"
+#: Files CRIU (re)writes in the image directory on every run; not part of the image.
+VOLATILE = frozenset({"stats-dump", "stats-restore", MANIFEST})
+SHM_PATH = re.compile(r"/dev/shm/(?!\.\.?$)[A-Za-z0-9_.-]+")
+_CHUNK = 8 << 20
+_HASH_THREADS = 2
+
+
+class ImageInvalid(Exception):
+    """An image is incomplete, unreadable or does not match its manifest."""
+
+
+class FileEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    path: str
+    size: int = Field(ge=0)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+    @field_validator("path")
+    @classmethod
+    def _inside(cls, value: str) -> str:
+        # A downloaded manifest is untrusted: its paths must stay inside the image.
+        parts = PurePosixPath(value).parts
+        if (
+            not parts
+            or value.startswith("/")
+            or ".." in parts
+            or value != str(PurePosixPath(value))
+        ):
+            raise ValueError(f"file path {value!r} leaves the image directory")
+        return value
+
+
+class Manifest(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    format: int = FORMAT
+    model: str
+    version: str
+    created: str
+    eviction: str  # e.g. "discard+checkpoint": the wake plan follows its weights part
+    tp: int
+    port: int
+    pids: list[int]
+    shm_files: list[str]  # original /dev/shm paths, carried under shm/<name>
+    criu_version: str
+    kernel: str
+    driver_version: str | None
+    prebaked: bool = False
+    files: list[FileEntry]
+
+    @field_validator("shm_files")
+    @classmethod
+    def _in_dev_shm(cls, values: list[str]) -> list[str]:
+        # A restore writes these paths as root: only plain names directly in /dev/shm.
+        for value in values:
+            if not SHM_PATH.fullmatch(value):
+                raise ValueError(f"shm file {value!r} is not a file directly in /dev/shm")
+        return values
+
+    @property
+    def weights(self) -> str:
+        return self.eviction.partition("+")[0]
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(f.size for f in self.files)
+
+
+@dataclass(frozen=True)
+class Image:
+    path: Path
+    manifest: Manifest
+
+    @property
+    def model(self) -> str:
+        return self.manifest.model
+
+    @property
+    def version(self) -> str:
+        return self.manifest.version
+
+
+def staging_dir(target: Path) -> Path:
+    """A fresh private directory beside `target` (same filesystem, so rename is atomic)."""
+    make_private_dirs(target.parent)
+    staging = target.parent / f"{STAGING_PREFIX}{target.name}"
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir(mode=DIR_MODE)
+    return staging
+
+
+def make_private_dirs(path: Path) -> None:
+    path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+    os.chmod(path, DIR_MODE)
+
+
+def publish(staging: Path, target: Path, fields: dict[str, object]) -> Image:
+    """Lock down, hash and describe `staging`, write its manifest last, rename to `target`."""
+    lock_down(staging)
+    entries = _hash_all(staging, image_files(staging))
+    manifest = Manifest.model_validate({**fields, "version": target.name, "files": entries})
+    return _finish(staging, target, manifest)
+
+
+def install(staging: Path, target: Path, manifest: Manifest) -> Image:
+    """Make a downloaded `staging` the image `target`, if it matches `manifest` (sha256)."""
+    lock_down(staging)
+    verify(Image(staging, manifest), checksums=True)
+    if target.exists() and read(target) is None:
+        shutil.rmtree(target)  # an incomplete leftover with no manifest is no image
+    return _finish(staging, target, manifest)
+
+
+def _finish(staging: Path, target: Path, manifest: Manifest) -> Image:
+    write_manifest(staging, manifest)
+    os.rename(staging, target)
+    _fsync_dir(target.parent)
+    return Image(target, manifest)
+
+
+def discard_staging(staging: Path) -> None:
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+def lock_down(directory: Path) -> None:
+    """Directories 0700, files 0600: an image holds a process's memory."""
+    os.chmod(directory, DIR_MODE)
+    for root, dirs, files in os.walk(directory):
+        for name in dirs:
+            os.chmod(os.path.join(root, name), DIR_MODE)
+        for name in files:
+            os.chmod(os.path.join(root, name), FILE_MODE)
+
+
+def write_manifest(directory: Path, manifest: Manifest) -> None:
+    tmp = directory / f".{MANIFEST}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+    with os.fdopen(fd, "w") as stream:
+        stream.write(manifest.model_dump_json(indent=1) + "\n")
+        stream.flush()
+        os.fsync(stream.fileno())
+    os.rename(tmp, directory / MANIFEST)
+    _fsync_dir(directory)
+
+
+def image_files(directory: Path) -> list[str]:
+    """Relative paths of the image's files, sorted (CRIU's stats files excluded)."""
+    found = []
+    for root, _dirs, files in os.walk(directory):
+        for name in files:
+            rel = os.path.relpath(os.path.join(root, name), directory)
+            if rel not in VOLATILE and not name.startswith("."):
+                found.append(rel)
+    return sorted(found)
+
+
+def read(path: Path) -> Image | None:
+    """The image at `path`, or None when it has no readable, well-formed manifest."""
+    try:
+        manifest = Manifest.model_validate_json((path / MANIFEST).read_bytes())
+    except (OSError, ValidationError, ValueError):
+        return None
+    return Image(path, manifest)
+
+
+def verify(image: Image, *, checksums: bool) -> None:
+    """Raise ImageInvalid unless every listed file is there with its size (and sha256)."""
+    for entry in image.manifest.files:
+        path = image.path / entry.path
+        try:
+            size = path.stat().st_size
+        except OSError as exc:
+            raise ImageInvalid(f"{entry.path}: {exc.strerror}") from None
+        if size != entry.size:
+            raise ImageInvalid(f"{entry.path}: {size} bytes, manifest says {entry.size}")
+    if checksums:
+        actual = {
+            e.path: e.sha256 for e in _hash_all(image.path, [f.path for f in image.manifest.files])
+        }
+        for entry in image.manifest.files:
+            if actual[entry.path] != entry.sha256:
+                raise ImageInvalid(f"{entry.path}: sha256 mismatch")
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        while block := stream.read(_CHUNK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def versions(model_dir: Path) -> list[Path]:
+    """Version directories of one model (valid or not), oldest first by name."""
+    try:
+        children = sorted(model_dir.iterdir())
+    except OSError:
+        return []
+    return [
+        c
+        for c in children
+        if c.is_dir() and not c.name.startswith(".") and QUARANTINE_MARK not in c.name
+    ]
+
+
+def latest(model_dir: Path) -> Image | None:
+    """The newest version of one model that has a manifest."""
+    for candidate in reversed(versions(model_dir)):
+        image = read(candidate)
+        if image is not None:
+            return image
+    return None
+
+
+def resolve(path: Path) -> Image | None:
+    """`checkpoint_path` may name an image directory or a model's directory of images."""
+    return read(path) or latest(path)
+
+
+def quarantine(image: Image, reason: str) -> Path:
+    """Move `image` aside so it is never tried again; the files stay for diagnosis."""
+    slug = re.sub(r"[^a-z0-9]+", "-", reason.lower()).strip("-")[:40] or "failed"
+    target = image.path.with_name(f"{image.path.name}{QUARANTINE_MARK}{slug}")
+    suffix = 1
+    while target.exists():
+        suffix += 1
+        target = image.path.with_name(f"{image.path.name}{QUARANTINE_MARK}{slug}-{suffix}")
+    os.rename(image.path, target)
+    return target
+
+
+def remove(image: Image) -> bool:
+    """Delete a dynamic image; a pre-baked one is never deleted (returns False)."""
+    if image.manifest.prebaked:
+        return False
+    shutil.rmtree(image.path, ignore_errors=True)
+    return True
+
+
+def prune(model_dir: Path, keep: Path, protected: set[Path]) -> list[Path]:
+    """Delete every other non-pre-baked, unprotected version of a model; return what went."""
+    gone = []
+    for candidate in versions(model_dir):
+        if candidate == keep or candidate in protected:
+            continue
+        image = read(candidate)
+        if image is not None and image.manifest.prebaked:
+            continue
+        shutil.rmtree(candidate, ignore_errors=True)
+        gone.append(candidate)
+    return gone
+
+
+def sweep_staging(model_dir: Path) -> list[Path]:
+    """Remove `.staging-*` leftovers of dumps or downloads that never completed."""
+    gone = []
+    try:
+        children = list(model_dir.iterdir())
+    except OSError:
+        return []
+    for child in children:
+        if child.name.startswith(STAGING_PREFIX):
+            shutil.rmtree(child, ignore_errors=True)
+            gone.append(child)
+    return gone
+
+
+def _hash_all(directory: Path, names: list[str]) -> list[FileEntry]:
+    def one(name: str) -> FileEntry:
+        path = directory / name
+        return FileEntry(path=name, size=path.stat().st_size, sha256=sha256_file(path))
+
+    with ThreadPoolExecutor(_HASH_THREADS) as pool:
+        return list(pool.map(one, names))
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,189 @@
+"""The discrete-event loop: the real `SchedulerCore` and policy, simulated everything else.
+
+Owns: virtual time (a heap of events: arrivals, client disconnects, operation and
+request completions, crashes, and the core's own deadlines), carrying out the core's
+commands the way the async runner does (a grant starts service on the simulated backend,
+`StartOp` completes after the switch model's duration, a finished request is released),
+and the run's records. Optional `Faults` make operations fail and processes crash, and
+an observer sees every input's commands (the property tests check invariants there).
+Does not: sleep, use asyncio, or decide anything; only the core and policy decide.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections import deque
+from collections.abc import Callable, Sequence
+from functools import partial
+
+from gpumux.config import Config
+from gpumux.policy.base import make_policy
+from gpumux.scheduler_core import SchedulerCore
+from gpumux.scheduler_messages import Command, Grant, OpKind, OpOutcome, Reject, StartOp
+from gpumux.simulate.backend import Fleet, work_of
+from gpumux.simulate.faults import Faults
+from gpumux.simulate.records import RequestRecord, RunRecord, SwitchLog
+from gpumux.simulate.scenario import capacity_bytes, resting_states
+from gpumux.simulate.switch_model import SwitchModel
+from gpumux.simulate.workloads import Arrival
+
+Observer = Callable[[SchedulerCore, float, list[Command]], None]
+Action = Callable[[float], None]
+
+
+class Simulation:
+    def __init__(
+        self,
+        config: Config,
+        arrivals: Sequence[Arrival],
+        switch_model: SwitchModel,
+        *,
+        faults: Faults | None = None,
+        observer: Observer | None = None,
+    ) -> None:
+        self.config = config
+        policy = make_policy(config.policy)
+        states = resting_states(config)
+        self.core = SchedulerCore(config, policy, capacity_bytes(config), initial_states=states)
+        self.record = RunRecord.for_config(config)
+        self._arrivals = arrivals
+        self._model = switch_model
+        self._faults = faults or Faults()
+        self._observer = observer
+        self._fleet = Fleet({a: m.max_num_seqs for a, m in config.models.items()}, self.record.busy)
+        self._switches = SwitchLog(self.record)
+        self._events: list[tuple[float, int, bool, Action]] = []  # (when, seq, is_tick, do)
+        self._seq = itertools.count()
+        self._ticks: set[float] = set()
+        self._calls: deque[Callable[[], list[Command]]] = deque()
+        self._ops_started = 0
+        self._pending = 0  # requests and operations not finished yet
+
+    def run(self) -> RunRecord:
+        for ticket, arrival in enumerate(self._arrivals, 1):
+            self._pending += 1
+            self._push(arrival.t, partial(self._arrive, ticket, arrival))
+        for when, model in self._faults.crashes:
+            self._push(when, partial(self._crash, model))
+        now = 0.0
+        # Once every request and operation is done, only the core's timers are left.
+        while self._events and (self._pending or not self._events[0][2]):
+            now, _, _, action = heapq.heappop(self._events)
+            action(now)
+            deadline = self.core.next_deadline()
+            if deadline is not None:
+                # A deadline already due (a backoff that placement still blocks) would spin;
+                # re-ask at the daemon's tick interval instead.
+                tick = self.config.policy.tick_interval_ms / 1000
+                self._tick_at(deadline if deadline > now else now + tick)
+        self.record.end = max(now, max((a.t for a in self._arrivals), default=0.0))
+        return self.record
+
+    # ---- events ------------------------------------------------------------------------
+
+    def _push(self, when: float, action: Action, *, tick: bool = False) -> None:
+        heapq.heappush(self._events, (when, next(self._seq), tick, action))
+
+    def _tick_at(self, when: float) -> None:
+        if when not in self._ticks:
+            self._ticks.add(when)
+            self._push(when, self._tick, tick=True)
+
+    def _tick(self, now: float) -> None:
+        self._ticks.discard(now)
+        self._call(now, lambda: self.core.tick(now))
+
+    def _arrive(self, ticket: int, arrival: Arrival, now: float) -> None:
+        work = work_of(arrival.prompt_tokens, arrival.output_tokens)
+        self.record.requests[ticket] = RequestRecord(ticket, arrival.model, now, work)
+        if arrival.cancel_after is not None:
+            self._push(now + arrival.cancel_after, partial(self._cancel, ticket))
+        self._call(now, lambda: self.core.submit(ticket, arrival.model, now))
+
+    def _cancel(self, ticket: int, now: float) -> None:
+        request = self.record.requests[ticket]
+        if request.finished_at is not None:
+            return
+        if request.outcome == "granted":  # the client leaves mid-response
+            self._fleet.backends[request.model].remove(ticket, now)
+            self._finish(request.model, [ticket], now, completed=False)
+            return
+        request.outcome, request.finished_at = "cancelled", now
+        self._pending -= 1
+        self._call(now, lambda: self.core.cancel(ticket, now))
+
+    def _served(self, model: str, version: int, now: float) -> None:
+        if version == self._fleet.version[model]:
+            done = self._fleet.backends[model].finish_due(now)
+            self._finish(model, done, now, completed=True)
+
+    def _op_done(self, outcome: OpOutcome, now: float) -> None:
+        self._pending -= 1
+        self._call(now, lambda: self.core.op_done(outcome, now))
+
+    def _crash(self, model: str, now: float) -> None:
+        if self.core.slots[model].op is not None:
+            return  # an operation owns the process right now and reports its fate itself
+        pid = self._fleet.crash(model)
+        if pid is None:
+            return
+        self._call(now, lambda: self.core.process_exited(model, pid, 137, now))
+        self._finish(model, self._fleet.backends[model].abort_all(now), now, completed=False)
+
+    # ---- the core's inputs and commands -----------------------------------------------
+
+    def _call(self, now: float, call: Callable[[], list[Command]]) -> None:
+        """Feed the core one input; inputs its commands cause (releases) queue behind it."""
+        self._calls.append(call)
+        if len(self._calls) > 1:
+            return  # the loop below, further up the stack, will get to it
+        while self._calls:
+            commands = self._calls[0]()
+            if self._observer is not None:
+                self._observer(self.core, now, commands)
+            for command in commands:
+                self._execute(command, now)
+            self._calls.popleft()
+
+    def _execute(self, command: Command, now: float) -> None:
+        if isinstance(command, Grant):
+            request = self.record.requests[command.ticket]
+            request.outcome, request.decided_at = "granted", now
+            request.switch_secs = self._switches.allowance(command.model, request.arrived_at)
+            self._fleet.backends[command.model].add(command.ticket, request.work, now)
+            self._backend_changed(command.model, now)
+        elif isinstance(command, Reject):
+            request = self.record.requests[command.ticket]
+            request.outcome, request.decided_at, request.finished_at = "rejected", now, now
+            self._pending -= 1
+        elif isinstance(command, StartOp):
+            self._start_op(command, now)
+        else:
+            self._switches.observe(command, now)
+
+    def _start_op(self, command: StartOp, now: float) -> None:
+        op = command.op
+        n, self._ops_started = self._ops_started, self._ops_started + 1
+        result = self._faults.result(op.kind, n)
+        if op.kind is not OpKind.WAKE and (op.abort_inflight or op.kind is OpKind.STOP):
+            backend = self._fleet.backends[op.model]
+            self._finish(op.model, backend.abort_all(now), now, completed=False)
+        pid = self._fleet.pid_after(op, result)
+        outcome = OpOutcome(op.op_id, result, pid=pid, phase_secs=self._model.phases(op))
+        self._pending += 1
+        self._push(now + self._model.duration(op), partial(self._op_done, outcome))
+
+    def _backend_changed(self, model: str, now: float) -> None:
+        done_at = self._fleet.changed(model, now)
+        if done_at is not None:
+            version = self._fleet.version[model]
+            self._push(done_at, partial(self._served, model, version))
+
+    def _finish(self, model: str, tickets: list[int], now: float, *, completed: bool) -> None:
+        self._backend_changed(model, now)
+        for ticket in tickets:
+            request = self.record.requests[ticket]
+            request.finished_at, request.completed = now, completed
+            self._pending -= 1
+            self._call(now, partial(self.core.release, ticket, now))

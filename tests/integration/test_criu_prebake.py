@@ -1,0 +1,123 @@
+"""`gpumux serve --checkpoint MODEL` pre-bakes a CRIU image; `checkpoint_path` restores it.
+
+Needs root and CRIU >= 4.2 (scripts/test installs it); without them these tests FAIL.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.criu import chat, checkpoint_section, events, quarantined, require_criu
+from tests.support.daemon import (
+    daemon_config,
+    get_json,
+    metric_value,
+    mock_model,
+    running_daemon,
+    start_daemon,
+)
+
+pytestmark = pytest.mark.integration
+
+PREBAKE_TIMEOUT_SECS = 60
+
+
+@pytest.fixture(autouse=True)
+def _criu_present() -> None:
+    require_criu()
+
+
+def prebake(tmp: Path, config: dict[str, Any], *extra: str) -> subprocess.CompletedProcess[str]:
+    path = tmp / "prebake.json"
+    path.write_text(json.dumps(config))
+    return subprocess.run(
+        [sys.executable, "-m", "gpumux", "serve", str(path), "--checkpoint", "a", *extra],
+        capture_output=True,
+        text=True,
+        timeout=PREBAKE_TIMEOUT_SECS,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def baked_image(result: subprocess.CompletedProcess[str]) -> Path:
+    assert result.returncode == 0, result.stderr[-3000:]
+    match = re.search(r"^image: (\S+)", result.stdout, re.MULTILINE)
+    assert match, result.stdout
+    return Path(match[1])
+
+
+def test_prebake_then_restore_on_first_request_twice(tmp_path: Path) -> None:
+    models = {"a": mock_model(), "b": mock_model()}
+    config = daemon_config(tmp_path, models, checkpoint=checkpoint_section(tmp_path))
+    image = baked_image(prebake(tmp_path, config))
+    manifest = json.loads((image / "manifest.json").read_text())
+    assert manifest["eviction"] == "discard+checkpoint"  # the --eviction default
+    assert manifest["prebaked"] is True
+    models["a"]["checkpoint_path"] = str(image)
+    replies = []
+    for run in ("first", "second"):  # the image survives a restore and can be used again
+        with running_daemon(
+            tmp_path / run, models, checkpoint=config["checkpoint"], state_dir=config["state_dir"]
+        ) as daemon:
+            assert metric_value(daemon, "gpumux_model_state", model="a", state="checkpointed") == 1
+            replies.append(chat(daemon, "a"))
+            restored = [e["pid"] for e in events(daemon, "criu_restored", model="a")]
+            assert restored == [manifest["pids"][0]]
+            assert not events(daemon, "process_spawned", model="a")  # no cold start
+            calls = [
+                e["event"] for e in get_json(daemon.backend_url("a") + "/mock/events")["events"]
+            ]
+            assert calls[:2] == ["request", "request_done"]  # the pre-bake's warm-up
+            assert "collective_rpc" in calls  # discard: weights reloaded after the restore
+    assert replies[0] == replies[1]
+    assert (image / "manifest.json").is_file()
+
+
+def test_prebake_refuses_a_non_checkpoint_eviction(tmp_path: Path) -> None:
+    config = daemon_config(tmp_path, {"a": mock_model()}, checkpoint=checkpoint_section(tmp_path))
+    result = prebake(tmp_path, config, "--eviction", "offload+keep_running")
+    assert result.returncode == 2
+    assert "needs process `checkpoint`" in result.stderr
+
+
+def test_corrupt_prebaked_image_is_quarantined_never_deleted(tmp_path: Path) -> None:
+    models = {"a": mock_model(), "b": mock_model()}
+    config = daemon_config(tmp_path, models, checkpoint=checkpoint_section(tmp_path))
+    image = baked_image(prebake(tmp_path, config, "--eviction", "offload+checkpoint"))
+    pages = max(image.glob("pages-*.img"), key=lambda p: p.stat().st_size)
+    data = bytearray(pages.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # same size: only the sha256 can tell
+    pages.write_bytes(bytes(data))
+    models["a"]["checkpoint_path"] = str(image)
+    with running_daemon(
+        tmp_path / "run", models, checkpoint=config["checkpoint"], state_dir=config["state_dir"]
+    ) as daemon:
+        assert chat(daemon, "a")
+        assert not events(daemon, "criu_restored", model="a")
+        assert metric_value(daemon, "gpumux_switches_total", to="a", outcome="fallback_cold") == 1
+        reason = events(daemon, "image_quarantined", model="a")[0]["reason"]
+        assert "sha256 mismatch" in reason
+    moved = quarantined(image.parent, image.parent.name) or sorted(
+        image.parent.glob(image.name + ".quarantined-*")
+    )
+    assert moved
+    assert (moved[0] / "manifest.json").is_file()  # renamed aside, files kept
+
+
+def test_missing_prebaked_image_starts_the_model_stopped(tmp_path: Path) -> None:
+    models = {"a": mock_model(checkpoint_path=str(tmp_path / "nowhere"))}
+    config = daemon_config(tmp_path, models, checkpoint=checkpoint_section(tmp_path))
+    daemon = start_daemon(tmp_path, config)
+    try:
+        daemon.wait_ready()
+        assert metric_value(daemon, "gpumux_model_state", model="a", state="stopped") == 1
+        assert chat(daemon, "a")
+    finally:
+        daemon.stop()

@@ -1,0 +1,34 @@
+"""Fixtures for the security suite: one daemon per module, shared by its fuzz tests.
+
+A daemon start costs about two seconds; hypothesis runs each test body ~100 times, so
+the daemon is module-scoped and each fuzz test only sends requests to it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.daemon import RunningDaemon, free_port, mock_model, running_daemon
+
+ADMIN_TOKEN = "sec-admin-token-5d1e"
+#: Fast, small backends that fit together on one fake GPU (fuzzing never forces a switch).
+FAST = ["--gpu-memory-utilization", "0.45", "--mock-tokens-per-sec", "100000"]
+
+
+@pytest.fixture(scope="module")
+def fuzz_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningDaemon]:
+    """gpumux with models a and b (both awake once asked) and an admin port with a token."""
+    tmp: Path = tmp_path_factory.mktemp("fuzz")
+    models = {"a": mock_model(extra_args=FAST), "b": mock_model(extra_args=FAST)}
+    with running_daemon(
+        tmp,
+        models,
+        env={"GPUMUX_SEC_ADMIN": ADMIN_TOKEN},
+        admin_port=free_port(),
+        admin_token_env="GPUMUX_SEC_ADMIN",
+        max_request_body_bytes=256 * 1024,
+    ) as daemon:
+        yield daemon

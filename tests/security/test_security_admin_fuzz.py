@@ -1,0 +1,183 @@
+"""Fuzz the admin API from the OpenAPI document it serves (`GET /api/openapi.json`).
+
+Every operation the document lists is called with made-up path parameters (odd
+characters, `..`, encoded slashes), bodies (schema-shaped with wrong types, random JSON,
+random bytes) and three kinds of credentials (none, wrong, right). Properties:
+- a protected route answers 401 without a token and 403 with a wrong one, before looking
+  at anything else; only the documented open routes answer without one;
+- never a 500 (a 503/504 only where the document lists it for slow commands);
+- every error is OpenAI-shaped JSON;
+- afterwards the daemon still runs and both models still serve through the proxy.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+from collections import Counter
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+
+from tests.faults.support import chat, post
+from tests.security.conftest import ADMIN_TOKEN
+from tests.support.daemon import RunningDaemon, get_json
+
+pytestmark = pytest.mark.integration
+
+FUZZ = settings(
+    max_examples=100,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+ODD_NAMES = ["a", "b", "..", "%2e%2e", "a%2f..%2fb", "nope", "", " ", "a;b", "\u00fc", "x" * 300]
+
+
+def operations(document: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
+    """(method, path template, operation) for every operation in the document."""
+    found = []
+    for template, item in document["paths"].items():
+        for method, operation in item.items():
+            if method in ("get", "post", "put", "delete", "patch"):
+                found.append((method.upper(), template, {**operation, "_item": item}))
+    return found
+
+
+def is_open(operation: dict[str, Any], document: dict[str, Any]) -> bool:
+    return operation.get("security", document.get("security")) == []
+
+
+def documented(operation: dict[str, Any]) -> set[int]:
+    return {int(code) for code in operation.get("responses", {}) if code.isdigit()}
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**40), 2**40) | st.floats() | st.text(max_size=30),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+@st.composite
+def bodies(draw: st.DrawFn) -> bytes | None:
+    kind = draw(st.sampled_from(["shaped", "shaped", "json", "bytes", "none"]))
+    if kind == "none":
+        return None
+    if kind == "bytes":
+        return draw(st.binary(max_size=200))
+    if kind == "json":
+        return json.dumps(draw(json_values)).encode()
+    body: dict[str, Any] = {}
+    if draw(st.booleans()):
+        body["model"] = draw(st.sampled_from(ODD_NAMES) | json_values)
+    if draw(st.booleans()):
+        body["mode"] = draw(st.sampled_from(["auto", "manual", "sideways"]) | json_values)
+    if draw(st.booleans()):
+        body["timeout_secs"] = draw(
+            st.floats(min_value=0.01, max_value=3) | st.sampled_from([0, -1, "5", None, 1e308])
+        )
+    if draw(st.booleans()):
+        body["messages"] = [{"role": "user", "content": draw(st.text(max_size=20))}]
+    return json.dumps(body, allow_nan=True).encode()
+
+
+@st.composite
+def calls(
+    draw: st.DrawFn, ops: list[tuple[str, str, dict[str, Any]]]
+) -> tuple[str, str, dict[str, Any], bytes | None, str]:
+    method, template, operation = draw(st.sampled_from(ops))
+    path = template
+    for name in ("model", "action"):
+        if "{" + name + "}" in path:
+            value = draw(
+                st.sampled_from([*ODD_NAMES, "wake", "evict", "restart", "reset", "explode"])
+            )
+            raw = draw(st.booleans()) and value.isascii() and " " not in value
+            path = path.replace("{" + name + "}", value if raw else quote(value, safe=""))
+    if template == "/api/events":
+        path += "?replay=" + str(draw(st.integers(-5, 10_000)))
+    elif template.startswith("/api/logs"):
+        path += "?lines=" + draw(st.sampled_from(["5", "-1", "0", "x", "99999999999"]))
+    auth = draw(st.sampled_from(["none", "wrong", "right"]))
+    return method, path, operation, draw(bodies()), auth
+
+
+def send(
+    port: int, method: str, path: str, body: bytes | None, auth: str, *, headers_only: bool
+) -> tuple[int, dict[str, str], bytes]:
+    headers = {"Content-Type": "application/json"}
+    if auth == "right":
+        headers["Authorization"] = f"Bearer {ADMIN_TOKEN}"
+    elif auth == "wrong":
+        headers["Authorization"] = "Bearer not-the-token"
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.request(method, path, body=body, headers=headers)
+        response = conn.getresponse()
+        got = {k.lower(): v for k, v in response.getheaders()}
+        if headers_only and response.status == 200:
+            return response.status, got, b""  # an SSE stream: the headers say enough
+        return response.status, got, response.read()
+    finally:
+        conn.close()
+
+
+@pytest.fixture(scope="module")
+def document(fuzz_daemon: RunningDaemon) -> dict[str, Any]:
+    port = fuzz_daemon.config["admin_port"]
+    found: dict[str, Any] = get_json(f"http://127.0.0.1:{port}/api/openapi.json")
+    assert found["paths"], "the admin API documents no route"
+    return found
+
+
+def test_admin_api_fuzzed_from_its_openapi_never_500s_or_skips_auth(
+    fuzz_daemon: RunningDaemon, document: dict[str, Any]
+) -> None:
+    port = fuzz_daemon.config["admin_port"]
+    ops = operations(document)
+    seen: Counter[str] = Counter()
+
+    @FUZZ
+    @given(call=calls(ops))
+    def fuzz(call: tuple[str, str, dict[str, Any], bytes | None, str]) -> None:
+        method, path, operation, body, auth = call
+        status, headers, payload = send(
+            port, method, path, body, auth, headers_only=path.startswith("/api/events")
+        )
+        event(f"{auth} {status}")
+        seen[f"{auth} {status}"] += 1
+        assert status != 500, (method, path, payload[:300])
+        protected = not is_open(operation, document)
+        if protected and auth == "none":
+            assert status == 401, (method, path, status)
+        elif protected and auth == "wrong":
+            assert status == 403, (method, path, status)
+        if status >= 500:
+            assert status in documented(operation), (method, path, status, payload[:300])
+        if status >= 400:
+            assert headers.get("content-type", "").startswith("application/json"), (
+                method,
+                path,
+                status,
+                payload[:200],
+            )
+            error = json.loads(payload)["error"]
+            assert set(error) == {"message", "type", "param", "code"}, error
+
+    fuzz()
+    # The fuzz reached the handlers, not only the auth check.
+    assert sum(n for k, n in seen.items() if k.startswith("right 2")) >= 5, seen
+    assert sum(n for k, n in seen.items() if k.startswith("right 4")) >= 5, seen
+    assert fuzz_daemon.process.poll() is None, "gpumux died"
+    code, _, _ = send(port, "GET", "/api/status", None, "right", headers_only=False)
+    assert code == 200
+    # Back to automatic mode (fuzzing may have pinned a model), then both models serve.
+    send(port, "POST", "/api/mode", b'{"mode": "auto"}', "right", headers_only=False)
+    for model in ("a", "b"):
+        reply = post(fuzz_daemon, "/v1/chat/completions", chat(model), timeout=60)
+        assert reply.status == 200, (model, reply.body)

@@ -1,0 +1,109 @@
+"""Helpers for tests that run real CRIU against mock backends through the real daemon.
+
+Owns: the prerequisite check (root and a working `criu` >= 4.2; missing ones FAIL the
+test with the fix, never skip: `scripts/test` installs CRIU), the `checkpoint` config
+section pointing at a test's own images directory, chat through the OpenAI SDK, reading
+a model's images and the daemon's log events.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+
+from tests.support.daemon import RunningDaemon, wait_until
+
+CRIU_MIN = (4, 2)
+CHECKPOINT = {"weights": "discard", "process": "checkpoint"}
+
+
+def require_criu() -> str:
+    """The path of a usable `criu`, or fail the test saying how to get one."""
+    path = shutil.which("criu")
+    if path is None:
+        pytest.fail("criu is not installed; run scripts/test (it installs CRIU >= 4.2 from sid)")
+    if os.geteuid() != 0:
+        pytest.fail("the CRIU tests need root (criu dump/restore of the mock backends)")
+    out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=30).stdout
+    match = re.search(r"Version:\s*(\d+)\.(\d+)", out)
+    if match is None or (int(match[1]), int(match[2])) < CRIU_MIN:
+        pytest.fail(f"criu >= 4.2 is needed (Linux >= 6.16 breaks older ones); found: {out!r}")
+    return path
+
+
+def checkpoint_section(tmp: Path, **extra: Any) -> dict[str, Any]:
+    return {
+        "criu_path": require_criu(),
+        "images_dir": str(tmp / "images"),
+        "cuda_plugin_dir": None,
+        **extra,
+    }
+
+
+def chat(daemon: RunningDaemon, model: str, text: str = "the same prompt") -> str:
+    with openai.OpenAI(
+        base_url=daemon.url + "/v1", api_key="unused", max_retries=0, timeout=60
+    ) as sdk:
+        reply = sdk.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": text}], max_tokens=6
+        )
+    content = reply.choices[0].message.content
+    assert content
+    return content
+
+
+def image_dirs(images_dir: Path, model: str) -> list[Path]:
+    """Valid-looking version dirs (manifest present) of `model`, oldest first."""
+    root = images_dir / model
+    if not root.is_dir():
+        return []
+    return sorted(
+        p
+        for p in root.iterdir()
+        if p.is_dir()
+        and (p / "manifest.json").is_file()
+        and ".quarantined-" not in p.name
+        and not p.name.startswith(".")
+    )
+
+
+def wait_image(images_dir: Path, model: str, timeout: float = 20.0) -> Path:
+    found: list[Path] = wait_until(
+        lambda: image_dirs(images_dir, model), timeout=timeout, what=f"an image of {model}"
+    )
+    return found[-1]
+
+
+def quarantined(images_dir: Path, model: str) -> list[Path]:
+    root = images_dir / model
+    return sorted(p for p in root.iterdir() if ".quarantined-" in p.name) if root.is_dir() else []
+
+
+def events(daemon: RunningDaemon, name: str, **match: Any) -> list[dict[str, Any]]:
+    return [
+        e
+        for e in daemon.log_events()
+        if e.get("event") == name and all(e.get(k) == v for k, v in match.items())
+    ]
+
+
+def wait_event(
+    daemon: RunningDaemon, name: str, timeout: float = 20.0, **match: Any
+) -> dict[str, Any]:
+    found: list[dict[str, Any]] = wait_until(
+        lambda: events(daemon, name, **match), timeout=timeout, what=f"log event {name}"
+    )
+    return found[-1]
+
+
+def settle(seconds: float) -> None:
+    """A short pause for background work whose completion has no observable signal."""
+    time.sleep(seconds)

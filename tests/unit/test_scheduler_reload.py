@@ -1,0 +1,96 @@
+"""Config reload in the scheduler core: added, removed, changed and untouched models."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from gpumux.config import Config
+from gpumux.errors import ModelNotFound
+from gpumux.eviction import Step
+from gpumux.scheduler_messages import AdminReply, Note
+from gpumux.states import ModelState
+from tests.unit.test_scheduler_core import Driver, make_config
+
+pytestmark = pytest.mark.unit
+
+
+def reloaded(config: Config, **changes: Any) -> Config:
+    raw = config.model_dump(mode="json")
+    models = raw["models"]
+    for alias, entry in changes.items():
+        if entry is None:
+            del models[alias]
+        else:
+            models[alias] = {**models.get(alias, {}), **entry}
+    return Config.model_validate(raw)
+
+
+def reload(d: Driver, config: Config) -> AdminReply:
+    d.feed(d.core.reload(config, 7, d.now))
+    replies = [c for c in d.log if isinstance(c, AdminReply) and c.reply == 7]
+    assert replies
+    return replies[-1]
+
+
+def test_added_model_gets_a_slot_and_serves() -> None:
+    """A model added by a reload is routable at once and cold-starts on demand."""
+    d = Driver(make_config(util=0.4))
+    new = reloaded(d.core._config, c={"model_path": "m/c", "port": 8200})
+    assert reload(d, new).data["added"] == ["c"]
+    d.submit(1, "c")
+    assert d.state("c") is ModelState.STARTING
+    d.finish("c")
+    assert d.granted == [1]
+
+
+def test_removed_model_drains_stops_then_disappears() -> None:
+    """A removed model refuses new requests, finishes in-flight ones, stops, and is dropped."""
+    d = Driver(make_config(util=0.4))
+    d.submit(1, "a")
+    d.finish("a")
+    reply = reload(d, reloaded(d.core._config, a=None))
+    assert reply.data["removed"] == ["a"]
+    assert d.state("a") is ModelState.DRAINING  # lease 1 is still in flight
+    d.submit(2, "a")
+    assert isinstance(d.rejected[2], ModelNotFound)
+    d.feed(d.core.release(1, d.now))
+    stop = d.pending_op("a")
+    assert stop.op.steps == (Step.STOP,)
+    d.finish("a")
+    assert "a" not in d.core.slots
+    assert any(isinstance(c, Note) and c.event == "model_removed" for c in d.log)
+
+
+def test_changed_model_restarts_with_new_config_and_keeps_its_queue() -> None:
+    """A changed model is stopped and comes back with the new config; queued requests wait."""
+    d = Driver(make_config(util=0.4))
+    d.submit(1, "a")
+    d.finish("a")
+    d.feed(d.core.release(1, d.now))
+    new = reloaded(d.core._config, a={"extra_args": ["--gpu-memory-utilization", "0.3"]})
+    assert reload(d, new).data["changed"] == ["a"]
+    stop = d.pending_op("a")
+    assert stop.op.steps == (Step.STOP,)
+    d.submit(2, "a")  # queued while it restarts
+    d.finish("a")
+    assert d.core.slots["a"].config.gpu_memory_utilization == 0.3
+    assert d.state("a") is ModelState.STARTING
+    d.finish("a")
+    assert d.granted == [1, 2]
+
+
+def test_untouched_model_keeps_serving_through_a_reload() -> None:
+    """A model the reload does not touch keeps its process, state and leases."""
+    d = Driver(make_config(util=0.4))
+    d.submit(1, "b")
+    d.finish("b")
+    pid = d.core.slots["b"].pid
+    reply = reload(d, reloaded(d.core._config, a=None, c={"model_path": "m/c", "port": 8300}))
+    assert reply.data == {"added": ["c"], "removed": ["a"], "changed": []}
+    assert d.state("b") is ModelState.READY
+    assert d.core.slots["b"].pid == pid
+    assert not d.ops
+    d.submit(2, "b")
+    assert d.granted == [1, 2]
