@@ -61,6 +61,7 @@ def build_admin(
         clock=clock,
         daemon_state=daemon_state,
         proxy_url=proxy,
+        images=(backends.checkpoints.catalog.status if backends.checkpoints is not None else dict),
     )
     chat = ChatForwarder(
         session,

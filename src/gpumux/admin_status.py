@@ -12,8 +12,9 @@ consistent state), and never reads a value to act on it.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from gpumux.config import Config
 from gpumux.metrics import Metrics
@@ -36,6 +37,8 @@ class StatusSources:
     clock: Callable[[], float]  # the scheduler's clock (loop time), for ages
     daemon_state: Callable[[], str]
     proxy_url: str
+    #: The image catalog's view (images per model, S3 transfers); {} without checkpoints.
+    images: Callable[[], Mapping[str, Any]] = dict
 
 
 def build_status(src: StatusSources) -> dict[str, object]:
@@ -43,8 +46,11 @@ def build_status(src: StatusSources) -> dict[str, object]:
     core = src.core
     config = src.config()
     requests, ttft = _request_counters(src.metrics)
+    images = src.images()
+    image_models = images.get("models", {})
     models = {
         alias: _model_status(alias, slot, config, src, now, requests, ttft)
+        | {"image": _image(config, alias, image_models.get(alias))}
         for alias, slot in core.slots.items()
     }
     switching = [
@@ -68,6 +74,7 @@ def build_status(src: StatusSources) -> dict[str, object]:
         "switches_in_progress": switching,
         "costs": core.costs.to_dict(),
         "resources": src.resources.to_dict(),
+        "transfers": images.get("transfers", {}),
     }
 
 
@@ -80,8 +87,6 @@ def _model_status(
     requests: dict[str, float],
     ttft: dict[str, tuple[float, float]],
 ) -> dict[str, object]:
-    model = config.models.get(alias)
-    checkpoint_path = model.checkpoint_path if model is not None else None
     ttft_sum, ttft_count = ttft.get(alias, (0.0, 0.0))
     return {
         "state": slot.state.value,
@@ -104,15 +109,19 @@ def _model_status(
         "eviction": str(slot.eviction),
         "gpus": list(slot.config.gpu_indices),
         "gpu_memory_utilization": slot.config.gpu_memory_utilization,
-        "image": _image(checkpoint_path),
         "requests_total": requests.get(alias, 0.0),
         "ttft_seconds_sum": ttft_sum,
         "ttft_seconds_count": ttft_count,
     }
 
 
-def _image(path: str | None) -> dict[str, str] | None:
-    """Where a pre-baked image for the model lives (design §1 `checkpoint_path`), if any."""
+def _image(config: Config, alias: str, known: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """Where the model's image lives: the catalog's current one, else its pre-baked path."""
+    if known and (known.get("image") or known.get("remote_version")):
+        where = "local" if known.get("image") else "s3"
+        return {"location": where, "path": known.get("image"), **known}
+    model = config.models.get(alias)
+    path = model.checkpoint_path if model is not None else None
     if not path:
         return None
     return {"location": "s3" if path.startswith("s3://") else "local", "path": path}

@@ -126,6 +126,10 @@ class Checkpoints:
             detail = f"{exc}{tcp} (the tree is {state})"
             log.warning("criu_dump_failed", model=alias, pid=process.pid, error=detail)
             raise CheckpointFailed(detail) from exc
+        # The image holds the copies and a restore puts them back; the originals would
+        # only pile up on /dev/shm (the dumped tree is dead: kill mode).
+        for path in shm:
+            await asyncio.to_thread(Path(path).unlink, missing_ok=True)
         secs = loop.time() - started
         self._observe("dump", secs)
         log.info("criu_dumped", model=alias, pid=process.pid, secs=round(secs, 3), shm=shm)

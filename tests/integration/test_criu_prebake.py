@@ -17,6 +17,7 @@ import pytest
 from tests.support.criu import chat, checkpoint_section, events, quarantined, require_criu
 from tests.support.daemon import (
     daemon_config,
+    free_port,
     get_json,
     metric_value,
     mock_model,
@@ -63,11 +64,19 @@ def test_prebake_then_restore_on_first_request_twice(tmp_path: Path) -> None:
     models["a"]["checkpoint_path"] = str(image)
     replies = []
     for run in ("first", "second"):  # the image survives a restore and can be used again
+        admin_port = free_port()
         with running_daemon(
-            tmp_path / run, models, checkpoint=config["checkpoint"], state_dir=config["state_dir"]
+            tmp_path / run,
+            models,
+            checkpoint=config["checkpoint"],
+            state_dir=config["state_dir"],
+            admin_port=admin_port,
         ) as daemon:
             assert metric_value(daemon, "gpumux_model_state", model="a", state="checkpointed") == 1
             replies.append(chat(daemon, "a"))
+            status = get_json(f"http://127.0.0.1:{admin_port}/api/status")
+            assert status["models"]["a"]["image"]["location"] == "local"  # shown to operators
+            assert status["models"]["a"]["image"]["path"]
             restored = [e["pid"] for e in events(daemon, "criu_restored", model="a")]
             assert restored == [manifest["pids"][0]]
             assert not events(daemon, "process_spawned", model="a")  # no cold start

@@ -240,12 +240,6 @@ def test_a_crash_of_the_restored_tree_is_noticed_and_handled(baked: Baked) -> No
 
 
 @pytest.mark.timeout(PREBAKE_TIMEOUT_SECS + 120)
-@pytest.mark.xfail(
-    reason="gpumux bug: after a backend's root exits unexpectedly, SchedulerCore.process_exited "
-    "marks the model STOPPED without a STOP op, so the orphaned EngineCore/worker keep running "
-    "(and holding memory) until the model's next cold start or daemon shutdown",
-    strict=True,
-)
 def test_orphans_of_a_crashed_tree_end_without_waiting_for_a_request(baked: Baked) -> None:
     root, *members = baked.manifest["pids"]
     with baked.daemon("orphans") as daemon:
@@ -259,11 +253,5 @@ def test_orphans_of_a_crashed_tree_end_without_waiting_for_a_request(baked: Bake
 
 
 @pytest.mark.timeout(PREBAKE_TIMEOUT_SECS + 60)
-@pytest.mark.xfail(
-    reason="gpumux leftover: a kill-mode CRIU dump copies the tree's /dev/shm/psm_* segments "
-    "into the image but leaves the originals on /dev/shm after the pre-bake (or daemon) exits; "
-    "a restore copies them back from the image anyway",
-    strict=True,
-)
 def test_prebake_leaves_no_shm_segments_behind(baked: Baked) -> None:
     assert baked.shm_left == []
