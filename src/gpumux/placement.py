@@ -33,6 +33,7 @@ class Tenant:
     evictable_at: float  # min_active_secs: not a victim before this time
     wake_cost_secs: float = 0.0  # estimate to bring it back (cheaper = better victim)
     pinned: bool = False
+    holds: ModelState | None = None  # while stopping: the state whose memory it still holds
 
 
 @dataclass(frozen=True)
@@ -65,9 +66,10 @@ def usage(
     """Bytes in use per GPU now, or once the evictions already under way have finished."""
     used = dict.fromkeys(capacity, 0)
     for tenant in tenants:
-        state = (
-            tenant.resting_state if after_evictions and tenant.state in _LEAVING else tenant.state
-        )
+        if after_evictions and tenant.state in _LEAVING:
+            state = tenant.resting_state
+        else:
+            state = tenant.holds or tenant.state
         for gpu, nbytes in footprint(tenant, state, capacity).items():
             used[gpu] = used.get(gpu, 0) + nbytes
     return used

@@ -150,6 +150,8 @@ class CoreBase(ABC):
     def _set_state(self, slot: Slot, target: ModelState) -> None:
         before = slot.state
         slot.state = transition(MODEL_TRANSITIONS, before, target, what=f"model {slot.alias}")
+        # A stopping tree holds what it held before (a crashed sleeper: its residual only).
+        slot.stopping_from = before if target is M.STOPPING else None
         self._out.append(StateChanged(slot.alias, before, target))
 
     def _wake_cost(self, slot: Slot) -> float:

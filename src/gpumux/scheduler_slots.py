@@ -55,6 +55,7 @@ class Slot:
     last_used_at: float = 0.0
     drain_deadline: float | None = None
     drain_started_at: float | None = None
+    stopping_from: ModelState | None = None  # while STOPPING: the state whose memory it holds
     drain_for: int | None = None  # the switch this drain serves (None: warmup / admin)
     switch_id: int | None = None  # the switch bringing this model up
     evicted_weights: WeightStrategy | None = None  # how the weights left (for the wake plan)
@@ -85,6 +86,7 @@ class Slot:
             gpus=self.config.gpu_indices,
             utilization=self.config.gpu_memory_utilization,
             state=self.state,
+            holds=self.stopping_from,
             residual_bytes=self.residual_bytes,
             resting_state=self.resting_state,
             idle=self.idle,

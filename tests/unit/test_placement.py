@@ -112,3 +112,13 @@ def test_unknown_gpu_is_impossible() -> None:
 def test_sleeping_residual_is_counted() -> None:
     tenants = [tenant("a", ModelState.SLEEPING), tenant("b", ModelState.READY)]
     assert usage(tenants, CAP, after_evictions=False)[0] == GIB // 2 + int(0.45 * 80 * GIB)
+
+
+def test_a_stopping_tree_counts_what_it_held() -> None:
+    """A sleeper whose root crashed is being stopped: it holds its residual, not a full share."""
+    crashed = tenant("a", ModelState.STOPPING, util=0.3, holds=ModelState.SLEEPING)
+    assert usage([crashed], CAP, after_evictions=False)[0] == GIB // 2
+    tenants = {"a": crashed, "b": tenant("b", ModelState.READY, util=0.9)}
+    assert admit(
+        "c", {**tenants, "c": tenant("c", ModelState.STOPPED, util=0.1)}, CAP, 0
+    ).victims == ("b",)
