@@ -20,7 +20,7 @@ import math
 
 from gpumux.config import PolicyConfig
 from gpumux.policy.base import Decision, ModelView, Snapshot
-from gpumux.policy.planning import LEAVING, Board, board, decide_each
+from gpumux.policy.planning import Board, board, decide_each, shared_verdict
 
 
 class CostAwarePolicy:
@@ -37,17 +37,10 @@ class CostAwarePolicy:
 
     def _verdict(self, plan: Board, view: ModelView) -> tuple[str, list[float]]:
         """Why to bring `view` up now (empty: not yet) and when to look again."""
-        if view.switch_pending:
-            return "switch under way", []
-        if view.fits_now:
-            return "fits without evicting anyone", []
-        if plan.switching_near(view, LEAVING):
-            return "", []  # an eviction under way frees memory; the core re-asks after it
-        holders = plan.holders(view)
-        if not holders:
-            if plan.switching_near(view):
-                return "", []  # a wake holds the memory; nothing to evict until it is done
-            return "memory held by no serving model", []
+        early = shared_verdict(plan, view)
+        if isinstance(early, tuple):
+            return early
+        holders = early
         assert view.oldest_enqueued_at is not None
         switch_secs = view.wake_cost_secs + max(h.evict_cost_secs for h in holders)
         required = self.required_requests(switch_secs)

@@ -158,6 +158,25 @@ def _urgent_at(
 Verdict = Callable[[Board, ModelView], tuple[str, list[float]]]
 
 
+def shared_verdict(plan: Board, view: ModelView) -> tuple[str, list[float]] | list[ModelView]:
+    """The verdicts every policy shares, else the serving models holding `view`'s memory.
+
+    A verdict is (why to bring it up now, or "" for not yet; when to look again).
+    """
+    if view.switch_pending:
+        return "switch under way", []
+    if view.fits_now:
+        return "fits without evicting anyone", []
+    if plan.switching_near(view, LEAVING):
+        return "", []  # an eviction under way frees memory; the core re-asks after it
+    holders = plan.holders(view)
+    if not holders:
+        if plan.switching_near(view):
+            return "", []  # a wake holds the memory; nothing to evict until it is done
+        return "memory held by no serving model", []
+    return holders
+
+
 def decide_each(plan: Board, verdict: Verdict) -> Decision:
     """Judge every candidate in priority order; re-ask at the earliest moment that matters."""
     wake: list[str] = []

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from gpumux.config import PolicyConfig
 from gpumux.policy.base import Decision, ModelView, Snapshot
-from gpumux.policy.planning import LEAVING, Board, board, decide_each, round_trip_secs
+from gpumux.policy.planning import Board, board, decide_each, round_trip_secs, shared_verdict
 
 #: A visit may last this many times the model's round-trip switch cost. Four keeps the
 #: switching overhead of a busy rotation near 20 % (switch / (quantum + switch)).
@@ -39,17 +39,10 @@ class TimeSlicePolicy:
 
     def _verdict(self, plan: Board, view: ModelView) -> tuple[str, list[float]]:
         """Why to bring `view` up now (empty: not yet) and when to look again."""
-        if view.switch_pending:
-            return "switch under way", []
-        if view.fits_now:
-            return "fits without evicting anyone", []
-        if plan.switching_near(view, LEAVING):
-            return "", []  # an eviction under way frees memory; the core re-asks after it
-        holders = plan.holders(view)
-        if not holders:
-            if plan.switching_near(view):
-                return "", []  # a wake holds the memory; nothing to evict until it is done
-            return "memory held by no serving model", []
+        early = shared_verdict(plan, view)
+        if isinstance(early, tuple):
+            return early
+        holders = early
         urgent = plan.urgent_at[view.alias]
         later: list[float] = []
         for holder in holders:
