@@ -12,10 +12,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import openai
 import pytest
 
-from tests.support.daemon import RunningDaemon, get_json, metric_value, mock_model, running_daemon
+from tests.support.daemon import (
+    RunningDaemon,
+    chat,
+    get_json,
+    metric_value,
+    mock_model,
+    running_daemon,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -35,18 +41,6 @@ def checkpoint_section(tmp: Path) -> dict[str, Any]:
         "cuda_verify_interval_secs": 0.05,
         "cuda_checkpoint_timeout_secs": 30,
     }
-
-
-def chat(daemon: RunningDaemon, model: str, text: str = "same prompt") -> str:
-    with openai.OpenAI(
-        base_url=daemon.url + "/v1", api_key="unused", max_retries=0, timeout=30
-    ) as sdk:
-        reply = sdk.chat.completions.create(
-            model=model, messages=[{"role": "user", "content": text}], max_tokens=4
-        )
-    content = reply.choices[0].message.content
-    assert content
-    return content
 
 
 def worker_pids(daemon: RunningDaemon, model: str) -> list[int]:

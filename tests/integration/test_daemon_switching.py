@@ -7,11 +7,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-import openai
 import pytest
 
 from tests.support.daemon import (
     RunningDaemon,
+    chat,
     get_json,
     metric_value,
     mock_model,
@@ -22,21 +22,6 @@ from tests.support.daemon import (
 pytestmark = pytest.mark.integration
 
 CAPACITY = 80 * 1024**3
-
-
-def client(daemon: RunningDaemon) -> openai.OpenAI:
-    return openai.OpenAI(base_url=daemon.url + "/v1", api_key="unused", max_retries=0, timeout=30)
-
-
-def chat(daemon: RunningDaemon, model: str, text: str = "hello") -> str:
-    with client(daemon) as sdk:
-        reply = sdk.chat.completions.create(
-            model=model, messages=[{"role": "user", "content": text}], max_tokens=4
-        )
-    content = reply.choices[0].message.content
-    assert reply.model == model
-    assert content
-    return content
 
 
 def ledger_used(daemon: RunningDaemon) -> int:

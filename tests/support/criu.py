@@ -16,10 +16,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-import openai
 import pytest
 
 from tests.support.daemon import RunningDaemon, wait_until
+from tests.support.daemon import chat as daemon_chat
 
 CRIU_MIN = (4, 2)
 CHECKPOINT = {"weights": "discard", "process": "checkpoint"}
@@ -46,18 +46,6 @@ def checkpoint_section(tmp: Path, **extra: Any) -> dict[str, Any]:
         "cuda_plugin_dir": None,
         **extra,
     }
-
-
-def chat(daemon: RunningDaemon, model: str, text: str = "the same prompt") -> str:
-    with openai.OpenAI(
-        base_url=daemon.url + "/v1", api_key="unused", max_retries=0, timeout=60
-    ) as sdk:
-        reply = sdk.chat.completions.create(
-            model=model, messages=[{"role": "user", "content": text}], max_tokens=6
-        )
-    content = reply.choices[0].message.content
-    assert content
-    return content
 
 
 def image_dirs(images_dir: Path, model: str) -> list[Path]:
@@ -107,3 +95,8 @@ def wait_event(
 def settle(seconds: float) -> None:
     """A short pause for background work whose completion has no observable signal."""
     time.sleep(seconds)
+
+
+def chat(daemon: RunningDaemon, model: str, text: str = "the same prompt") -> str:
+    """CRIU tests compare replies to one prompt before and after a restore."""
+    return daemon_chat(daemon, model, text, max_tokens=6, timeout=60)

@@ -226,3 +226,26 @@ def metric_value(daemon: RunningDaemon, name: str, **labels: str) -> float:
         if all(f'{k}="{v}"' in line for k, v in labels.items()):
             return float(line.rsplit(" ", 1)[1])
     return 0.0
+
+
+def chat(
+    daemon: RunningDaemon,
+    model: str,
+    text: str = "hello",
+    *,
+    max_tokens: int = 4,
+    timeout: float = 30,
+) -> str:
+    """One chat completion through gpumux with the real openai SDK; its (non-empty) text."""
+    import openai  # only the tests that chat pay for the SDK's import
+
+    with openai.OpenAI(
+        base_url=daemon.url + "/v1", api_key="unused", max_retries=0, timeout=timeout
+    ) as sdk:
+        reply = sdk.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": text}], max_tokens=max_tokens
+        )
+    content = reply.choices[0].message.content
+    assert reply.model == model
+    assert content
+    return content

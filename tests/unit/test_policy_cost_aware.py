@@ -8,6 +8,7 @@ from gpumux.config import PolicyConfig
 from gpumux.policy.base import Decision, ModelView, Snapshot, make_policy
 from gpumux.policy.cost_aware import CostAwarePolicy
 from gpumux.states import ModelState
+from tests.support.policy_views import model_view
 
 pytestmark = pytest.mark.unit
 M = ModelState
@@ -23,20 +24,8 @@ CONFIG = PolicyConfig(
 
 
 def view(alias: str, state: ModelState = M.SLEEPING, **fields: object) -> ModelView:
-    values: dict[str, object] = {
-        "alias": alias,
-        "state": state,
-        "queued": 0,
-        "oldest_enqueued_at": None,
-        "inflight": 0,
-        "ready_since": None,
-        "last_used_at": 0.0,
-        "evict_cost_secs": 4.0,
-        "wake_cost_secs": 6.0,
-        "gpus": (0,),
-    }
-    values.update(fields)
-    return ModelView(**values)  # type: ignore[arg-type]
+    """Learned costs: evict 4.0 s, wake 6.0 s, unless given."""
+    return model_view(alias, state, **{"evict_cost_secs": 4.0, "wake_cost_secs": 6.0, **fields})
 
 
 def serving(inflight: int = 4, since: float = 0.0) -> ModelView:

@@ -8,24 +8,14 @@ from gpumux.config import PolicyConfig
 from gpumux.policy.base import ModelView, Snapshot, make_policy
 from gpumux.policy.fifo import FifoPolicy
 from gpumux.states import ModelState
+from tests.support.policy_views import model_view
 
 pytestmark = pytest.mark.unit
 M = ModelState
 
 
 def view(alias: str, state: ModelState = M.SLEEPING, **fields: object) -> ModelView:
-    values: dict[str, object] = {
-        "alias": alias,
-        "state": state,
-        "queued": 0,
-        "oldest_enqueued_at": None,
-        "inflight": 0,
-        "ready_since": None,
-        "last_used_at": 0.0,
-        "gpus": (0,),
-    }
-    values.update(fields)
-    return ModelView(**values)  # type: ignore[arg-type]
+    return model_view(alias, state, **fields)
 
 
 def snapshot(now: float, *views: ModelView, pinned: str | None = None) -> Snapshot:

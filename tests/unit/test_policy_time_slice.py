@@ -8,6 +8,7 @@ from gpumux.config import PolicyConfig
 from gpumux.policy.base import Decision, ModelView, Snapshot, make_policy
 from gpumux.policy.time_slice import QUANTUM_PER_SWITCH, TimeSlicePolicy
 from gpumux.states import ModelState
+from tests.support.policy_views import model_view
 
 pytestmark = pytest.mark.unit
 M = ModelState
@@ -16,20 +17,8 @@ CONFIG = PolicyConfig(policy_type="time_slice", min_active_secs=5, min_quantum_m
 
 
 def view(alias: str, state: ModelState = M.SLEEPING, **fields: object) -> ModelView:
-    values: dict[str, object] = {
-        "alias": alias,
-        "state": state,
-        "queued": 0,
-        "oldest_enqueued_at": None,
-        "inflight": 0,
-        "ready_since": None,
-        "last_used_at": 0.0,
-        "evict_cost_secs": 2.0,
-        "wake_cost_secs": 3.0,
-        "gpus": (0,),
-    }
-    values.update(fields)
-    return ModelView(**values)  # type: ignore[arg-type]
+    """Learned costs: evict 2.0 s, wake 3.0 s, unless given."""
+    return model_view(alias, state, **{"evict_cost_secs": 2.0, "wake_cost_secs": 3.0, **fields})
 
 
 def decide(now: float, *views: ModelView, config: PolicyConfig = CONFIG) -> Decision:
