@@ -208,6 +208,31 @@ function addEvent(event) {
   if (event.event === "switch_finished") timeline.add(event.target, event.t, Number(event.duration_s), event.outcome);
 }
 
+// One reader for every SSE stream the page follows (events and chat): yields each frame's
+// `id` (a number, or null) and its `data` lines joined; comments (": keep-alive") give "".
+async function* sseFrames(response) {
+  const reader = response.body.getReader();
+  const decoder = new TextDecoder();
+  let buffer = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    buffer += decoder.decode(value, { stream: true });
+    let end;
+    while ((end = buffer.indexOf("\n\n")) >= 0) {
+      const frame = buffer.slice(0, end);
+      buffer = buffer.slice(end + 2);
+      const id = /^id: (\d+)$/m.exec(frame);
+      const data = frame
+        .split("\n")
+        .filter((line) => line.startsWith("data: "))
+        .map((line) => line.slice(6))
+        .join("\n");
+      yield { id: id ? Number(id[1]) : null, data };
+    }
+  }
+}
+
 async function followEvents() {
   let lastId = 0;
   for (let attempt = 0; ; attempt++) {
@@ -217,24 +242,11 @@ async function followEvents() {
       });
       if (!response.ok) throw new Error(`HTTP ${response.status}`);
       attempt = 0;
-      const reader = response.body.getReader();
-      const decoder = new TextDecoder();
-      let buffer = "";
-      for (;;) {
-        const { value, done } = await reader.read();
-        if (done) break;
-        buffer += decoder.decode(value, { stream: true });
-        let end;
-        while ((end = buffer.indexOf("\n\n")) >= 0) {
-          const frame = buffer.slice(0, end);
-          buffer = buffer.slice(end + 2);
-          const id = /^id: (\d+)$/m.exec(frame);
-          const data = frame.split("\n").filter((l) => l.startsWith("data: ")).map((l) => l.slice(6)).join("\n");
-          if (id) lastId = Number(id[1]);
-          if (data) {
-            addEvent(JSON.parse(data));
-            scheduleRefresh(100);
-          }
+      for await (const { id, data } of sseFrames(response)) {
+        if (id !== null) lastId = id;
+        if (data) {
+          addEvent(JSON.parse(data));
+          scheduleRefresh(100);
         }
       }
     } catch (error) {
@@ -280,30 +292,17 @@ async function sendChat(event) {
       const payload = await response.json().catch(() => null);
       throw new Error(payload && payload.error ? payload.error.message : `HTTP ${response.status}`);
     }
-    const reader = response.body.getReader();
-    const decoder = new TextDecoder();
-    let buffer = "";
-    for (;;) {
-      const { value, done } = await reader.read();
-      if (done) break;
-      buffer += decoder.decode(value, { stream: true });
-      let end;
-      while ((end = buffer.indexOf("\n\n")) >= 0) {
-        const frame = buffer.slice(0, end).trim();
-        buffer = buffer.slice(end + 2);
-        if (!frame.startsWith("data: ")) continue;
-        const data = frame.slice(6);
-        if (data === "[DONE]") continue;
-        const chunk = JSON.parse(data);
-        if (chunk.error) throw new Error(chunk.error.message);
-        if (chunk.usage) completionTokens = chunk.usage.completion_tokens;
-        const text = chunk.choices && chunk.choices[0] && chunk.choices[0].delta ? chunk.choices[0].delta.content : "";
-        if (text) {
-          if (firstAt === null) firstAt = performance.now();
-          chunks += 1;
-          output.textContent += text;
-          output.dataset.chunks = String(chunks);
-        }
+    for await (const { data } of sseFrames(response)) {
+      if (!data || data === "[DONE]") continue;
+      const chunk = JSON.parse(data);
+      if (chunk.error) throw new Error(chunk.error.message);
+      if (chunk.usage) completionTokens = chunk.usage.completion_tokens;
+      const text = chunk.choices && chunk.choices[0] && chunk.choices[0].delta ? chunk.choices[0].delta.content : "";
+      if (text) {
+        if (firstAt === null) firstAt = performance.now();
+        chunks += 1;
+        output.textContent += text;
+        output.dataset.chunks = String(chunks);
       }
     }
     const total = (performance.now() - started) / 1000;
