@@ -30,7 +30,6 @@ import argparse
 import asyncio
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -62,6 +61,7 @@ from tests.real_vllm.support import (
     vllm_model,
     vllm_overrides,
 )
+from tests.support.criu import run_prebake
 from tests.support.daemon import daemon_config, running_daemon
 
 NAME = "real_vllm"
@@ -157,24 +157,17 @@ def criu_problem() -> str | None:
 
 def prebake(tmp: Path, config: dict[str, Any]) -> tuple[Path, float]:
     """`gpumux serve --checkpoint a`: the image's path and how long the pre-bake took."""
-    path = tmp / "prebake.json"
-    path.write_text(json.dumps(config))
-    started = time.monotonic()
-    result = subprocess.run(
-        [
-            *(sys.executable, "-m", "gpumux", "serve", str(path)),
-            *("--checkpoint", "a", "--eviction", "retain+checkpoint", "--log-format", "json"),
-        ],
-        capture_output=True,
-        text=True,
+    baked = run_prebake(
+        tmp,
+        config,
+        *("--eviction", "retain+checkpoint", "--log-format", "json"),
         timeout=PREBAKE_TIMEOUT_SECS,
-        stdin=subprocess.DEVNULL,
     )
-    seconds = time.monotonic() - started
-    match = re.search(r"^image: (\S+)", result.stdout, re.MULTILINE)
-    if result.returncode != 0 or match is None:
-        raise RuntimeError(f"pre-bake failed ({result.returncode}): {result.stderr[-2000:]}")
-    return Path(match[1]), seconds
+    if baked.result.returncode != 0 or baked.image is None:
+        raise RuntimeError(
+            f"pre-bake failed ({baked.result.returncode}): {baked.result.stderr[-2000:]}"
+        )
+    return baked.image, baked.seconds
 
 
 def find_vllm(given: str | None) -> RealVllm:

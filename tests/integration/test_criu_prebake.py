@@ -8,13 +8,19 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.support.criu import chat, checkpoint_section, events, quarantined, require_criu
+from tests.support.criu import (
+    chat,
+    checkpoint_section,
+    events,
+    quarantined,
+    require_criu,
+    run_prebake,
+)
 from tests.support.daemon import (
     daemon_config,
     free_port,
@@ -36,15 +42,7 @@ def _criu_present() -> None:
 
 
 def prebake(tmp: Path, config: dict[str, Any], *extra: str) -> subprocess.CompletedProcess[str]:
-    path = tmp / "prebake.json"
-    path.write_text(json.dumps(config))
-    return subprocess.run(
-        [sys.executable, "-m", "gpumux", "serve", str(path), "--checkpoint", "a", *extra],
-        capture_output=True,
-        text=True,
-        timeout=PREBAKE_TIMEOUT_SECS,
-        stdin=subprocess.DEVNULL,
-    )
+    return run_prebake(tmp, config, *extra, timeout=PREBAKE_TIMEOUT_SECS).result
 
 
 def baked_image(result: subprocess.CompletedProcess[str]) -> Path:

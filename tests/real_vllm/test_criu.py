@@ -17,11 +17,8 @@ directory as the pre-bake (the image holds the backend's log file by path).
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -40,7 +37,7 @@ from tests.real_vllm.support import (
     vllm_overrides,
     wait_for,
 )
-from tests.support.criu import checkpoint_section, events, require_criu
+from tests.support.criu import checkpoint_section, events, require_criu, run_prebake
 from tests.support.daemon import RunningDaemon, daemon_config, metric_value, running_daemon
 
 pytestmark = pytest.mark.real_vllm
@@ -107,24 +104,16 @@ def baked(real_vllm: RealVllm, tmp_path_factory: pytest.TempPathFactory) -> Iter
     config = daemon_config(
         tmp, models, **vllm_overrides(real_vllm, checkpoint=checkpoint_section(tmp))
     )
-    path = tmp / "prebake.json"
-    path.write_text(json.dumps(config))
-    started = time.monotonic()
-    result = subprocess.run(
-        [
-            *(sys.executable, "-m", "gpumux", "serve", str(path), "--checkpoint", "a"),
-            *("--eviction", "retain+checkpoint", "--log-format", "json"),
-        ],
-        capture_output=True,
-        text=True,
+    baked = run_prebake(
+        tmp,
+        config,
+        *("--eviction", "retain+checkpoint", "--log-format", "json"),
         timeout=PREBAKE_TIMEOUT_SECS,
-        stdin=subprocess.DEVNULL,
     )
-    seconds = time.monotonic() - started
+    result, seconds = baked.result, baked.seconds
     assert result.returncode == 0, f"pre-bake failed:\n{result.stdout}\n{result.stderr[-5000:]}"
-    match = re.search(r"^image: (\S+)", result.stdout, re.MULTILINE)
-    assert match, result.stdout
-    image = Path(match[1])
+    assert baked.image is not None, result.stdout
+    image = baked.image
     manifest = json.loads((image / "manifest.json").read_text())
     shm_left = [name for name in manifest["shm_files"] if Path(name).exists()]
     try:

@@ -8,11 +8,14 @@ a model's images and the daemon's log events.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import subprocess
+import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -100,3 +103,32 @@ def settle(seconds: float) -> None:
 def chat(daemon: RunningDaemon, model: str, text: str = "the same prompt") -> str:
     """CRIU tests compare replies to one prompt before and after a restore."""
     return daemon_chat(daemon, model, text, max_tokens=6, timeout=60)
+
+
+@dataclass(frozen=True)
+class Prebake:
+    """One `gpumux serve CONFIG --checkpoint a` run: its result and how long it took."""
+
+    result: subprocess.CompletedProcess[str]
+    seconds: float
+
+    @property
+    def image(self) -> Path | None:
+        """The image directory the pre-bake printed (`image: PATH`), if it printed one."""
+        match = re.search(r"^image: (\S+)", self.result.stdout, re.MULTILINE)
+        return Path(match[1]) if match else None
+
+
+def run_prebake(tmp: Path, config: dict[str, Any], *extra: str, timeout: float) -> Prebake:
+    """Pre-bake model `a` of `config` as a real subprocess (bounded by `timeout`)."""
+    path = tmp / "prebake.json"
+    path.write_text(json.dumps(config))
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-m", "gpumux", "serve", str(path), "--checkpoint", "a", *extra],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
+    return Prebake(result, time.monotonic() - started)
