@@ -9,8 +9,10 @@ what the backend sent (and, with the echo backend, that hop-by-hop headers are d
 
 from __future__ import annotations
 
+import http.client
 import json
 import re
+import select
 import socket
 import sys
 import threading
@@ -29,7 +31,10 @@ from tests.faults.support import (
     post,
     request,
 )
+from tests.support.admin import Admin, EventStream
 from tests.support.daemon import (
+    RunningDaemon,
+    free_port,
     get_json,
     metric_value,
     mock_model,
@@ -117,39 +122,215 @@ def test_oversized_or_too_many_headers_are_refused_and_the_daemon_keeps_serving(
         assert post(daemon, CHAT, chat()).status == 200
 
 
-def test_slow_header_clients_do_not_starve_other_clients(tmp_path: Path) -> None:
-    """Case 8 (slowloris): 40 connections trickling their headers byte by byte do not slow
-    ordinary requests down (each is still answered in well under a second)."""
-    with running_daemon(tmp_path, {"a": mock_model()}) as daemon:
+#: `header_timeout_secs` for the slowloris tests: short, so the suite stays quick.
+HEAD_TIMEOUT = 1.0
+#: How late past the deadline a close may be seen on a loaded 2-core machine.
+CLOSE_SLACK = 3.0
+#: How often a loris sends one more header byte (so its connection is never idle).
+TRICKLE_SECS = 0.2
+SLOW_HEAD = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nX-Slow: "
+
+
+class Lorises:
+    """Raw connections that trickle a header byte every `TRICKLE_SECS` and never finish
+    the head; notes, per connection, how long after it opened the server closed it."""
+
+    def __init__(self, port: int, count: int) -> None:
+        self.socks: list[socket.socket] = []
+        self.opened: list[float] = []
+        self.closed_after: dict[int, float] = {}
+        self.answered: dict[int, bytes] = {}
+        for _ in range(count):
+            self.socks.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+            self.opened.append(time.monotonic())
+        self._stop = threading.Event()
+        self._feeder = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Lorises:
+        self._feeder.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._feeder.join(timeout=5)
+        for sock in self.socks:
+            sock.close()
+
+    def all_closed(self) -> bool:
+        return len(self.closed_after) == len(self.socks)
+
+    def _open(self) -> list[int]:
+        return [i for i in range(len(self.socks)) if i not in self.closed_after]
+
+    def _run(self) -> None:
+        for sock in self.socks:
+            sock.sendall(SLOW_HEAD)
+        next_byte = time.monotonic() + TRICKLE_SECS
+        while not self._stop.is_set() and not self.all_closed():
+            # select() wakes as soon as a connection is closed, so close times are exact.
+            wait = max(0.0, next_byte - time.monotonic())
+            readable, _, _ = select.select([self.socks[i] for i in self._open()], [], [], wait)
+            for sock in readable:
+                self._note_end(self.socks.index(sock))
+            if time.monotonic() >= next_byte:
+                next_byte += TRICKLE_SECS
+                for i in self._open():
+                    try:
+                        self.socks[i].sendall(b"z")
+                    except OSError:
+                        self._note_end(i)
+
+    def _note_end(self, i: int) -> None:
+        try:
+            data = self.socks[i].recv(4096, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""  # reset: closed as well
+        if data:
+            self.answered[i] = data
+        self.closed_after.setdefault(i, time.monotonic() - self.opened[i])
+
+
+def _assert_closed_in_time(lorises: Lorises) -> None:
+    assert not lorises.answered, lorises.answered  # closed without a reply, never served
+    assert lorises.all_closed(), f"still open: {len(lorises.socks) - len(lorises.closed_after)}"
+    times = sorted(lorises.closed_after.values())
+    # Never before the deadline (it runs from the open, not from the last byte)...
+    assert times[0] >= HEAD_TIMEOUT * 0.9, times
+    # ...and not much after it, although every loris kept sending bytes.
+    assert times[-1] <= HEAD_TIMEOUT + CLOSE_SLACK, times
+    print(f"slowloris closed after {times[0]:.3f}..{times[-1]:.3f} s (timeout {HEAD_TIMEOUT} s)")
+
+
+def _closed_lines(daemon: RunningDaemon) -> list[dict[str, Any]]:
+    return [e for e in daemon.log_events() if e.get("event") == "header_timeout_closed"]
+
+
+def test_slowloris_connections_are_closed_after_the_header_timeout_and_others_are_served(
+    tmp_path: Path,
+) -> None:
+    """Case 8 (slowloris): with `header_timeout_secs` 1, 20 connections trickling a header
+    byte every 0.2 s (never idle) are closed about 1 s after they opened, while ordinary
+    requests from another client are answered throughout, each in well under a second.
+    One log line per closed connection names the peer and never a header."""
+    models = {"a": mock_model()}
+    with running_daemon(tmp_path, models, header_timeout_secs=HEAD_TIMEOUT) as daemon:
         port = daemon.config["port"]
         assert post(daemon, CHAT, chat()).status == 200
-        stop = threading.Event()
-        lorises = [socket.create_connection(("127.0.0.1", port)) for _ in range(40)]
-
-        def trickle() -> None:
-            head = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nX-Slow: "
-            for sock in lorises:
-                sock.sendall(head)
-            while not stop.wait(0.1):
-                for sock in lorises:
-                    try:
-                        sock.sendall(b"z")
-                    except OSError:
-                        continue
-
-        feeder = threading.Thread(target=trickle, daemon=True)
-        feeder.start()
-        try:
-            time.sleep(0.3)
-            for _ in range(10):
+        served = 0
+        with Lorises(port, 20) as lorises:
+            deadline = time.monotonic() + HEAD_TIMEOUT + CLOSE_SLACK + 5
+            while not lorises.all_closed() and time.monotonic() < deadline:
                 reply = post(daemon, CHAT, chat(), timeout=5)
                 assert reply.status == 200
                 assert reply.elapsed < 1.0, reply.elapsed
+                served += 1
+        _assert_closed_in_time(lorises)
+        assert served >= 3, served  # ordinary requests were served while the lorises hung on
+        assert post(daemon, CHAT, chat()).status == 200
+        closed = wait_until(
+            lambda: len(_closed_lines(daemon)) >= 20 and _closed_lines(daemon),
+            what="one log line per closed connection",
+        )
+        assert len(closed) == 20, closed
+        assert all(e["peer"].startswith("127.0.0.1:") for e in closed), closed
+        assert {e["head_bytes"] > len(SLOW_HEAD) for e in closed} == {True}, closed
+        assert b"X-Slow" not in daemon.log_path.read_bytes()
+
+
+def test_header_timeout_spares_streams_slow_bodies_queued_requests_and_idle_keepalive(
+    tmp_path: Path,
+) -> None:
+    """Case 8, what the header timeout must never cut (`header_timeout_secs` 1): a stream
+    lasting twice as long, a body trickled in for over two seconds after a complete head,
+    a request queued behind a model switch for longer than the timeout, and a kept-alive
+    connection idle for twice the timeout whose next request then arrives at once."""
+    models = {
+        "a": mock_model(extra_args=["--mock-tokens-per-sec", "10"]),
+        "b": mock_model(extra_args=["--mock-startup-secs", "2.5"]),
+    }
+    with running_daemon(tmp_path, models, header_timeout_secs=HEAD_TIMEOUT) as daemon:
+        port = daemon.config["port"]
+        assert post(daemon, CHAT, chat(max_tokens=1)).status == 200
+
+        stream = post(daemon, CHAT, chat(stream=True, max_tokens=20))
+        assert stream.status == 200
+        assert stream.body.endswith(b"data: [DONE]\n\n"), stream.body[-200:]
+        assert stream.elapsed > HEAD_TIMEOUT * 1.5, stream.elapsed
+
+        body = chat(max_tokens=1)
+        head = (
+            f"POST {CHAT} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+        ).encode()
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+            sock.sendall(head)
+            started = time.monotonic()
+            step = max(1, len(body) // 12)
+            for offset in range(0, len(body), step):
+                time.sleep(
+                    TRICKLE_SECS
+                )  # the point of the test: a body slower than the head deadline
+                sock.sendall(body[offset : offset + step])
+            assert time.monotonic() - started > HEAD_TIMEOUT * 2
+            answer = b""
+            while piece := sock.recv(65536):
+                answer += piece
+        assert answer.startswith(b"HTTP/1.1 200"), answer[:300]
+
+        kept = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        try:
+            kept.request("GET", "/v1/models")
+            assert kept.getresponse().read()
+            assert kept.sock is not None
+            local = kept.sock.getsockname()
+            time.sleep(HEAD_TIMEOUT * 2)  # idle past the deadline: left to keep-alive
+            kept.request("GET", "/v1/models")
+            response = kept.getresponse()
+            assert response.status == 200
+            response.read()
+            assert kept.sock is not None
+            assert kept.sock.getsockname() == local  # the same connection served it
         finally:
-            stop.set()
-            feeder.join(timeout=5)
-            for sock in lorises:
-                sock.close()
+            kept.close()
+
+        queued = post(daemon, CHAT, chat("b", max_tokens=1))  # evicts a, cold-starts b
+        assert queued.status == 200, queued.body[:300]
+        assert queued.elapsed > HEAD_TIMEOUT * 2, queued.elapsed
+        assert not _closed_lines(daemon)
+
+
+def test_admin_and_metrics_ports_close_slowloris_connections_too(tmp_path: Path) -> None:
+    """Case 8 on the other listeners: lorises on the admin and metrics ports are closed
+    after `header_timeout_secs`, while the admin API answers and an event stream opened
+    before them outlives the deadline."""
+    token = "admin-token-loris"
+    with running_daemon(
+        tmp_path,
+        {"a": mock_model()},
+        env={"GPUMUX_TEST_ADMIN": token},
+        admin_port=free_port(),
+        admin_token_env="GPUMUX_TEST_ADMIN",
+        header_timeout_secs=HEAD_TIMEOUT,
+    ) as daemon:
+        admin = Admin(daemon, token)
+        stream = EventStream(admin, replay=0)
+        try:
+            ports = [daemon.config["admin_port"], daemon.config["metrics_port"]]
+            with Lorises(ports[0], 5) as on_admin, Lorises(ports[1], 5) as on_metrics:
+                wait_until(
+                    lambda: on_admin.all_closed() and on_metrics.all_closed(),
+                    timeout=HEAD_TIMEOUT + CLOSE_SLACK + 5,
+                    what="lorises on the admin and metrics ports closed",
+                )
+                assert admin.status()["models"]["a"]["state"] in ("stopped", "ready")
+            _assert_closed_in_time(on_admin)
+            _assert_closed_in_time(on_metrics)
+            assert post(daemon, CHAT, chat()).status == 200  # starts a: events on the stream
+            stream.wait_for(lambda e: e["event"] == "state_changed" and e["model"] == "a")
+        finally:
+            stream.close()
 
 
 def test_stream_bytes_keepalive_comments_usage_and_done_pass_through_unchanged(

@@ -1,0 +1,215 @@
+"""How the daemon's HTTP listeners are built: an aiohttp app bound to a TCP port whose
+connections must deliver each request head in time (the slowloris guard).
+
+Owns: the runner/site pair behind every listener (proxy, admin, metrics) and the
+per-connection request-head deadline, `header_timeout_secs`. A connection has that long
+from when it opens, and on a kept-alive connection from the first byte of each later
+request, to deliver a complete request line and headers; past it the connection is closed
+(no 408: the client is abusive or broken, and a reply could be read as the answer to a
+request it sends at that very moment). aiohttp's server has no such deadline, so without
+it a client trickling one header byte at a time holds a connection and a descriptor for
+as long as it likes.
+Never timed here: anything after the head. Once aiohttp hands a request to the app, the
+deadline is off until that request is finished — slow bodies, queued requests waiting
+minutes for a model switch and long streams are untouched. An idle kept-alive connection
+that sends nothing is left to aiohttp's keep-alive timeout, so client pools keep working.
+Does not: route, authenticate or answer requests (the apps do).
+
+How, using only aiohttp's public surface (no internals to break when aiohttp changes;
+tests/faults/test_faults_bad_input.py fails loudly if the hooks stop firing): the site
+hands asyncio a protocol that wraps the `RequestHandler` aiohttp's `web.Server` makes for
+each connection, so it sees every byte before aiohttp parses it, and an outermost
+middleware tells the wrapper when aiohttp dispatches a request (its head is complete) and
+when the handler is done. Bytes that arrive while a request is being handled are its body
+(or a pipelined head): they are not timed, and the next byte after that request ends
+starts the clock. A client that goes silent mid-head after such bytes costs what an idle
+kept-alive connection costs and is left to the keep-alive timeout too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+from collections.abc import Awaitable, Callable
+
+import structlog
+from aiohttp import web
+
+log = structlog.get_logger(__name__)
+
+_Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+#: An idle kept-alive connection (no request under way) is closed after this long, as
+#: nginx does; aiohttp's own default (about an hour) lets idle clients hold descriptors.
+IDLE_KEEPALIVE_SECS = 75.0
+
+
+async def listen(
+    app: web.Application,
+    host: str,
+    port: int,
+    *,
+    header_timeout_secs: float,
+    cancel_on_disconnect: bool = False,
+) -> web.AppRunner:
+    """Serve `app` on host:port; `runner.cleanup()` stops it (and closes its connections)."""
+    app.middlewares.insert(0, _track_requests)  # outermost: sees the whole request
+    # handler_cancellation: a client that leaves cancels its handler, which closes the
+    # upstream request so vLLM aborts it (aiohttp's default is False in production).
+    runner = web.AppRunner(
+        app,
+        handler_cancellation=cancel_on_disconnect,
+        access_log=None,
+        keepalive_timeout=IDLE_KEEPALIVE_SECS,
+    )
+    await runner.setup()
+    await HeadDeadlineSite(runner, host, port, header_timeout_secs).start()
+    return runner
+
+
+class HeadDeadline(asyncio.Protocol):
+    """One connection: aiohttp's own handler inside, plus the request-head deadline."""
+
+    def __init__(
+        self, inner: web.RequestHandler, timeout: float, loop: asyncio.AbstractEventLoop
+    ) -> None:
+        self._inner = inner
+        self._timeout = timeout
+        self._loop = loop
+        self._transport: asyncio.Transport | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._active = 0  # requests dispatched and not yet finished (aiohttp: at most 1)
+        self._served = 0
+        self._head_bytes = 0  # counted for the log line only; header contents never are
+
+    # -- asyncio.Protocol: every callback goes on to aiohttp's handler --------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        self._arm()  # a connection that never sends a byte is not spared
+        self._inner.connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        # Bytes while no request is being handled start (or continue) a request head.
+        # Bytes while one is handled are its body (or a pipelined head, timed from the
+        # first byte after that request ends).
+        if self._active == 0 and data:
+            if self._timer is None:
+                self._arm()
+            self._head_bytes += len(data)
+        self._inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        # aiohttp's handler returns None (let asyncio close the transport); stay faithful.
+        self._inner.eof_received()
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        self._transport = None
+        self._inner.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._inner.resume_writing()
+
+    # -- told by the middleware -----------------------------------------------------------
+
+    def request_started(self) -> None:
+        """aiohttp dispatched a request: its head is complete, so the deadline is met."""
+        self._active += 1
+        self._disarm()
+
+    def request_finished(self) -> None:
+        self._active -= 1
+        self._served += 1
+
+    # -- the deadline ---------------------------------------------------------------------
+
+    def _arm(self) -> None:
+        self._head_bytes = 0
+        # A fresh context: the callback must not log under a request's bound ids.
+        self._timer = self._loop.call_later(
+            self._timeout, self._expired, context=contextvars.Context()
+        )
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _expired(self) -> None:
+        self._timer = None
+        transport = self._transport
+        if self._active or transport is None or transport.is_closing():
+            return
+        log.info(
+            "header_timeout_closed",
+            peer=_peer(transport),
+            timeout_s=self._timeout,
+            head_bytes=self._head_bytes,
+            requests_served=self._served,
+        )
+        # Nothing of ours is being written (no request is active), so close() is immediate;
+        # connection_lost then tells aiohttp's handler, which ends its task as usual.
+        transport.close()
+
+
+class HeadDeadlineSite(web.BaseSite):
+    """Like `web.TCPSite`, but every connection is wrapped in a `HeadDeadline`."""
+
+    __slots__ = ("_host", "_listening", "_owner", "_port", "_timeout")
+
+    def __init__(self, runner: web.AppRunner, host: str, port: int, timeout: float) -> None:
+        super().__init__(runner)
+        self._owner = runner
+        self._host = host
+        self._port = port
+        self._timeout = timeout
+        self._listening: asyncio.Server | None = None
+
+    @property
+    def name(self) -> str:
+        return f"http://{self._host}:{self._port}"
+
+    async def start(self) -> None:
+        await super().start()  # registers the site, so runner.cleanup() stops it
+        loop = asyncio.get_running_loop()
+        server = self._owner.server
+        assert server is not None  # BaseSite refuses a runner that was not set up
+
+        def connection() -> HeadDeadline:
+            # web.Server is aiohttp's protocol factory: one RequestHandler per connection.
+            return HeadDeadline(server(), self._timeout, loop)
+
+        # backlog as web.TCPSite's default, so nothing but the wrapper changes.
+        self._listening = await loop.create_server(connection, self._host, self._port, backlog=128)
+
+    async def stop(self) -> None:
+        if self._listening is not None:
+            self._listening.close()
+        await super().stop()
+
+
+@web.middleware
+async def _track_requests(request: web.Request, handler: _Handler) -> web.StreamResponse:
+    transport = request.transport
+    guard = transport.get_protocol() if transport is not None else None
+    if not isinstance(guard, HeadDeadline):
+        return await handler(request)
+    guard.request_started()
+    try:
+        return await handler(request)
+    finally:
+        guard.request_finished()
+
+
+def _peer(transport: asyncio.Transport) -> str:
+    peer = transport.get_extra_info("peername")
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        return f"{peer[0]}:{peer[1]}"
+    return str(peer)
