@@ -45,6 +45,15 @@ def parse_opt_int(value: object) -> int | None:
     return result
 
 
+def parse_text(value: object) -> str:
+    """A string knob; JSON null reads as "" (off)."""
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise ValueError(f"not a string: {value!r}")
+    return value
+
+
 def parse_secs(value: object) -> float:
     """A non-negative duration in seconds."""
     if isinstance(value, bool) or not isinstance(value, int | float | str):
@@ -76,6 +85,9 @@ class Faults:
     exit_at_start: bool = False
     # Generation routes answer this status with an OpenAI error body.
     http_error_status: int | None = None
+    # When set, `http_error_status` applies only to requests whose prompt (messages,
+    # input) contains this text: a "poisoned" request that fails while others succeed.
+    http_error_marker: str = ""
     # aiohttp's idle keep-alive timeout; read once at start (vLLM's default is 5 s).
     keepalive_timeout_secs: float = 5.0
     # Send ": keep-alive" SSE comments at this period while a stream waits (0 = off).
@@ -101,6 +113,12 @@ class Faults:
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
 
+    def error_status_for(self, prompt: str) -> int | None:
+        """The status a generation request with this prompt must fail with, if any."""
+        if self.http_error_marker and self.http_error_marker not in prompt:
+            return None
+        return self.http_error_status
+
 
 FAULT_PARSERS: dict[str, Callable[[object], object]] = {
     "crash_after_chunks": parse_opt_int,
@@ -113,6 +131,7 @@ FAULT_PARSERS: dict[str, Callable[[object], object]] = {
     "never_healthy": parse_bool,
     "exit_at_start": parse_bool,
     "http_error_status": parse_opt_int,
+    "http_error_marker": parse_text,
     "keepalive_timeout_secs": parse_secs,
     "sse_keepalive_secs": parse_secs,
 }

@@ -56,8 +56,9 @@ async def _run(
 ) -> web.StreamResponse:
     faults = engine.faults
     engine.check_alive()
-    if faults.http_error_status is not None:
-        raise ApiError(faults.http_error_status, "mock fault: http_error_status")
+    status = faults.error_status_for(job.prompt)
+    if status is not None:
+        raise ApiError(status, "mock fault: http_error_status")
     if faults.slow_first_byte_secs > 0:
         await asyncio.sleep(faults.slow_first_byte_secs)
     prompt_tokens = count_tokens(job.prompt)

@@ -36,8 +36,9 @@ async def embeddings(request: web.Request) -> web.Response:
     req = engine.new_request(rid, request.path, False)
     try:
         engine.check_alive()
-        if engine.faults.http_error_status is not None:
-            raise ApiError(engine.faults.http_error_status, "mock fault: http_error_status")
+        status = engine.faults.error_status_for("\n".join(texts))
+        if status is not None:
+            raise ApiError(status, "mock fault: http_error_status")
         if not await engine.admit(req):
             req.finish_reason = "abort"
             raise ApiError(500, "Request was aborted.")

@@ -3,8 +3,9 @@
 Owns: the allow-list of forwarded routes, request validation (auth, content type, body
 limit, `model`), the lease around each forwarded request (held until the body ends or
 the client leaves), byte-exact forwarding with streaming, and OpenAI-shaped errors.
-Does not: decide where or when a model runs (it asks the scheduler for a lease), or
-touch backends beyond forwarding one request.
+Does not: decide where or when a model runs (it asks the scheduler for a lease), judge
+backends (it only tells `passive_health` each status a backend sent), or touch backends
+beyond forwarding one request.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from gpumux.errors import (
     openai_envelope,
 )
 from gpumux.metrics import Metrics
+from gpumux.passive_health import BackendStreaks
 from gpumux.proxy_auth import ApiKeys
 from gpumux.scheduler import Lease, Scheduler
 from gpumux.upstream import UpstreamPools
@@ -151,8 +153,10 @@ class Proxy:
         api_keys: ApiKeys,
         is_shutting_down: Callable[[], bool],
         upstream: UpstreamPools | None = None,
+        streaks: BackendStreaks | None = None,
     ) -> None:
         self._config = config
+        self._streaks = streaks  # passive health: counts statuses backends themselves sent
         # `created` in /v1/models: stable for the daemon's life, like a model registry's.
         self._started_at = int(time.time())
         self._scheduler = scheduler
@@ -280,7 +284,10 @@ class Proxy:
         url = f"http://127.0.0.1:{model.port}{request.raw_path}"
         headers = end_to_end_headers(request.headers)
         headers[REQUEST_ID] = request[REQUEST_ID]
+        pid = self._scheduler.core.slots[lease.model].pid  # the leased request's process
         upstream = await self._open_upstream(url, body, headers, lease.model)
+        if self._streaks is not None:  # gpumux's own errors raised above; never counted
+            self._streaks.record(lease.model, pid, upstream.status)
         try:
             if stream and upstream.status == 200:
                 return await self._relay_stream(request, upstream, lease.model, path, started)

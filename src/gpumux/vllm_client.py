@@ -1,7 +1,7 @@
 """The control side of one vLLM backend: health, sleep/wake, RPCs, warm-up.
 
 Owns: `VllmClient`, a thin adapter over one backend's HTTP control surface (the
-`VLLM_SERVER_DEV_MODE=1` routes, `/health` and a 1-token `/v1/completions` warm-up),
+`VLLM_SERVER_DEV_MODE=1` routes, `/health` and 1-token `/v1/completions` calls),
 with vLLM's exact shapes (`/sleep?level=L&mode=M`, repeated `tags` on `/wake_up`,
 `{"method": ...}` for `/collective_rpc`), and `BackendControlError`, the one exception
 it raises: every non-2xx reply, connection failure and timeout is wrapped at this
@@ -146,11 +146,24 @@ class VllmClient:
 
     async def warmup(self, model_alias: str, timeout: float) -> None:
         """One 1-token completion as `model_alias` (the served model name); 200 or raise."""
+        await self.completion(model_alias, "hi", max_tokens=1, timeout=timeout, operation="warmup")
+
+    async def completion(
+        self,
+        model_alias: str,
+        prompt: str,
+        *,
+        max_tokens: int,
+        timeout: float,
+        operation: str = "completion",
+    ) -> None:
+        """`POST /v1/completions` with a body gpumux shapes itself (warm-up, health canary);
+        2xx or raise (`BackendControlError.status` tells a refusal from a broken engine)."""
         await self._call(
-            "warmup",
+            operation,
             "POST",
             "/v1/completions",
-            json_body={"model": model_alias, "prompt": "hi", "max_tokens": 1},
+            json_body={"model": model_alias, "prompt": prompt, "max_tokens": max_tokens},
             timeout=timeout,
         )
 

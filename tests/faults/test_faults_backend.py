@@ -23,6 +23,7 @@ from tests.faults.support import (
     alive,
     assert_failed_stream,
     assert_openai_error,
+    backend_events,
     backend_state,
     chat,
     event_names,
@@ -166,6 +167,126 @@ def test_backend_5xx_json_is_passed_through_byte_for_byte(tmp_path: Path) -> Non
         assert proxied.body == direct.body
         assert proxied.headers["content-type"] == direct.headers["content-type"]
         assert "error" in proxied.json()
+
+
+STREAK = 3  # passive_5xx_threshold in the tests below
+POISON = "POISON-PILL"
+
+
+def streak_checks(daemon: RunningDaemon, verdict: str) -> float:
+    return metric_value(
+        daemon, "gpumux_backend_5xx_streak_checks_total", model="a", verdict=verdict
+    )
+
+
+def unhealthy_restarts(daemon: RunningDaemon) -> float:
+    return metric_value(daemon, "gpumux_backend_restarts_total", model="a", reason="unhealthy")
+
+
+def streak_log_events(daemon: RunningDaemon) -> list[str]:
+    return [
+        str(e["event"])
+        for e in daemon.log_events()
+        if str(e.get("event", "")).startswith("backend_5xx_streak")
+    ]
+
+
+def test_backend_5xx_streak_confirmed_by_the_canary_restarts_the_backend(tmp_path: Path) -> None:
+    """Case 14 (breaker): a backend that answers 500 to everything. Each of the `STREAK`
+    500s (a stream's status line among them) reaches the client unchanged; then gpumux's
+    own canary fails too, the backend is restarted once (`reason="unhealthy"`), and the
+    fresh process serves. The fault is set at runtime, so the new process starts clean."""
+    supervision = {"passive_5xx_threshold": STREAK}
+    with running_daemon(tmp_path, {"a": mock_model()}, supervision=supervision) as daemon:
+        assert post(daemon, CHAT, chat()).status == 200
+        root = backend_state(daemon, "a")["pid"]
+        set_faults(daemon, "a", http_error_status=500)
+        direct = request(daemon.config["models"]["a"]["port"], CHAT, chat())
+        assert direct.status == 500
+        for i in range(STREAK):
+            reply = post(daemon, CHAT, chat(stream=i == 0))
+            assert reply.status == 500
+            assert reply.body == direct.body
+        wait_until(lambda: unhealthy_restarts(daemon) == 1, timeout=20, what="unhealthy restart")
+        assert streak_checks(daemon, "unhealthy") == 1
+        assert streak_checks(daemon, "healthy") == 0
+        assert post(daemon, CHAT, chat()).status == 200
+        assert backend_state(daemon, "a")["pid"] != root
+        assert unhealthy_restarts(daemon) == 1
+        assert streak_log_events(daemon) == ["backend_5xx_streak_confirmed"]
+
+
+def test_poisoned_request_streak_passes_the_canary_and_restarts_nothing(tmp_path: Path) -> None:
+    """Case 14 (a client's own 5xx): only requests carrying a marker make the backend
+    answer 500. A streak of them gets its 500s, but the canary (which no client shaped)
+    passes: the same process keeps serving, the verdict is "healthy", and a flood of
+    poisoned requests costs one probe per `health_interval_secs`."""
+    poisoned = mock_model(
+        env={"MOCK_VLLM_HTTP_ERROR_STATUS": "500", "MOCK_VLLM_HTTP_ERROR_MARKER": POISON}
+    )
+    # A long interval: any second confirmation would wait past the end of the test.
+    supervision = {"passive_5xx_threshold": STREAK, "health_interval_secs": 30}
+    with running_daemon(tmp_path, {"a": poisoned}, supervision=supervision) as daemon:
+        assert post(daemon, CHAT, chat()).status == 200
+        root = backend_state(daemon, "a")["pid"]
+        for _ in range(STREAK * 4):
+            reply = post(daemon, CHAT, chat(messages=[{"role": "user", "content": POISON}]))
+            assert_openai_error(reply, 500)
+        wait_until(lambda: streak_checks(daemon, "healthy") >= 1, timeout=20, what="a verdict")
+        assert post(daemon, CHAT, chat()).status == 200
+        assert backend_state(daemon, "a")["pid"] == root
+        assert streak_checks(daemon, "healthy") == 1
+        assert streak_checks(daemon, "unhealthy") == 0
+        assert unhealthy_restarts(daemon) == 0
+        assert spawn_count(daemon, "a") == 1
+        assert streak_log_events(daemon) == ["backend_5xx_streak_client_specific"]
+        canaries = [
+            e
+            for e in backend_events(daemon, "a")
+            if e["event"] == "request" and e.get("path") == "/v1/completions"
+        ]
+        assert len(canaries) == 1  # the client only ever sent chat completions
+
+
+def test_passive_5xx_threshold_zero_disables_the_breaker(tmp_path: Path) -> None:
+    """Case 14 (off switch): with `passive_5xx_threshold: 0` a backend answering 500 to
+    everything is neither probed nor restarted by the passive breaker."""
+    broken = mock_model(env={"MOCK_VLLM_HTTP_ERROR_STATUS": "500"})
+    supervision = {"passive_5xx_threshold": 0}
+    with running_daemon(tmp_path, {"a": broken}, supervision=supervision) as daemon:
+        for _ in range(STREAK * 3):
+            assert post(daemon, CHAT, chat()).status == 500
+        root = backend_state(daemon, "a")["pid"]
+        time.sleep(1.0)  # a confirmation, had one been started, runs at once
+        assert streak_checks(daemon, "healthy") == streak_checks(daemon, "unhealthy") == 0
+        assert unhealthy_restarts(daemon) == 0
+        assert backend_state(daemon, "a")["pid"] == root
+        assert streak_log_events(daemon) == []
+
+
+def test_interleaved_5xx_never_trip_the_breaker(tmp_path: Path) -> None:
+    """Case 14 (consecutive only): 5xx interleaved with successes never reach the
+    threshold; `STREAK` in a row afterwards do (the control that the breaker is live)."""
+    poisoned = mock_model(
+        env={"MOCK_VLLM_HTTP_ERROR_STATUS": "500", "MOCK_VLLM_HTTP_ERROR_MARKER": POISON}
+    )
+    bad = chat(messages=[{"role": "user", "content": POISON}])
+    supervision = {"passive_5xx_threshold": STREAK}
+    with running_daemon(tmp_path, {"a": poisoned}, supervision=supervision) as daemon:
+        root = None
+        for _ in range(4):
+            for _ in range(STREAK - 1):
+                assert post(daemon, CHAT, bad).status == 500
+            assert post(daemon, CHAT, chat(stream=True)).status == 200
+            root = root or backend_state(daemon, "a")["pid"]
+        time.sleep(1.0)  # a confirmation, had one been started, runs at once
+        assert streak_checks(daemon, "healthy") == streak_checks(daemon, "unhealthy") == 0
+        assert streak_log_events(daemon) == []
+        for _ in range(STREAK):
+            assert post(daemon, CHAT, bad).status == 500
+        wait_until(lambda: streak_checks(daemon, "healthy") == 1, timeout=20, what="a verdict")
+        assert backend_state(daemon, "a")["pid"] == root
+        assert unhealthy_restarts(daemon) == 0
 
 
 def test_start_failures_open_the_breaker_until_half_open_probe_or_admin_reset(

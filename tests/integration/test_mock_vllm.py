@@ -398,6 +398,31 @@ async def test_runtime_faults_http_error_and_validation(
     assert (await chat(session, mock))[0] == 200
 
 
+async def test_http_error_marker_fails_only_poisoned_requests(
+    spawn: Spawn, session: aiohttp.ClientSession
+) -> None:
+    """`http_error_marker` narrows `http_error_status` to prompts that contain it (from the
+    environment at start, and at runtime); clearing it fails every request again."""
+    mock = await spawn(
+        env={"MOCK_VLLM_HTTP_ERROR_STATUS": "500", "MOCK_VLLM_HTTP_ERROR_MARKER": "X"}
+    )
+    assert (await chat(session, mock, "a poisoned X prompt"))[0] == 500
+    assert (await chat(session, mock, "a clean prompt"))[0] == 200
+    completion = {"model": "tiny", "prompt": "ping", "max_tokens": 1}
+    assert (await post(session, mock.base + "/v1/completions", json=completion))[0] == 200
+    _, faults = await post(
+        session, mock.base + "/mock/faults", json={"http_error_marker": "POISON"}
+    )
+    assert faults["http_error_marker"] == "POISON"
+    assert (await chat(session, mock, "X"))[0] == 200
+    status, err = await chat(session, mock, "POISON pill", stream=True)
+    assert (status, err["error"]["code"]) == (500, 500)  # the status line of a stream too
+    bad, _ = await post(session, mock.base + "/mock/faults", json={"http_error_marker": 3})
+    assert bad == 400
+    await post(session, mock.base + "/mock/faults", json={"http_error_marker": None})
+    assert (await chat(session, mock, "a clean prompt"))[0] == 500
+
+
 # --- dev routes and sleep -----------------------------------------------------------
 
 
