@@ -74,6 +74,11 @@ def build_status(src: StatusSources) -> dict[str, object]:
         "switches_in_progress": switching,
         "costs": core.costs.to_dict(),
         "resources": src.resources.to_dict(),
+        "host_budget": {
+            "reserve_bytes": int(config.host_memory.reserve_gib * 1024**3),
+            # What each model pins in host RAM while asleep at level 1 or suspended.
+            "pin_estimate_bytes": {a: core.host_pin_estimate(s) for a, s in core.slots.items()},
+        },
         "transfers": images.get("transfers", {}),
     }
 

@@ -26,6 +26,7 @@ from gpumux.checkpoints import CheckpointFailed, Checkpoints
 from gpumux.config import Config, ModelConfig, ProcessStrategy, WeightStrategy
 from gpumux.cuda_suspend import CudaSuspender, CudaSuspendFailed, nccl_safe_env, suspender_for
 from gpumux.eviction import WEIGHTS_AFTER, Step
+from gpumux.image_identity import ModelIdentity
 from gpumux.orchestrator import StepFailed
 from gpumux.procs import (
     BackendProcess,
@@ -79,7 +80,7 @@ def backend_env(
     *,
     alias: str | None = None,
 ) -> dict[str, str]:
-    secrets = [name for name in (config.api_keys_env, config.admin_token_env) if name]
+    secrets = config.secret_env_names  # API keys, admin token, image signing key
     extra = {
         "VLLM_SERVER_DEV_MODE": "1",  # the sleep/wake routes exist only in dev mode
         "CUDA_VISIBLE_DEVICES": ",".join(str(g) for g in model.gpu_indices),
@@ -218,13 +219,8 @@ class Backends:
                 await self._pools.drop(backend.alias)
                 backend.client = self._client_for(backend.alias, model.port)
             eviction = f"{backend.weights}+{ProcessStrategy.CHECKPOINT}"
-            await checkpoints.evict(
-                backend.alias,
-                process,
-                eviction=eviction,
-                tp=model.tensor_parallel_size,
-                port=model.port,
-            )
+            identity = ModelIdentity.of(self._config, backend.alias)
+            await checkpoints.evict(backend.alias, process, eviction=eviction, identity=identity)
         except CheckpointFailed as exc:
             raise StepFailed(backend.alias, Step.CRIU_DUMP, exc.detail) from exc
         finally:
@@ -234,19 +230,14 @@ class Backends:
         await self._stop_tail(backend)
 
     async def _criu_restore(self, backend: _Backend) -> None:
-        alias, model, checkpoints = (
-            backend.alias,
-            self._config.models[backend.alias],
-            self.checkpoints,
-        )
+        alias, checkpoints = backend.alias, self.checkpoints
         if checkpoints is None:
             raise StepFailed(alias, Step.CRIU_RESTORE, "CRIU needs a `checkpoint` section")
         await self.kill(alias)  # never two trees for one model
         try:
             process = await checkpoints.bring_back(
                 alias,
-                port=model.port,
-                tp=model.tensor_parallel_size,
+                ModelIdentity.of(self._config, alias),
                 log_path=backend.log_path,
                 reaper=self._reaper,
             )
@@ -271,7 +262,11 @@ class Backends:
         if self._cuda is None:  # first use: configs without cuda_suspend start no helper
             cli_path = resolve_program(checkpoint.cuda_checkpoint_path)
             self._cuda = suspender_for(
-                checkpoint, cli_path=cli_path, reaper=self._reaper, log_dir=self._log_dir
+                checkpoint,
+                cli_path=cli_path,
+                reaper=self._reaper,
+                log_dir=self._log_dir,
+                secret_names=self._config.secret_env_names,
             )
         try:
             if step is Step.CUDA_SUSPEND:

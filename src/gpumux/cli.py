@@ -85,6 +85,9 @@ def cmd_prebake(config: Config, model: str, eviction_text: str | None) -> int:
         return EXIT_CONFIG
     try:
         result = run_prebake(config, model, eviction)
+    except ConfigProblems as problems:  # e.g. manifest_key_env names an unset variable
+        _print_problems(problems)
+        return EXIT_CONFIG
     except PrebakeFailed as exc:
         print(f"error: pre-baking {model} failed: {exc}", file=sys.stderr)
         return EXIT_FAILED

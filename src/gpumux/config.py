@@ -93,6 +93,12 @@ class ModelConfig(_Strict):
     startup_timeout_secs: float = Field(default=600, gt=0)
     max_queue: int = Field(default=256, ge=1)
     max_num_seqs: int = Field(default=256, ge=1, description="Simulator batch size.")
+    host_memory_gib: float | None = Field(
+        default=None,
+        ge=0,
+        description="Host RAM this model pins while asleep at level 1 or suspended; "
+        "unset: learned from the drop in available host memory across its last such eviction.",
+    )
     #: TP>1 with cuda_suspend/checkpoint: start with NCCL_P2P_DISABLE=1/NCCL_SHM_DISABLE=1
     #: (those transports map memory cuda-checkpoint cannot move); values in `env` win.
     nccl_safe_env: bool = True
@@ -158,6 +164,10 @@ class ObjectStoreConfig(_Strict):
     max_concurrency: int = Field(default=4, ge=1)
     multipart_chunk_mib: float = Field(default=64, ge=5)  # S3's minimum part is 5 MiB
     transfer_timeout_secs: float = Field(default=1800, gt=0)
+    # The NAME of an environment variable holding the HMAC key that signs manifests
+    # (`s3_auth`): a restore runs the image's memory as root, so an image must prove it
+    # was made by a key holder, not merely by someone who can write the bucket.
+    manifest_key_env: str | None = None
 
 
 class CheckpointConfig(_Strict):
@@ -180,6 +190,12 @@ class CheckpointConfig(_Strict):
     dump_timeout_secs: float = Field(default=600, gt=0)
     restore_timeout_secs: float = Field(default=300, gt=0)
 
+    @property
+    def secret_env_names(self) -> list[str]:
+        """Variables holding this section's secrets (the image signing key)."""
+        name = self.object_store.manifest_key_env if self.object_store else None
+        return [name] if name else []
+
 
 class GpuConfig(_Strict):
     """Where GPU memory facts come from. `fake` reads the ledger mock backends book into."""
@@ -188,6 +204,27 @@ class GpuConfig(_Strict):
     fake_capacity_gib: list[float] = Field(default_factory=lambda: [80.0])
     fake_ledger_path: str | None = None
     sleeping_residual_gib: float = Field(default=1.0, ge=0)
+    fake_host_memory_gib: float | None = Field(
+        default=None,
+        gt=0,
+        description="Fake probe only: host RAM size; available = this minus what the ledger "
+        "says level-1 sleepers and suspended models hold (makes host pressure testable).",
+    )
+
+
+class HostMemoryConfig(_Strict):
+    """The host-RAM budget: level-1 sleepers and suspended models pin weights in host memory."""
+
+    reserve_gib: float = Field(
+        default=2.0,
+        ge=0,
+        description="Host RAM kept available. An eviction that would pin host memory below "
+        "it first stops the oldest pinning sleepers, else evicts without pinning; a reading "
+        "below it stops the oldest pinning sleeper. 0 turns the budget off.",
+    )
+    check_interval_secs: float = Field(
+        default=2.0, gt=0, description="How often host (and GPU) memory is read."
+    )
 
 
 class SupervisionConfig(_Strict):
@@ -200,6 +237,15 @@ class SupervisionConfig(_Strict):
     health_interval_secs: float = Field(default=5, gt=0)
     health_timeout_secs: float = Field(default=5, gt=0)
     health_failures_before_restart: int = Field(default=3, ge=1)
+    passive_5xx_threshold: int = Field(
+        default=5,
+        ge=0,
+        description=(
+            "Consecutive 5xx responses from a backend (not gpumux's own errors) that make "
+            "the health monitor confirm it with /health and a 1-token canary completion; "
+            "only a failed confirmation restarts it. 0 disables."
+        ),
+    )
     upstream_connect_timeout_secs: float = Field(default=5, gt=0)
     upstream_idle_timeout_secs: float = Field(default=600, gt=0)
     restart_backoff_secs: float = Field(default=1, ge=0)
@@ -223,15 +269,30 @@ class Config(_Strict):
     api_keys_env: str | None = None
     admin_token_env: str | None = None
     max_request_body_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
+    header_timeout_secs: float = Field(
+        default=15,
+        gt=0,
+        description="Every listener (proxy, admin, metrics): seconds a connection has to "
+        "send a complete request line and headers, from when it opens and, when kept alive, "
+        "from the first byte of each later request; then it is closed (slowloris guard). "
+        "Bodies, queueing and responses are never timed by it.",
+    )
     state_dir: str | None = None
     gpu: GpuConfig = GpuConfig()
     supervision: SupervisionConfig = SupervisionConfig()
+    host_memory: HostMemoryConfig = HostMemoryConfig()
 
     @property
     def vllm_argv(self) -> list[str]:
         if isinstance(self.vllm_command, str):
             return shlex.split(self.vllm_command)
         return list(self.vllm_command)
+
+    @property
+    def secret_env_names(self) -> list[str]:
+        """Variables holding gpumux's own secrets: stripped from every child's environment."""
+        own = [name for name in (self.api_keys_env, self.admin_token_env) if name]
+        return own + (self.checkpoint.secret_env_names if self.checkpoint else [])
 
     def eviction_for(self, alias: str) -> EvictionConfig:
         """The model's own eviction, else the policy default (which must really apply)."""
@@ -322,6 +383,8 @@ def _checkpoint_errors(config: Config) -> Iterator[str]:
         yield "checkpoint.object_store.endpoint: must be an http:// or https:// URL"
     if not store.bucket.strip():
         yield "checkpoint.object_store.bucket: must name a bucket"
+    if store.manifest_key_env is not None and not store.manifest_key_env.strip():
+        yield "checkpoint.object_store.manifest_key_env: must name an environment variable"
 
 
 def semantic_errors(config: Config) -> Iterator[str]:
@@ -426,6 +489,12 @@ def semantic_warnings(config: Config) -> Iterator[str]:
         yield (
             "checkpoint.object_store: keys written in the config file; prefer AWS_ACCESS_KEY_ID/"
             "AWS_SECRET_ACCESS_KEY or the credential chain"
+        )
+    if store is not None and not store.manifest_key_env:
+        yield (
+            "checkpoint.object_store: no manifest_key_env, so images fetched from the bucket "
+            "are not authenticated; anyone who can write the bucket can run code as root "
+            "at restore (set manifest_key_env to a variable holding an HMAC key)"
         )
 
 

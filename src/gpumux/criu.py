@@ -37,16 +37,26 @@ PROBE_TIMEOUT_SECS = 30.0
 ERROR_LINES = 4
 
 _COMMON = ("-v4", "--ext-unix-sk", "--file-locks", "--link-remap")
+#: How CRIU says a pid the image needs is taken: "Can't fork for 1234: File exists".
+PID_TAKEN = re.compile(r"fork for \d+: File exists")
 
 
 class CriuError(Exception):
     """A CRIU run failed; `detail` quotes the log's error lines (no secrets there)."""
 
-    def __init__(self, op: str, detail: str, *, returncode: int | None = None) -> None:
+    def __init__(
+        self, op: str, detail: str, *, returncode: int | None = None, timed_out: bool = False
+    ) -> None:
         super().__init__(f"criu {op} failed: {detail}")
         self.op = op
         self.detail = detail
         self.returncode = returncode
+        self.timed_out = timed_out
+
+    @property
+    def pid_collision(self) -> bool:
+        """The run failed because a pid it had to recreate belongs to another process."""
+        return PID_TAKEN.search(self.detail) is not None
 
 
 @dataclass(frozen=True)
@@ -165,7 +175,8 @@ async def _run(op: str, argv: list[str], timeout: float, log_file: Path) -> None
     except CommandFailedToStart as exc:
         raise CriuError(op, str(exc)) from exc
     except CommandTimeout as exc:
-        raise CriuError(op, f"no result within {timeout:g}s; {error_lines(log_file)}") from exc
+        detail = f"no result within {timeout:g}s; {error_lines(log_file)}"
+        raise CriuError(op, detail, timed_out=True) from exc
     if result.returncode != 0:
         detail = error_lines(log_file) or result.stderr.strip()[-500:]
         raise CriuError(op, f"exit {result.returncode}: {detail}", returncode=result.returncode)

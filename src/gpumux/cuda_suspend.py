@@ -286,12 +286,23 @@ class CudaSuspender:
 
 
 def suspender_for(
-    config: CheckpointConfig, *, cli_path: str, reaper: Reaper, log_dir: Path
+    config: CheckpointConfig,
+    *,
+    cli_path: str,
+    reaper: Reaper,
+    log_dir: Path,
+    secret_names: Sequence[str] = (),
 ) -> CudaSuspender:
-    """A suspender whose checkpointer (and driver helper) is opened on first use only."""
+    """A suspender whose checkpointer (and driver helper) is opened on first use only.
+
+    `secret_names`: every variable holding a gpumux secret (API keys, admin token, image
+    key), kept out of the helper's environment like a backend's.
+    """
 
     async def open_() -> Checkpointer:
-        return await open_checkpointer(config, cli_path=cli_path, reaper=reaper, log_dir=log_dir)
+        return await open_checkpointer(
+            config, cli_path=cli_path, reaper=reaper, log_dir=log_dir, secret_names=secret_names
+        )
 
     return CudaSuspender(SuspendSettings.from_config(config), open_)
 
@@ -322,7 +333,12 @@ def nccl_safe_env(config: Config, alias: str) -> dict[str, str]:
 
 
 async def open_checkpointer(
-    config: CheckpointConfig, *, cli_path: str, reaper: Reaper, log_dir: Path
+    config: CheckpointConfig,
+    *,
+    cli_path: str,
+    reaper: Reaper,
+    log_dir: Path,
+    secret_names: Sequence[str] = (),
 ) -> Checkpointer:
     """The driver API helper when configured or available, else the CLI (design §6)."""
     cli = CliCheckpointer(
@@ -340,7 +356,12 @@ async def open_checkpointer(
         log_path=log_dir / "cuda-checkpoint-helper.log",
         call_timeout_secs=config.cuda_checkpoint_timeout_secs,
         # The helper needs no secrets: the same allow-list as a backend.
-        env=child_environment(os.environ, model_env={}, secret_names=(), extra={}),
+        env=child_environment(
+            os.environ,
+            model_env={},
+            secret_names=[*secret_names, *config.secret_env_names],
+            extra={},
+        ),
     )
     try:
         await driver.start()

@@ -28,9 +28,11 @@ from gpumux.config import GIB, Config
 from gpumux.fake_ledger import create_ledger
 from gpumux.gpu_probe import GpuProbe, open_probe
 from gpumux.health import HealthMonitor
+from gpumux.listener import listen
 from gpumux.metrics import Metrics, measure_loop_lag, metrics_app
 from gpumux.observer import DaemonObserver
 from gpumux.orchestrator import Orchestrator
+from gpumux.passive_health import BackendStreaks
 from gpumux.policy.base import make_policy
 from gpumux.prebake import initial_states, make_checkpoints
 from gpumux.procs import ChildRegistry, Reaper, set_child_subreaper, sweep_leftovers
@@ -38,6 +40,7 @@ from gpumux.proxy import Proxy
 from gpumux.proxy_auth import ApiKeys
 from gpumux.reload import Reloader
 from gpumux.resources import Resources
+from gpumux.s3_auth import check_manifest_key
 from gpumux.scheduler import Scheduler
 from gpumux.scheduler_core import SchedulerCore
 from gpumux.sdnotify import Notifier, extend_timeout, watchdog
@@ -48,8 +51,6 @@ log = structlog.get_logger("gpumux.daemon")
 
 #: Nominal per-GPU capacity when no probe can tell (placement then reasons in fractions).
 NOMINAL_CAPACITY_BYTES = 80 * GIB
-#: How often GPU and host memory gauges are refreshed.
-MEMORY_POLL_SECS = 2.0
 LOOP_LAG_INTERVAL_SECS = 0.5
 #: Upstream keep-alive must stay below vLLM's own 5 s idle close.
 UPSTREAM_KEEPALIVE_SECS = 4.0
@@ -96,6 +97,7 @@ class Daemon:
         admin_at = admin_port(config, self.options.admin_port)
         # Before anything binds: a named-but-unset token is a config error (exit 2).
         admin_token = AdminToken.from_env(config, serving=admin_at is not None)
+        check_manifest_key(config)  # likewise a named-but-unset image signing key
         notifier = Notifier.from_env()
         state_dir = resolve_state_dir(config)
         state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -116,6 +118,7 @@ class Daemon:
             config,
             state_dir / "logs",
             lambda op, secs: metrics.checkpoint_ops_duration.labels(op).observe(secs),
+            observer.restore_failed,
         )
         # Models with a usable pre-baked image start CHECKPOINTED (restored on demand).
         prebaked = await initial_states(config, checkpoints)
@@ -140,10 +143,18 @@ class Daemon:
         scheduler = Scheduler(core, Orchestrator(backends, loop.time), observer, loop.time)
         scheduler_ref.append(scheduler)
         api_keys = ApiKeys.from_env_value(os.environ.get(config.api_keys_env or "", ""))
+        streaks = BackendStreaks(config.supervision.passive_5xx_threshold)
         proxy = Proxy(
-            config, scheduler, session, metrics, api_keys, lambda: self.shutting_down, pools
+            config,
+            scheduler,
+            session,
+            metrics,
+            api_keys,
+            lambda: self.shutting_down,
+            pools,
+            streaks=streaks,
         )
-        resources = Resources(probe, metrics)
+        resources = Resources(probe, metrics, scheduler.report_host_memory)
         reloader = Reloader(
             self.options.config_path,
             config,
@@ -163,14 +174,28 @@ class Daemon:
                 tasks.create_task(
                     measure_loop_lag(metrics, LOOP_LAG_INTERVAL_SECS), name="loop-lag"
                 )
-                tasks.create_task(resources.poll(MEMORY_POLL_SECS), name="memory-poll")
+                tasks.create_task(
+                    resources.poll(config.host_memory.check_interval_secs), name="memory-poll"
+                )
                 tasks.create_task(reloader.run(), name="config-reload")
                 tasks.create_task(watchdog(notifier), name="sd-watchdog")
-                health = HealthMonitor(scheduler, backends.client, config.supervision)
+                health = HealthMonitor(
+                    scheduler,
+                    backends.client,
+                    config.supervision,
+                    streaks,
+                    lambda m, verdict: metrics.backend_5xx_streak_checks.labels(m, verdict).inc(),
+                )
                 tasks.create_task(health.run(), name="health")
                 port = self.options.port if self.options.port is not None else config.port
                 runners.append(
-                    await _listen(proxy.app(), config.host, port, cancel_on_disconnect=True)
+                    await listen(
+                        proxy.app(),
+                        config.host,
+                        port,
+                        header_timeout_secs=config.header_timeout_secs,
+                        cancel_on_disconnect=True,
+                    )
                 )
                 metrics_port = (
                     self.options.metrics_port
@@ -181,7 +206,14 @@ class Daemon:
                     app = metrics_app(metrics)
                     scraper = BackendMetrics(session, backends.live_ports)
                     app.router.add_get(BACKENDS_PATH, scraper.handle)
-                    runners.append(await _listen(app, config.host, metrics_port))
+                    runners.append(
+                        await listen(
+                            app,
+                            config.host,
+                            metrics_port,
+                            header_timeout_secs=config.header_timeout_secs,
+                        )
+                    )
                 if admin_at is not None:
                     admin = build_admin(
                         config=lambda: reloader.config,
@@ -197,8 +229,12 @@ class Daemon:
                         daemon_state=lambda: self.state.value,
                     )
                     runners.append(
-                        await _listen(
-                            admin.app(), config.admin_host, admin_at, cancel_on_disconnect=True
+                        await listen(
+                            admin.app(),
+                            config.admin_host,
+                            admin_at,
+                            header_timeout_secs=config.header_timeout_secs,
+                            cancel_on_disconnect=True,
                         )
                     )
                 self._install_signals(loop)
@@ -280,17 +316,6 @@ class Daemon:
 
 class _Finished(Exception):
     """Leaves the task group once shutdown is complete (cancels the background tasks)."""
-
-
-async def _listen(
-    app: web.Application, host: str, port: int, *, cancel_on_disconnect: bool = False
-) -> web.AppRunner:
-    # handler_cancellation: a client that leaves cancels its handler, which closes the
-    # upstream request so vLLM aborts it (aiohttp's default is False in production).
-    runner = web.AppRunner(app, handler_cancellation=cancel_on_disconnect, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, host, port).start()
-    return runner
 
 
 def serve(config: Config, options: ServeOptions) -> int:

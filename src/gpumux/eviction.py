@@ -113,3 +113,24 @@ def wake_plan(weights: WeightStrategy, from_state: ModelState, *, warmup: bool) 
     if from_state not in process:
         raise ValueError(f"cannot wake a model that is {from_state.value}")
     return process[from_state] + _WEIGHTS_WAKE[weights] + tail
+
+
+def pins_host_memory(eviction: EvictionConfig) -> bool:
+    """Whether a model evicted this way keeps its weights (or all its GPU state) in host RAM.
+
+    Level-1 sleep copies the weights to pinned host memory; cuda_suspend moves every CUDA
+    allocation there. A CRIU image or a stop leaves nothing behind in RAM.
+    """
+    if eviction.process is ProcessStrategy.CUDA_SUSPEND:
+        return True
+    return (
+        eviction.process is ProcessStrategy.KEEP_RUNNING
+        and eviction.weights is WeightStrategy.OFFLOAD
+    )
+
+
+def without_host_pin(eviction: EvictionConfig) -> EvictionConfig:
+    """The nearest eviction that pins no host RAM: level 2 instead of level 1, else a stop."""
+    if eviction.process is ProcessStrategy.KEEP_RUNNING:
+        return EvictionConfig(weights=WeightStrategy.DISCARD, process=ProcessStrategy.KEEP_RUNNING)
+    return EvictionConfig(weights=eviction.weights, process=ProcessStrategy.STOP)

@@ -4,7 +4,8 @@ Owns: `GpuMemory` (one device's total/used bytes), the `GpuProbe` protocol and i
 implementations — `NvmlProbe` (nvidia-ml-py's `pynvml`, imported lazily), the
 `FakeLedgerProbe` that reads the ledger mock backends book "GPU memory" into, and
 `NoProbe` — plus `make_probe`/`open_probe` that pick one from `GpuConfig.probe`, and
-`host_memory_available()`. Every blocking call (NVML, file reads, psutil) runs in a
+`read_host_memory()` (psutil, or the fake probe's fake host size minus what the ledger
+says sleepers hold in host RAM). Every blocking call (NVML, file reads, psutil) runs in a
 worker thread.
 
 Does not: decide placement or fit (`placement` does, from these numbers), cache or
@@ -42,6 +43,12 @@ class GpuMemory:
     @property
     def free_bytes(self) -> int:
         return max(0, self.total_bytes - self.used_bytes)
+
+
+@dataclass(frozen=True)
+class HostMemory:
+    available_bytes: int
+    total_bytes: int
 
 
 class ProbeUnavailable(Exception):
@@ -140,9 +147,13 @@ class FakeLedgerProbe:
 
     name = "fake"
 
-    def __init__(self, ledger_path: Path, capacities: Sequence[int]) -> None:
+    def __init__(
+        self, ledger_path: Path, capacities: Sequence[int], host_capacity: int | None = None
+    ) -> None:
         self.ledger_path = Path(ledger_path)
         self.capacities = tuple(int(c) for c in capacities)
+        #: A fake host RAM size, so host pressure from level-1 sleepers is testable.
+        self.host_capacity = host_capacity
 
     async def read(self) -> tuple[GpuMemory, ...]:
         return await asyncio.to_thread(self._read_blocking)
@@ -162,6 +173,19 @@ class FakeLedgerProbe:
             used, capacity = usage.get(index, (0, configured.get(index, 0)))
             out.append(GpuMemory(index, int(capacity), int(used)))
         return tuple(out)
+
+    def read_host_blocking(self) -> HostMemory:
+        """The fake host size minus the host bytes the ledger's live allocations hold."""
+        from gpumux import fake_ledger
+
+        assert self.host_capacity is not None
+        held = 0
+        if self.ledger_path.exists():
+            try:
+                held = sum(a.host_bytes for a in fake_ledger.allocations(self.ledger_path).values())
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                raise ProbeUnavailable(f"fake ledger {self.ledger_path}: {exc}") from exc
+        return HostMemory(max(0, self.host_capacity - held), self.host_capacity)
 
     def close(self) -> None:
         return None
@@ -189,7 +213,10 @@ def make_probe(gpu: GpuConfig, *, ledger_path: Path | None) -> GpuProbe:
             if path is None:
                 raise ValueError("gpu.probe 'fake' needs a ledger path")
             capacities = [round(gib * _GIB) for gib in gpu.fake_capacity_gib]
-            return FakeLedgerProbe(Path(path), capacities)
+            host = gpu.fake_host_memory_gib
+            return FakeLedgerProbe(
+                Path(path), capacities, round(host * _GIB) if host is not None else None
+            )
 
 
 async def open_probe(gpu: GpuConfig, *, ledger_path: Path | None) -> GpuProbe:
@@ -197,7 +224,9 @@ async def open_probe(gpu: GpuConfig, *, ledger_path: Path | None) -> GpuProbe:
     return await asyncio.to_thread(make_probe, gpu, ledger_path=ledger_path)
 
 
-async def host_memory_available() -> int:
-    """Host RAM available for new allocations, in bytes (psutil, in a thread)."""
+async def read_host_memory(probe: GpuProbe) -> HostMemory:
+    """Host RAM as `probe` sees it: psutil's, or a fake probe's fake host size."""
+    if isinstance(probe, FakeLedgerProbe) and probe.host_capacity is not None:
+        return await asyncio.to_thread(probe.read_host_blocking)
     vm = await asyncio.to_thread(psutil.virtual_memory)
-    return int(vm.available)
+    return HostMemory(int(vm.available), int(vm.total))

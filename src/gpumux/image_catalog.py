@@ -9,7 +9,11 @@ status record the admin API shows.
 Does not: run CRIU or touch processes (`checkpoints`).
 
 Pre-baked images (a model's `checkpoint_path`, or `prebaked` in the manifest) are never
-pruned or deleted; a failed restore only renames them aside.
+pruned or deleted; a failed restore only renames them aside, or leaves them in place
+(`checkpoints` says which). `RestoreFailure` names why a restore failed. An image in
+the object store that fails authentication (`s3_auth`: unsigned, or signed with another
+key) is logged as `image_unauthenticated` and never tried again by this run; the model
+cold-starts.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +29,8 @@ import structlog
 
 from gpumux import images
 from gpumux.config import WeightStrategy
-from gpumux.images import Image, ImageInvalid
-from gpumux.s3_store import S3Store, StoreError
+from gpumux.images import Image, ImageInvalid, Manifest
+from gpumux.s3_store import S3Store, StoreError, StoreUnauthenticated
 
 log = structlog.get_logger(__name__)
 
@@ -37,13 +42,35 @@ PREBAKED_LOOKUP_SECS = 20.0
 OpObserver = Callable[[str, float], None]
 
 
+class RestoreFailure(StrEnum):
+    """Why a model was not restored from its image: the `reason` label of
+    `gpumux_checkpoint_restore_failures_total` (a small, fixed set)."""
+
+    CORRUPT = "corrupt"  # missing, truncated or altered files (size or sha256)
+    IDENTITY = "identity"  # made for another model, launch or host
+    UNAUTHENTICATED = "unauthenticated"  # an S3 image without a valid manifest signature
+    PID_COLLISION = "pid_collision"  # a pid of the image is taken ("File exists")
+    PORT_BUSY = "port_busy"  # the model's port is taken
+    CRIU_ERROR = "criu_error"  # `criu restore` (or putting back /dev/shm files) failed
+    TIMEOUT = "timeout"  # `criu restore` ran past restore_timeout_secs
+    UNHEALTHY = "unhealthy"  # restored, but the tree died or never answered /health
+    UNAVAILABLE = "unavailable"  # no local image and the object store could not give one
+
+
 class NoImage(Exception):
     """There is no usable image to restore; `quarantined` says where a bad one went."""
 
-    def __init__(self, detail: str, *, quarantined: Path | None = None) -> None:
+    def __init__(
+        self,
+        detail: str,
+        *,
+        quarantined: Path | None = None,
+        reason: RestoreFailure = RestoreFailure.UNAVAILABLE,
+    ) -> None:
         super().__init__(detail)
         self.detail = detail
         self.quarantined = quarantined
+        self.reason = reason
 
 
 @dataclass
@@ -79,36 +106,47 @@ class ImageCatalog:
 
     # ---- start-up ---------------------------------------------------------------------
 
-    async def adopt_prebaked(self, alias: str, path: Path) -> WeightStrategy | None:
+    async def adopt_prebaked(
+        self, alias: str, path: Path, check: Callable[[Manifest], list[str]]
+    ) -> WeightStrategy:
         """Make `path` (an image, or a model's directory of images) the first restore source.
 
-        Returns the weights strategy the image was made with, or None when no image is
-        usable here or in the object store (the model then cold-starts).
+        Returns the weights strategy the image was made with. Raises NoImage when no image
+        is usable here or in the object store, or when `check` finds the image's manifest
+        does not match this model and host (the image is left where it is); the model
+        then cold-starts.
         """
         entry = self.entry(alias)
         image = await asyncio.to_thread(images.resolve, path)
         if image is not None:
+            _check(alias, image.manifest, check)
             entry.current = image
             self._protected.add(image.path)
             return WeightStrategy(image.manifest.weights)
         if self.store is None:
             log.warning("prebaked_image_missing", model=alias, path=str(path))
-            return None
+            raise NoImage(f"no image at {path}")
         try:
             # Bounded: a hung store must not hold the daemon's start for long.
             async with asyncio.timeout(PREBAKED_LOOKUP_SECS):
                 version, target = path.name, path
                 try:
                     manifest = await self.store.fetch_manifest(alias, version)
+                except StoreUnauthenticated:
+                    raise  # found but refused: not a reason to look for another
                 except StoreError:
                     latest = await self.store.latest_version(alias)
                     if latest is None:
                         raise StoreError(f"no image of {alias} in the object store") from None
                     version, target = latest, path / latest
                     manifest = await self.store.fetch_manifest(alias, version)
+        except StoreUnauthenticated as exc:
+            _unauthenticated(alias, exc)
+            raise NoImage(str(exc), reason=RestoreFailure.UNAUTHENTICATED) from exc
         except (StoreError, TimeoutError) as exc:
             log.warning("prebaked_image_unavailable", model=alias, path=str(path), error=str(exc))
-            return None
+            raise NoImage(f"no image of {alias} at {path} or in the object store") from exc
+        _check(alias, manifest, check)
         entry.remote = (version, target)
         self._protected.add(target)
         return WeightStrategy(manifest.weights)
@@ -211,7 +249,9 @@ class ImageCatalog:
             checksums = image.path not in entry.verified
             await asyncio.to_thread(images.verify, image, checksums=checksums)
         except ImageInvalid as exc:
-            raise self.quarantine(alias, "invalid", str(exc)) from exc
+            raise self.quarantine(
+                alias, "invalid", str(exc), failure=RestoreFailure.CORRUPT
+            ) from exc
         entry.verified.add(image.path)
         return image
 
@@ -224,14 +264,26 @@ class ImageCatalog:
         started = loop.time()
         try:
             image = await self.store.download(alias, version, target)
+        except StoreUnauthenticated as exc:
+            entry.remote = None  # the bucket holds a forgery (or a stranger's image)
+            _unauthenticated(alias, exc)
+            raise NoImage(
+                f"refused {alias}/{version} from the object store: {exc}",
+                reason=RestoreFailure.UNAUTHENTICATED,  # who made it cannot be proven
+            ) from exc
         except StoreError as exc:
-            raise NoImage(f"download of {alias}/{version} failed: {exc}") from exc
+            # The store's copy did not match its manifest (a failed download is deleted).
+            bad = isinstance(exc.__cause__, ImageInvalid)
+            failure = RestoreFailure.CORRUPT if bad else RestoreFailure.UNAVAILABLE
+            raise NoImage(f"download of {alias}/{version} failed: {exc}", reason=failure) from exc
         self._observe("download", loop.time() - started)
         entry.current = image
         entry.verified.add(image.path)
         return image
 
-    def quarantine(self, alias: str, reason: str, detail: str) -> NoImage:
+    def quarantine(
+        self, alias: str, reason: str, detail: str, *, failure: RestoreFailure
+    ) -> NoImage:
         """Rename the current image aside (never delete it); return the error to raise."""
         entry = self.entry(alias)
         image, entry.current = entry.current, None
@@ -244,7 +296,20 @@ class ImageCatalog:
             log.warning(
                 "image_quarantined", model=alias, path=str(image.path), to=str(moved), reason=detail
             )
-        return NoImage(f"{detail} (image quarantined: {moved})", quarantined=moved)
+        return NoImage(f"{detail} (image quarantined: {moved})", quarantined=moved, reason=failure)
+
+    def is_prebaked(self, image: Image) -> bool:
+        """Named by a model's `checkpoint_path`, or made by `gpumux serve --checkpoint`."""
+        return image.manifest.prebaked or image.path in self._protected
+
+    def set_aside(self, alias: str) -> Image | None:
+        """Take the current image out of rotation for this run, its files left in place.
+
+        For an image that is not bad: a dynamic one goes with the next dump's pruning,
+        a pre-baked one is adopted again at the next start."""
+        entry = self.entry(alias)
+        image, entry.current = entry.current, None
+        return image
 
     def restored(self, alias: str) -> None:
         """The restored tree is healthy; with `keep_images` false its dynamic image goes."""
@@ -287,6 +352,18 @@ class ImageCatalog:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self.store is not None:
             self.store.close()
+
+
+def _check(alias: str, manifest: Manifest, check: Callable[[Manifest], list[str]]) -> None:
+    problems = check(manifest)
+    if problems:
+        detail = f"the image does not match {alias} here: {'; '.join(problems)}"
+        raise NoImage(detail, reason=RestoreFailure.IDENTITY)
+
+
+def _unauthenticated(alias: str, exc: StoreUnauthenticated) -> None:
+    # The error names the image (its s3:// URL), never the key.
+    log.warning("image_unauthenticated", model=alias, error=str(exc), action="cold start")
 
 
 def _model_dirs(root: Path) -> list[Path]:

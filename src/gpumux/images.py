@@ -1,12 +1,17 @@
 """CRIU images on local disk: layout, manifest, validity, checksums, quarantine, pruning.
 
 Owns: `<images_dir>/<model>/<version>/` and its `manifest.json` (files with sizes and
-sha256, model, eviction, tp, port, pids, criu/kernel/driver versions, created), which is
+sha256, model, model_path, launch digest, eviction, tp, port, pids, criu/kernel/driver
+versions, created), which is
 written last: a version directory only ever appears, by rename from a `.staging-*`
 directory, once its manifest is complete, so an image killed mid-write is never valid
 and is swept as staging litter. Directories are 0700 and files 0600 (an image holds the
 process's memory, prompts included). Quarantine renames `<version>` to
 `<version>.quarantined-<reason>`; nothing here deletes an image marked `prebaked`.
+A manifest may come from an object store, so it is untrusted until checked: its file
+paths must stay inside the image (relative, normalised, no `..`), a version name read
+from a store must be one plain segment (`safe_name`), and `verify` refuses a listed
+file that is, or lies under, a symlink, or is not a regular file.
 Does not: run CRIU or talk to S3. Synchronous file work: callers run it in a thread.
 """
 
@@ -16,6 +21,7 @@ import hashlib
 import os
 import re
 import shutil
+import stat
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -31,6 +37,8 @@ QUARANTINE_MARK = ".quarantined-"
 #: Files CRIU (re)writes in the image directory on every run; not part of the image.
 VOLATILE = frozenset({"stats-dump", "stats-restore", MANIFEST})
 SHM_PATH = re.compile(r"/dev/shm/(?!\.\.?$)[A-Za-z0-9_.-]+")
+#: A version (or model) name that is safe as one path segment: no "..", no "/", not hidden.
+SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 _CHUNK = 8 << 20
 _HASH_THREADS = 2
 
@@ -57,6 +65,9 @@ class FileEntry(BaseModel):
             or value != str(PurePosixPath(value))
         ):
             raise ValueError(f"file path {value!r} leaves the image directory")
+        if value in VOLATILE or parts[-1].startswith("."):
+            # Never an image file (`image_files`); the manifest and its temp file are ours.
+            raise ValueError(f"file path {value!r} is not an image file")
         return value
 
 
@@ -64,6 +75,10 @@ class Manifest(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     format: int = FORMAT
     model: str
+    #: The config's model_path and a digest of the rest of the launch (`image_identity`);
+    #: None in images made before they were recorded.
+    model_path: str | None = None
+    launch: str | None = None
     version: str
     created: str
     eviction: str  # e.g. "discard+checkpoint": the wake plan follows its weights part
@@ -107,6 +122,11 @@ class Image:
     @property
     def version(self) -> str:
         return self.manifest.version
+
+
+def safe_name(name: str) -> bool:
+    """Whether `name` (e.g. a version read from an object store) is one plain path segment."""
+    return SAFE_NAME.fullmatch(name) is not None
 
 
 def staging_dir(target: Path) -> Path:
@@ -196,11 +216,7 @@ def read(path: Path) -> Image | None:
 def verify(image: Image, *, checksums: bool) -> None:
     """Raise ImageInvalid unless every listed file is there with its size (and sha256)."""
     for entry in image.manifest.files:
-        path = image.path / entry.path
-        try:
-            size = path.stat().st_size
-        except OSError as exc:
-            raise ImageInvalid(f"{entry.path}: {exc.strerror}") from None
+        size = _regular_file_inside(image.path, entry.path).st_size
         if size != entry.size:
             raise ImageInvalid(f"{entry.path}: {size} bytes, manifest says {entry.size}")
     if checksums:
@@ -210,6 +226,24 @@ def verify(image: Image, *, checksums: bool) -> None:
         for entry in image.manifest.files:
             if actual[entry.path] != entry.sha256:
                 raise ImageInvalid(f"{entry.path}: sha256 mismatch")
+
+
+def _regular_file_inside(root: Path, relative: str) -> os.stat_result:
+    """lstat every component of `relative` under `root`: a symlink anywhere could point a
+    root-run restore (or the hashing) outside the image, so it is refused."""
+    path = root
+    info: os.stat_result | None = None
+    for part in PurePosixPath(relative).parts:
+        path = path / part
+        try:
+            info = path.lstat()
+        except OSError as exc:
+            raise ImageInvalid(f"{relative}: {exc.strerror}") from None
+        if stat.S_ISLNK(info.st_mode):
+            raise ImageInvalid(f"{relative}: {path.name} is a symlink")
+    if info is None or not stat.S_ISREG(info.st_mode):
+        raise ImageInvalid(f"{relative}: not a regular file")
+    return info
 
 
 def sha256_file(path: Path) -> str:

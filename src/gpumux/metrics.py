@@ -13,7 +13,8 @@ backends' `vllm:` metrics, or bind ports (the daemon runs the app).
 
 Labels stay low-cardinality: `model` comes from config, `endpoint` from the proxy's fixed
 allow-list, `code` is an HTTP status, `strategy` ∈ {sleep_l1, sleep_l2, cuda_suspend,
-criu, cold}, `outcome` ∈ {ok, fallback, failed}. Never a request id or a user.
+criu, cold}, `outcome` ∈ {ok, fallback, failed}, a restore failure's `reason` is
+`image_catalog.RestoreFailure`. Never a request id or a user.
 """
 
 from __future__ import annotations
@@ -127,6 +128,21 @@ class Metrics:
             ["model", "reason"],
             registry=r,
         )
+        self.backend_5xx_streak_checks = Counter(
+            "gpumux_backend_5xx_streak_checks",
+            "Confirmations of a streak of backend 5xx by gpumux's own probe, by verdict "
+            "(unhealthy: the backend is restarted; healthy: the 5xx were client-specific).",
+            ["model", "verdict"],
+            registry=r,
+        )
+        self.checkpoint_restore_failures = Counter(
+            "gpumux_checkpoint_restore_failures",
+            "Restores from a CRIU image that did not happen or did not work (the model "
+            "cold-starts), by reason: corrupt, identity, pid_collision, port_busy, "
+            "criu_error, timeout, unhealthy, unavailable.",
+            ["model", "reason"],
+            registry=r,
+        )
         self.checkpoint_ops_duration = Histogram(
             "gpumux_checkpoint_ops_duration_seconds",
             "Duration of checkpoint operations (dump, restore, upload, download).",
@@ -173,6 +189,8 @@ class Metrics:
             self.queue_depth.labels(model).set(0)
             self.inflight.labels(model).set(0)
             self.set_model_state(model, ModelState.STOPPED)
+            for verdict in ("healthy", "unhealthy"):  # health.HEALTHY / health.UNHEALTHY
+                self.backend_5xx_streak_checks.labels(model, verdict)
 
     def set_model_state(self, model: str, state: ModelState | str) -> None:
         """Set `gpumux_model_state{model,state}` to 1 and the model's other states to 0."""

@@ -73,6 +73,11 @@ class DaemonObserver:
         log.warning("backend_restarted", model=event.model, reason=event.reason)
         self._remember("backend_restarted", model=event.model, reason=event.reason)
 
+    def restore_failed(self, model: str, reason: str) -> None:
+        """A CRIU restore did not happen or did not work (`checkpoints` logged why)."""
+        self._metrics.checkpoint_restore_failures.labels(model, reason).inc()
+        self._remember("checkpoint_restore_failed", model=model, reason=reason)
+
     def queue_wait(self, event: QueueWait) -> None:
         self._metrics.queue_wait.labels(event.model).observe(event.wait_secs)
 

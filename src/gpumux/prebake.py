@@ -24,15 +24,17 @@ import aiohttp
 import structlog
 
 from gpumux.backends import Backends
-from gpumux.checkpoints import Checkpoints
+from gpumux.checkpoints import Checkpoints, FailureObserver
 from gpumux.config import GIB, Config, EvictionConfig, ProcessStrategy, WeightStrategy
 from gpumux.criu_inventory import port_is_free
 from gpumux.eviction import Step, evict_plan
 from gpumux.fake_ledger import create_ledger
 from gpumux.image_catalog import OpObserver
+from gpumux.image_identity import ModelIdentity
 from gpumux.images import Image
 from gpumux.orchestrator import StepFailed
 from gpumux.procs import ChildRegistry, Reaper, set_child_subreaper, sweep_leftovers
+from gpumux.s3_auth import check_manifest_key
 from gpumux.states import ModelState
 from gpumux.upstream import UpstreamPools
 
@@ -53,11 +55,19 @@ class Prebaked:
 
 
 def make_checkpoints(
-    config: Config, log_dir: Path, observe: OpObserver | None = None
+    config: Config,
+    log_dir: Path,
+    observe: OpObserver | None = None,
+    on_restore_failure: FailureObserver | None = None,
 ) -> Checkpoints | None:
     if config.checkpoint is None:
         return None
-    return Checkpoints(config.checkpoint, log_dir=log_dir, observe=observe)
+    return Checkpoints(
+        config.checkpoint,
+        log_dir=log_dir,
+        observe=observe,
+        on_restore_failure=on_restore_failure,
+    )
 
 
 async def initial_states(config: Config, checkpoints: Checkpoints | None) -> InitialStates:
@@ -71,7 +81,8 @@ async def initial_states(config: Config, checkpoints: Checkpoints | None) -> Ini
     for alias, model in config.models.items():
         if model.checkpoint_path is None:
             continue
-        weights = await checkpoints.catalog.adopt_prebaked(alias, Path(model.checkpoint_path))
+        identity = ModelIdentity.of(config, alias)
+        weights = await checkpoints.adopt_prebaked(alias, Path(model.checkpoint_path), identity)
         if weights is not None:
             states[alias] = (ModelState.CHECKPOINTED, weights)
             log.info("model_prebaked", model=alias, path=model.checkpoint_path)
@@ -81,7 +92,9 @@ async def initial_states(config: Config, checkpoints: Checkpoints | None) -> Ini
 async def prebake(
     config: Config, alias: str, eviction: EvictionConfig, state_dir: Path
 ) -> Prebaked:
-    """Make a pre-baked image of `alias`; raise PrebakeFailed with the reason."""
+    """Make a pre-baked image of `alias`; raise PrebakeFailed with the reason (or
+    ConfigProblems, before anything starts, when the image signing key is unusable)."""
+    check_manifest_key(config)
     model = config.models[alias]
     if not port_is_free(model.port):
         raise PrebakeFailed(f"port {model.port} of {alias} is in use (is gpumux serving it?)")

@@ -6,6 +6,12 @@ s3transfer's `TransferManager` with bounded concurrency, explicit botocore timeo
 standard retries, sha256 verification of every downloaded file before the image is
 installed, the start-up sweep of abandoned multipart uploads, and a progress record per
 transfer for logs and the status API.
+With `manifest_key_env` set (`s3_auth`), an upload writes `manifest.json.hmac` after the
+files and before the manifest, and every manifest read checks it before the manifest is
+parsed or any file downloaded: an unsigned or altered image fails with
+`StoreUnauthenticated`, leaving nothing on local disk. Every manifest read also checks
+that the version is one plain path segment and that the manifest names the model and
+version it was found under (a signed manifest replayed elsewhere is refused).
 Does not: decide when to transfer (`checkpoints` uploads after a dump, off the switch
 path, and downloads before a restore) or run CRIU.
 
@@ -22,7 +28,7 @@ import asyncio
 import datetime
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -33,7 +39,7 @@ import botocore.exceptions
 import structlog
 from s3transfer.manager import TransferConfig, TransferManager  # type: ignore[import-untyped]
 
-from gpumux import images
+from gpumux import images, s3_auth
 from gpumux.config import ObjectStoreConfig
 from gpumux.images import Image, ImageInvalid, Manifest
 from gpumux.s3_progress import Progress, Record, Transfers
@@ -45,10 +51,16 @@ T = TypeVar("T")
 CALL_THREADS = 2
 PROGRESS_LOG_SECS = 2.0
 MIB = 1 << 20
+#: A manifest lists a few hundred files; a bigger object is not one of ours.
+MAX_MANIFEST_BYTES = 16 * MIB
 
 
 class StoreError(Exception):
     """The object store failed, timed out, or holds no such image."""
+
+
+class StoreUnauthenticated(StoreError):
+    """The image in the store has no valid signature under our key: never restore it."""
 
 
 class _Cancelled(Exception):
@@ -56,8 +68,10 @@ class _Cancelled(Exception):
 
 
 class S3Store:
-    def __init__(self, config: ObjectStoreConfig) -> None:
+    def __init__(self, config: ObjectStoreConfig, environ: Mapping[str, str] | None = None) -> None:
         self._config = config
+        # Raises ConfigProblems when the named variable is unusable (checked at start-up).
+        self._signing_key = s3_auth.manifest_key(config, environ)
         self._prefix = config.prefix.strip("/")
         self._pool = ThreadPoolExecutor(CALL_THREADS, thread_name_prefix="gpumux-s3")
         self._client: Any = None
@@ -68,6 +82,11 @@ class S3Store:
     @property
     def bucket(self) -> str:
         return self._config.bucket
+
+    @property
+    def authenticated(self) -> bool:
+        """Whether images are signed on upload and must be signed to be downloaded."""
+        return self._signing_key is not None
 
     def key(self, model: str, version: str, name: str = "") -> str:
         parts = [p for p in (self._prefix, model, version, name) if p]
@@ -129,6 +148,9 @@ class S3Store:
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, OSError) as exc:
             self.transfers.finish(record, "failed", _describe(exc))
             raise StoreError(f"object store: {_describe(exc)}") from exc
+        except s3_auth.ImageUnauthenticated as exc:
+            self.transfers.finish(record, "failed", str(exc))
+            raise StoreUnauthenticated(f"object store: {exc}") from exc
         except (ImageInvalid, _Cancelled) as exc:
             self.transfers.finish(record, "failed", str(exc))
             raise StoreError(f"object store: {exc}") from exc
@@ -207,23 +229,56 @@ class S3Store:
             # cancel=True aborts multipart uploads still in progress.
             manager.shutdown(cancel=cancel)
         body = (image.path / images.MANIFEST).read_bytes()
+        if self._signing_key is not None:
+            # Before the manifest, which stays the "complete" marker: an image that looks
+            # complete always has its signature (a re-upload overwrites both).
+            client.put_object(
+                Bucket=self.bucket,
+                Key=self.key(image.model, image.version, s3_auth.SIGNATURE),
+                Body=s3_auth.sign(self._signing_key, body).encode(),
+            )
         client.put_object(
             Bucket=self.bucket, Key=self.key(image.model, image.version, images.MANIFEST), Body=body
         )
 
     def _get_manifest(self, model: str, version: str) -> Manifest:
-        try:
-            reply = self.client().get_object(
-                Bucket=self.bucket, Key=self.key(model, version, images.MANIFEST)
+        """The manifest of `model`/`version`, authenticated (with a key) before it is parsed."""
+        if not images.safe_name(version):
+            raise ImageInvalid(f"{model}/{version!r}: not a plain version name")
+        body = self._get_small(model, version, images.MANIFEST, MAX_MANIFEST_BYTES)
+        if body is None:
+            raise ImageInvalid(f"no manifest for {model}/{version} in the store")
+        if self._signing_key is not None:
+            signature = self._get_small(
+                model, version, s3_auth.SIGNATURE, s3_auth.MAX_SIGNATURE_BYTES
             )
-        except botocore.exceptions.ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
-                raise ImageInvalid(f"no manifest for {model}/{version} in the store") from None
-            raise
+            s3_auth.verify(self._signing_key, body, signature, what=self.url(model, version))
         try:
-            return Manifest.model_validate_json(reply["Body"].read())
+            manifest = Manifest.model_validate_json(body)
         except ValueError as exc:
             raise ImageInvalid(f"unreadable manifest for {model}/{version}: {exc}") from None
+        if (manifest.model, manifest.version) != (model, version):
+            raise ImageInvalid(
+                f"the manifest at {model}/{version} describes {manifest.model}/{manifest.version}"
+            )
+        return manifest
+
+    def _get_small(self, model: str, version: str, name: str, limit: int) -> bytes | None:
+        """One small object's bytes (None when absent); ImageInvalid when over `limit`."""
+        try:
+            reply = self.client().get_object(Bucket=self.bucket, Key=self.key(model, version, name))
+        except botocore.exceptions.ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                return None
+            raise
+        stream = reply["Body"]
+        try:
+            body: bytes = stream.read(limit + 1)
+        finally:
+            stream.close()
+        if len(body) > limit:
+            raise ImageInvalid(f"{name} of {model}/{version} is over {limit} bytes")
+        return body
 
     def _download(
         self, model: str, version: str, target: Path, record: Record, stop: threading.Event
@@ -265,7 +320,7 @@ class S3Store:
             for item in page.get("Contents", []):
                 rest = item["Key"][len(prefix) :]
                 version, _, name = rest.partition("/")
-                if name == images.MANIFEST:
+                if name == images.MANIFEST and images.safe_name(version):
                     found.append(version)
         return max(found) if found else None
 

@@ -171,6 +171,10 @@ class Scheduler:
     def report_asleep(self, model: str, pid: int) -> None:
         self._inbox.put_nowait(_Asleep(model, pid))
 
+    def report_host_memory(self, available_bytes: int) -> None:
+        """A fresh host-RAM reading (the core keeps its budget with it)."""
+        self.call(lambda core, now: core.host_memory(available_bytes, now))
+
     def call(self, fn: Callable[[SchedulerCore, float], list[Command]]) -> None:
         self._inbox.put_nowait(_Call(fn))
 

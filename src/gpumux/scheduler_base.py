@@ -1,11 +1,13 @@
 """The scheduler core's state and plumbing, shared by every part of the core.
 
 Owns: the fields of the single-owner state (slots, tickets, switches, the forced-switch
-queue, reload bookkeeping, the command buffer) and the small guarded helpers every input
-uses: lifecycle transitions, starting operations, replies, queue rejection, failure backoff.
-Does not: decide anything. The switch mechanics (`scheduler_moves`), the admin and reload
-inputs (`scheduler_admin`) and the inputs with the reconcile pass (`scheduler_core`) build
-on it as one class chain, so the state keeps exactly one owner. Pure.
+queue, reload bookkeeping, the host-RAM reading, the command buffer) and the small
+guarded helpers every input uses: lifecycle transitions, starting operations, replies,
+queue rejection, failure backoff.
+Does not: decide anything. The host-RAM budget (`scheduler_host`), the switch mechanics
+(`scheduler_moves`), the admin and reload inputs (`scheduler_admin`) and the inputs with
+the reconcile pass (`scheduler_core`) build on it as one class chain, so the state keeps
+exactly one owner. Pure.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from gpumux.states import (
 )
 
 M = ModelState
+GIB = 1024**3
 #: States from which a model can be brought up (woken, restored, resumed or cold-started).
 STARTABLE = WAKEABLE_STATES | {M.STOPPED}
 
@@ -63,7 +66,7 @@ class CoreBase(ABC):
         self._policy = policy
         self._capacity = dict(capacity)
         self.costs = costs or SwitchCosts()
-        residual = int(config.gpu.sleeping_residual_gib * 1024**3)
+        residual = int(config.gpu.sleeping_residual_gib * GIB)
         self.slots: dict[str, Slot] = {
             alias: Slot(alias, model, config.eviction_for(alias), residual_bytes=residual)
             for alias, model in config.models.items()
@@ -86,6 +89,14 @@ class CoreBase(ABC):
         self.last_switch: dict[str, SwitchFinished] = {}  # by target, for status and replies
         # Config reload: models on their way out (alias -> new config; None = removed).
         self._retiring: dict[str, ModelConfig | None] = {}
+        # The host-RAM budget (`scheduler_host`): the latest reading and stops under way.
+        self._host_reserve = int(config.host_memory.reserve_gib * GIB)
+        self.host_available: int | None = None
+        self._host_read_at: float | None = None
+        self._host_fresh = False
+        # Stops made to free host RAM: alias -> when the stop finished (None: still stopping).
+        # Pinning decisions wait until a reading taken after them has arrived.
+        self._host_freeing: dict[str, float | None] = {}
 
     def _flush(self, now: float) -> list[Command]:
         self._reconcile(now)

@@ -110,6 +110,7 @@ class SchedulerCore(CoreAdmin):
         else:
             slot.pid = None
             self._set_state(slot, M.STOPPED)
+            self._host_stop_done(slot, now)
             reply = self._restart_after_stop.pop(slot.alias, None)
             if reply is not None and not self.shutting_down:
                 self._forced.append((slot.alias, reply))
@@ -246,6 +247,7 @@ class SchedulerCore(CoreAdmin):
         if self.shutting_down:
             self._stop_idle_trees(now)
             return
+        self._relieve_host_pressure(now)
         if self._warmup:
             self._advance_warmup(now)
             return

@@ -13,7 +13,8 @@ from gpumux.config import EvictionConfig, ProcessStrategy
 from gpumux.errors import ModelUnavailable, QueueTimeout
 from gpumux.eviction import Step, evict_plan, wake_plan
 from gpumux.placement import admit
-from gpumux.scheduler_base import STARTABLE, CoreBase, M
+from gpumux.scheduler_base import STARTABLE, M
+from gpumux.scheduler_host import CoreHost
 from gpumux.scheduler_messages import (
     Grant,
     Note,
@@ -33,7 +34,7 @@ from gpumux.states import (
 )
 
 
-class CoreMoves(CoreBase):
+class CoreMoves(CoreHost):
     """Switch mechanics of the scheduler core (see `scheduler_base` for the state)."""
 
     def _try_bring_up(self, slot: Slot, now: float, *, force: bool = False) -> bool:
@@ -113,7 +114,10 @@ class CoreMoves(CoreBase):
         deadline_passed = slot.drain_deadline is not None and now >= slot.drain_deadline
         if slot.leases and not deadline_passed:
             return
-        steps, resting = evict_plan(slot.eviction)
+        eviction = self._host_safe_eviction(slot, now)
+        if eviction is None:
+            return  # host RAM is being freed first; the next reading resumes this
+        steps, resting = evict_plan(eviction)
         secs = now - (slot.drain_started_at if slot.drain_started_at is not None else now)
         if slot.drain_for is not None and secs > 0:
             # How long a busy model takes to let go: policies plan tours of models with it
@@ -122,8 +126,16 @@ class CoreMoves(CoreBase):
         self._set_state(slot, M.EVICTING)
         slot.drain_deadline = None
         slot.drain_started_at = None
+        self._host_evicting(slot, eviction)
         self._start_op(
-            slot, OpKind.EVICT, steps, resting, slot.drain_for, abort=bool(slot.leases), now=now
+            slot,
+            OpKind.EVICT,
+            steps,
+            resting,
+            slot.drain_for,
+            abort=bool(slot.leases),
+            now=now,
+            eviction=eviction,
         )
 
     def _cancel_needless_drains(self, now: float) -> None:
@@ -158,6 +170,7 @@ class CoreMoves(CoreBase):
             slot.pid = None
             slot.last_error = outcome.error
             self._set_state(slot, M.STOPPED)
+        self._host_evicted(slot, now)
         switch = self.switches.get(op.switch_id) if op.switch_id is not None else None
         if switch is not None:
             switch.phases.extend(outcome.phase_secs)

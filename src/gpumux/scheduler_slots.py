@@ -66,6 +66,9 @@ class Slot:
     residual_bytes: int = 0
     pinned: bool = False
     warming: bool = False  # the warm-up pass brought it up and will evict it again
+    pinned_since: float | None = None  # asleep at level 1 / suspended since (host RAM held)
+    host_measure_from: int | None = None  # host RAM available when its pinning eviction began
+    host_learned_bytes: int | None = None  # measured host RAM its last pin took
 
     @property
     def resting_state(self) -> ModelState:

@@ -23,6 +23,7 @@ from typing import Any
 
 import psutil
 
+from gpumux.fake_ledger import allocations
 from tests.support.daemon import RunningDaemon, get_json, post_json
 
 #: Every wait in this suite has a deadline; this is the default for one HTTP exchange.
@@ -198,14 +199,21 @@ def ledger_used(daemon: RunningDaemon) -> dict[str, int]:
     return used
 
 
+def ledger_host_bytes(daemon: RunningDaemon) -> int:
+    """Host bytes live pids hold according to the fake ledger (dead pids pruned)."""
+    return sum(a.host_bytes for a in allocations(daemon.ledger_path).values())
+
+
 class LedgerWatch:
-    """Samples the ledger every few ms in a thread and keeps the highest use per GPU."""
+    """Samples the ledger every few ms in a thread: the highest use per GPU, and the most
+    host RAM live sleepers held at once (level-1 weights, cuda-checkpoint images)."""
 
     def __init__(self, daemon: RunningDaemon, interval_secs: float = 0.005) -> None:
         self._daemon = daemon
         self._interval = interval_secs
         self._stop = threading.Event()
         self.peak: dict[str, int] = {}
+        self.peak_host = 0
         self.samples = 0
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -214,6 +222,7 @@ class LedgerWatch:
             with suppress(OSError, ValueError, KeyError):  # a write in progress
                 for gpu, used in ledger_used(self._daemon).items():
                     self.peak[gpu] = max(self.peak.get(gpu, 0), used)
+                self.peak_host = max(self.peak_host, ledger_host_bytes(self._daemon))
                 self.samples += 1
             self._stop.wait(self._interval)
 

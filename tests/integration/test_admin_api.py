@@ -73,6 +73,10 @@ def test_status_switch_phases_and_model_actions(tmp_path: Path) -> None:
         assert status["models"]["a"]["state"] == "stopped"
         assert status["mode"] == "auto"
         assert {"gpus", "host_memory"} <= set(status["resources"])
+        assert status["host_budget"] == {
+            "reserve_bytes": 2 * 1024**3,
+            "pin_estimate_bytes": {"a": None, "b": None},  # nothing measured yet
+        }
         assert "ops" in status["costs"]
 
         code, reply = admin.post("/api/switch", {"model": "a"})

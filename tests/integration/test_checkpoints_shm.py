@@ -17,6 +17,7 @@ import pytest
 
 from gpumux.checkpoints import Checkpoints
 from gpumux.config import CheckpointConfig
+from gpumux.image_identity import ModelIdentity
 from gpumux.procs import Reaper, kill_tree, spawn_backend
 from tests.support.criu import require_criu
 from tests.support.daemon import free_port
@@ -66,6 +67,7 @@ async def test_shm_files_are_kept_in_the_image_and_put_back(tmp_path: Path, reap
         reaper=reaper,
     )
     checkpoints = Checkpoints(config, log_dir=tmp_path / "logs")
+    identity = ModelIdentity("t", "t/model", tp=1, port=free_port(), launch="t")
     restored = None
     try:
         for _ in range(200):
@@ -73,7 +75,7 @@ async def test_shm_files_are_kept_in_the_image_and_put_back(tmp_path: Path, reap
                 break
             await asyncio.sleep(0.05)
         finalize = await checkpoints.evict(
-            "t", process, eviction="retain+checkpoint", tp=1, port=free_port()
+            "t", process, eviction="retain+checkpoint", identity=identity
         )
         image = await finalize
         assert image is not None
@@ -81,9 +83,7 @@ async def test_shm_files_are_kept_in_the_image_and_put_back(tmp_path: Path, reap
         assert (image.path / "shm" / shm.name).stat().st_size == 1 << 20
         assert process.exited.done()
         _unlink(shm)  # a graceful stop of vLLM deletes its segments
-        restored = await checkpoints.bring_back(
-            "t", port=free_port(), tp=1, log_path=log_path, reaper=reaper
-        )
+        restored = await checkpoints.bring_back("t", identity, log_path=log_path, reaper=reaper)
         assert restored.pid == process.pid
         assert _read(shm)[:12] == b"state-before"
         assert str(shm).encode() in _read(Path(f"/proc/{restored.pid}/maps"))

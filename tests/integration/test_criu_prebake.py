@@ -111,6 +111,8 @@ def test_corrupt_prebaked_image_is_quarantined_never_deleted(tmp_path: Path) -> 
         assert metric_value(daemon, "gpumux_switches_total", to="a", outcome="fallback_cold") == 1
         reason = events(daemon, "image_quarantined", model="a")[0]["reason"]
         assert "sha256 mismatch" in reason
+        failures = "gpumux_checkpoint_restore_failures_total"
+        assert metric_value(daemon, failures, model="a", reason="corrupt") == 1
     moved = quarantined(image.parent, image.parent.name) or sorted(
         image.parent.glob(image.name + ".quarantined-*")
     )

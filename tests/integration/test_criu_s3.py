@@ -1,11 +1,17 @@
 """CRIU images in a real local S3 server (moto_server): upload, download, and its failures.
 
+Also image authentication (`manifest_key_env`): a restore runs the image as root, so a
+daemon with a key restores only images whose manifest carries a valid HMAC under it.
+
 Needs root and CRIU >= 4.2 (scripts/test installs it); without them these tests FAIL.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
+import secrets
 import shutil
 import signal
 import subprocess
@@ -34,11 +40,16 @@ from tests.support.daemon import (
     metric_value,
     mock_model,
     running_daemon,
+    start_daemon,
     wait_until,
 )
 from tests.support.s3 import AWS_ENV, BUCKET, PREFIX, S3Server, moto_server
 
 pytestmark = pytest.mark.integration
+
+#: The variable `manifest_key_env` names in these tests.
+KEY_ENV = "GPUMUX_TEST_IMAGE_KEY"
+SIGNATURE = "manifest.json.hmac"
 
 
 @pytest.fixture(autouse=True)
@@ -65,6 +76,18 @@ def baked_in_s3(tmp: Path, s3: S3Server, **store: Any) -> tuple[dict[str, Any], 
     return config, image
 
 
+def set_image_key(monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh HMAC key in KEY_ENV (pre-bake subprocesses and daemons inherit it)."""
+    key = secrets.token_hex(32)
+    monkeypatch.setenv(KEY_ENV, key)
+    return key
+
+
+def get_object(s3: S3Server, key: str) -> bytes:
+    body: bytes = s3.client().get_object(Bucket=BUCKET, Key=key)["Body"].read()
+    return body
+
+
 def run(tmp: Path, name: str, config: dict[str, Any]) -> Any:
     return running_daemon(
         tmp / name,
@@ -75,15 +98,23 @@ def run(tmp: Path, name: str, config: dict[str, Any]) -> Any:
     )
 
 
+@pytest.mark.parametrize("signed", [False, True], ids=["unsigned", "signed"])
 def test_upload_then_download_restores_a_model_whose_image_is_only_in_s3(
-    tmp_path: Path, s3: S3Server
+    tmp_path: Path, s3: S3Server, monkeypatch: pytest.MonkeyPatch, signed: bool
 ) -> None:
-    config, image = baked_in_s3(tmp_path, s3)
+    """Signed: the pre-bake signs with the key, a second process with the same key restores."""
+    secret = set_image_key(monkeypatch) if signed else None
+    config, image = baked_in_s3(tmp_path, s3, **({"manifest_key_env": KEY_ENV} if signed else {}))
     keys = s3.object_sizes()
     manifest = json.loads((image / "manifest.json").read_text())
-    assert set(keys) == {f"{PREFIX}/a/{image.name}/{f['path']}" for f in manifest["files"]} | {
-        f"{PREFIX}/a/{image.name}/manifest.json"
+    where = f"{PREFIX}/a/{image.name}/"
+    assert set(keys) == {where + f["path"] for f in manifest["files"]} | {
+        where + "manifest.json",
+        *([where + SIGNATURE] if signed else []),
     }
+    if secret is not None:  # the HMAC of the exact manifest bytes in the bucket
+        expected = hmac.new(secret.encode(), get_object(s3, where + "manifest.json"), "sha256")
+        assert get_object(s3, where + SIGNATURE).decode() == expected.hexdigest()
     largest = max(manifest["files"], key=lambda f: f["size"])
     etag = s3.client().head_object(Bucket=BUCKET, Key=f"{PREFIX}/a/{image.name}/{largest['path']}")
     assert "-" in etag["ETag"]  # a multipart upload (parts of 5 MiB)
@@ -94,6 +125,9 @@ def test_upload_then_download_restores_a_model_whose_image_is_only_in_s3(
         assert chat(daemon, "a")
         assert wait_event(daemon, "s3_transfer_done", op="download", model="a")
         assert events(daemon, "criu_restored", model="a")
+        assert not events(daemon, "image_unauthenticated")
+        log = daemon.log_text()
+    assert secret is None or secret not in log
     assert (image / "manifest.json").is_file()  # downloaded where checkpoint_path points
     assert oct((image / largest["path"]).stat().st_mode & 0o777) == oct(0o600)
 
@@ -194,6 +228,8 @@ def test_corrupt_download_is_rejected_and_the_model_cold_starts(
         failed = wait_event(daemon, "s3_transfer_failed", op="download", model="a")
         assert "sha256 mismatch" in failed["error"]
         assert not events(daemon, "criu_restored", model="a")
+        failures = "gpumux_checkpoint_restore_failures_total"
+        assert metric_value(daemon, failures, model="a", reason="corrupt") == 1
         assert metric_value(daemon, "gpumux_switches_total", to="a", outcome="fallback_cold") == 1
     assert not image.exists()  # nothing half-downloaded is left looking like an image
     assert not list(image.parent.glob(".staging-*"))
@@ -217,3 +253,107 @@ fields = dict(model="a", created=datetime.datetime.now(datetime.UTC).isoformat()
 image = images.publish(staging, target, fields)
 asyncio.run(S3Store(ObjectStoreConfig(**json.loads({store!r}))).upload(image))
 """
+
+
+def forge(s3: S3Server, version: str) -> None:
+    """What someone who can write the bucket but lacks the key can do: alter a file, fix
+    its sha256 in the manifest, and sign the result with a key of their own."""
+    where = f"{PREFIX}/a/{version}/"
+    manifest = json.loads(get_object(s3, where + "manifest.json"))
+    largest = max(manifest["files"], key=lambda f: f["size"])
+    body = bytearray(get_object(s3, where + largest["path"]))
+    body[len(body) // 3] ^= 0x55
+    largest["sha256"] = hashlib.sha256(body).hexdigest()
+    forged = json.dumps(manifest, indent=1).encode()
+    signature = hmac.new(secrets.token_bytes(32), forged, "sha256").hexdigest()
+    client = s3.client()
+    client.put_object(Bucket=BUCKET, Key=where + largest["path"], Body=bytes(body))
+    client.put_object(Bucket=BUCKET, Key=where + SIGNATURE, Body=signature.encode())
+    client.put_object(Bucket=BUCKET, Key=where + "manifest.json", Body=forged)
+
+
+def test_an_image_forged_without_the_key_is_refused_and_the_model_cold_starts(
+    tmp_path: Path, s3: S3Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The forgery is consistent (sha256 values match), so only the signature stops it:
+    refused before any file is downloaded, nothing restored, nothing left on disk."""
+    secret = set_image_key(monkeypatch)
+    config, image = baked_in_s3(tmp_path, s3, manifest_key_env=KEY_ENV)
+    shutil.rmtree(image)
+    config["models"]["a"]["checkpoint_path"] = str(image)
+    with run(tmp_path, "serve", config) as daemon:
+        # Start-up checked the genuine manifest; the bucket changes before the download.
+        assert metric_value(daemon, "gpumux_model_state", model="a", state="checkpointed") == 1
+        forge(s3, image.name)
+        assert chat(daemon, "a")
+        refused = wait_event(daemon, "image_unauthenticated", model="a")
+        assert "signature does not match" in refused["error"]
+        assert f"s3://{BUCKET}/{PREFIX}/a/{image.name}/" in refused["error"]  # names the image
+        failed = wait_event(daemon, "s3_transfer_failed", op="download", model="a")
+        # Refused on the manifest, before a single file was fetched.
+        assert (failed["bytes_total"], failed["bytes_done"]) == (0, 0)
+        assert not events(daemon, "criu_restored", model="a")
+        assert metric_value(daemon, "gpumux_switches_total", to="a", outcome="fallback_cold") == 1
+        refusals = metric_value(
+            daemon, "gpumux_checkpoint_restore_failures_total", model="a", reason="unauthenticated"
+        )
+        assert refusals == 1
+        log = daemon.log_text()
+    assert secret not in log
+    assert not list(image.parent.glob(".staging-*"))
+    assert not (image / "manifest.json").exists()  # the forgery never became an image
+
+
+def test_a_daemon_with_a_key_refuses_an_unsigned_image(
+    tmp_path: Path, s3: S3Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config, image = baked_in_s3(tmp_path, s3)  # made by a pre-bake without a key
+    assert not [k for k in s3.object_sizes() if k.endswith(SIGNATURE)]
+    shutil.rmtree(image)
+    set_image_key(monkeypatch)
+    config["checkpoint"]["object_store"]["manifest_key_env"] = KEY_ENV
+    config["models"]["a"]["checkpoint_path"] = str(image)
+    with run(tmp_path, "serve", config) as daemon:
+        refused = wait_event(daemon, "image_unauthenticated", model="a")
+        assert f"has no {SIGNATURE}" in refused["error"]
+        assert metric_value(daemon, "gpumux_model_state", model="a", state="stopped") == 1
+        refusals = metric_value(
+            daemon, "gpumux_checkpoint_restore_failures_total", model="a", reason="unauthenticated"
+        )
+        assert refusals == 1
+        assert chat(daemon, "a")  # a cold start
+        assert events(daemon, "process_spawned", model="a")
+        assert not events(daemon, "criu_restored", model="a")
+        assert not events(daemon, "s3_transfer_started", op="download")
+    assert not image.exists()
+
+
+@pytest.mark.parametrize(("value", "message"), [(None, "is empty or unset"), ("short", "shorter")])
+def test_an_unusable_key_variable_refuses_to_serve_and_to_prebake(
+    tmp_path: Path,
+    s3: S3Server,
+    monkeypatch: pytest.MonkeyPatch,
+    value: str | None,
+    message: str,
+) -> None:
+    """An operator who asked for signed images never silently gets unsigned ones: exit 2."""
+    if value is None:
+        monkeypatch.delenv(KEY_ENV, raising=False)
+    else:
+        monkeypatch.setenv(KEY_ENV, value)
+    store = s3.object_store(manifest_key_env=KEY_ENV)
+    config = daemon_config(
+        tmp_path, {"a": mock_model()}, checkpoint=checkpoint_section(tmp_path, object_store=store)
+    )
+    daemon = start_daemon(tmp_path / "serve", config)
+    assert daemon.process.wait(timeout=20) == 2
+    text = daemon.log_text()
+    assert "checkpoint.object_store.manifest_key_env" in text
+    assert KEY_ENV in text
+    assert message in text
+    assert http_status(daemon.url + "/health") is None  # refused before binding
+    baked = prebake(tmp_path, config)
+    assert baked.returncode == 2, baked.stderr[-2000:]
+    assert KEY_ENV in baked.stderr
+    assert message in baked.stderr
+    assert s3.object_sizes() == {}  # nothing was started, dumped or uploaded

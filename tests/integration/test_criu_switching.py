@@ -118,6 +118,9 @@ def test_corrupt_image_is_quarantined_and_the_model_cold_starts(tmp_path: Path) 
             p.name.split(".quarantined-")[0] for p in quarantined(tmp_path / "images", "a")
         ] == [image.name]
         assert metric_value(daemon, "gpumux_switches_total", to="a", outcome="fallback_cold") == 1
+        failures = "gpumux_checkpoint_restore_failures_total"
+        assert metric_value(daemon, failures, model="a", reason="corrupt") == 1
+        assert wait_event(daemon, "criu_restore_failed", model="a")["image"] == "quarantined"
         assert not events(daemon, "criu_restored", model="a")
 
 

@@ -81,12 +81,14 @@ def test_alert_rules_check_and_their_unit_tests_pass() -> None:
 
 
 def test_alerts_cover_the_operator_cases() -> None:
-    """Crash loop, failed model, queue rejections and slow switches each have an alert."""
+    """Crash loop, failed model, queue rejections, slow switches and failed restores each
+    have an alert."""
     text = (PROMETHEUS / "alerts.yml").read_text()
     for name in (
         "GpumuxBackendCrashLoop",
         "GpumuxModelFailed",
         "GpumuxQueueRejections",
         "GpumuxSlowSwitches",
+        "GpumuxCheckpointRestoreFailures",
     ):
         assert f"alert: {name}" in text

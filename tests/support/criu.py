@@ -3,7 +3,7 @@
 Owns: the prerequisite check (root and a working `criu` >= 4.2; missing ones FAIL the
 test with the fix, never skip: `scripts/test` installs CRIU), the `checkpoint` config
 section pointing at a test's own images directory, chat through the OpenAI SDK, reading
-a model's images and the daemon's log events.
+a model's images and the daemon's log events, and a squatter on a chosen pid.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -132,3 +134,36 @@ def run_prebake(tmp: Path, config: dict[str, Any], *extra: str, timeout: float) 
         stdin=subprocess.DEVNULL,
     )
     return Prebake(result, time.monotonic() - started)
+
+
+NS_LAST_PID = Path("/proc/sys/kernel/ns_last_pid")
+
+
+@contextmanager
+def pid_taken(pid: int, attempts: int = 50) -> Iterator[subprocess.Popen[bytes]]:
+    """A `sleep` child of the test holding `pid` (as root, through ns_last_pid).
+
+    The kernel hands out `last + 1` next, so the next fork gets `pid` unless another
+    process forks in between: retried. The counter is put back afterwards, so later
+    forks do not walk into the pids that follow `pid` (an image's other pids). The
+    squatter is killed and reaped on exit."""
+    saved = int(NS_LAST_PID.read_text())
+    squatter: subprocess.Popen[bytes] | None = None
+    try:
+        for _ in range(attempts):
+            NS_LAST_PID.write_text(str(pid - 1))
+            child = subprocess.Popen(["sleep", "600"], stdin=subprocess.DEVNULL)
+            if child.pid == pid:
+                squatter = child
+                break
+            child.kill()
+            child.wait(timeout=10)
+        if int(NS_LAST_PID.read_text()) < saved:
+            NS_LAST_PID.write_text(str(saved))
+        if squatter is None:
+            pytest.fail(f"could not get pid {pid} for a squatter (taken, or forks raced)")
+        yield squatter
+    finally:
+        if squatter is not None:
+            squatter.kill()
+            squatter.wait(timeout=10)

@@ -386,6 +386,17 @@ def test_empty_vllm_command_is_rejected() -> None:
     assert errors_of(with_({"vllm_command": []})) == ["vllm_command: must name a program"]
 
 
+@pytest.mark.parametrize("bad", [0, -1, "soon"])
+def test_header_timeout_defaults_to_15_seconds_and_must_be_positive(bad: object) -> None:
+    """`header_timeout_secs`, every listener's request-head deadline, is 15 s unless set;
+    zero or less (which would close every connection) and non-numbers are refused."""
+    assert parse_config(base())[0].header_timeout_secs == 15
+    assert parse_config(with_({"header_timeout_secs": 2.5}))[0].header_timeout_secs == 2.5
+    errors = errors_of(with_({"header_timeout_secs": bad}))
+    assert len(errors) == 1, errors
+    assert errors[0].startswith("header_timeout_secs:"), errors
+
+
 # --- warnings --------------------------------------------------------------------------
 
 
@@ -467,16 +478,49 @@ def test_weights_step_with_stop_warns_that_it_is_skipped() -> None:
 @pytest.mark.parametrize("key", ["access_key", "secret_key"])
 def test_object_store_keys_in_file_warn(key: str) -> None:
     """Secrets written into the config file draw a warning pointing at the credential chain."""
-    store = {"endpoint": "http://127.0.0.1:9000", "bucket": "images", key: "x"}
+    store = {
+        "endpoint": "http://127.0.0.1:9000",
+        "bucket": "images",
+        "manifest_key_env": "GPUMUX_IMAGE_KEY",
+        key: "x",
+    }
     warnings = warnings_of(with_({"checkpoint": {"object_store": store}}))
     assert len(warnings) == 1
     assert warnings[0].startswith("checkpoint.object_store:")
 
 
-def test_object_store_without_keys_does_not_warn() -> None:
-    """An object store relying on the environment is silent."""
-    store = {"endpoint": "http://127.0.0.1:9000", "bucket": "images"}
+def test_object_store_with_env_keys_and_a_manifest_key_does_not_warn() -> None:
+    """An object store relying on the environment, with signed images, is silent."""
+    store = {
+        "endpoint": "http://127.0.0.1:9000",
+        "bucket": "images",
+        "manifest_key_env": "GPUMUX_IMAGE_KEY",
+    }
     assert warnings_of(with_({"checkpoint": {"object_store": store}})) == []
+
+
+def test_object_store_without_a_manifest_key_warns_images_are_unauthenticated() -> None:
+    """`criu restore` runs an image as root: unauthenticated S3 images draw a warning."""
+    store = {"endpoint": "http://127.0.0.1:9000", "bucket": "images"}
+    warnings = warnings_of(with_({"checkpoint": {"object_store": store}}))
+    assert len(warnings) == 1
+    assert "manifest_key_env" in warnings[0]
+    assert "not authenticated" in warnings[0]
+
+
+def test_secret_env_names_cover_every_gpumux_secret() -> None:
+    """The names stripped from children: API keys, admin token and the image signing key."""
+    store = {"endpoint": "http://e", "bucket": "b", "manifest_key_env": "GPUMUX_IMAGE_KEY"}
+    raw = with_(
+        {
+            "api_keys_env": "GPUMUX_KEYS",
+            "admin_token_env": "GPUMUX_ADMIN",
+            "checkpoint": {"object_store": store},
+        }
+    )
+    config, _ = parse_config(raw)
+    assert config.secret_env_names == ["GPUMUX_KEYS", "GPUMUX_ADMIN", "GPUMUX_IMAGE_KEY"]
+    assert parse_config(with_({}))[0].secret_env_names == []
 
 
 # --- derived values --------------------------------------------------------------------

@@ -56,6 +56,15 @@ def test_object_store_endpoint_must_be_a_url() -> None:
     ]
 
 
+def test_object_store_manifest_key_env_must_name_a_variable() -> None:
+    store = {"endpoint": "http://127.0.0.1:9000", "bucket": "b", "manifest_key_env": " "}
+    with pytest.raises(ConfigProblems) as problems:
+        parse_config(config_with(object_store=store))
+    assert problems.value.errors == [
+        "checkpoint.object_store.manifest_key_env: must name an environment variable"
+    ]
+
+
 def test_object_store_bounds_have_defaults_and_limits() -> None:
     store = {"endpoint": "http://127.0.0.1:9000", "bucket": "b"}
     config, _ = parse_config(config_with(object_store=store))

@@ -15,12 +15,13 @@ from gpumux.gpu_probe import (
     FakeLedgerProbe,
     GpuMemory,
     GpuProbe,
+    HostMemory,
     NoProbe,
     NvmlProbe,
     ProbeUnavailable,
-    host_memory_available,
     make_probe,
     open_probe,
+    read_host_memory,
 )
 
 pytestmark = pytest.mark.unit
@@ -165,10 +166,28 @@ def test_free_bytes_never_negative() -> None:
     assert GpuMemory(0, 10, 12).free_bytes == 0
 
 
-async def test_host_memory_available_is_positive() -> None:
-    available = await host_memory_available()
-    assert isinstance(available, int)
-    assert available > 0
+async def test_host_memory_comes_from_psutil_unless_the_fake_probe_has_a_host_size(
+    tmp_path: Path,
+) -> None:
+    real = await read_host_memory(NoProbe())
+    assert 0 < real.available_bytes <= real.total_bytes
+    ledger = tmp_path / "ledger.json"
+    alive = {"gpus": {"0": GIB}, "host_bytes": 3 * GIB, "model": "a", "state": "sleeping"}
+    dead = {"gpus": {"0": GIB}, "host_bytes": 2 * GIB, "model": "b", "state": "sleeping"}
+    data = {
+        "capacity_bytes": {"0": 10 * GIB},
+        "allocations": {str(os.getpid()): alive, "999999999": dead},
+    }
+    ledger.write_text(json.dumps(data))
+    probe = make_probe(
+        GpuConfig(probe="fake", fake_capacity_gib=[10.0], fake_host_memory_gib=8.0),
+        ledger_path=ledger,
+    )
+    # Only the live pid's host bytes count, like its GPU bytes.
+    assert await read_host_memory(probe) == HostMemory(5 * GIB, 8 * GIB)
+    # Without a fake host size the fake probe reports the real host.
+    plain = FakeLedgerProbe(ledger, [GIB])
+    assert (await read_host_memory(plain)).total_bytes == real.total_bytes
 
 
 class FakeNvmlError(Exception):

@@ -151,3 +151,63 @@ def test_manifest_paths_must_stay_inside_the_image(path: str) -> None:
 def test_manifest_shm_files_must_be_plain_names_in_dev_shm(shm: str) -> None:
     with pytest.raises(ValueError, match="directly in /dev/shm"):
         images.Manifest.model_validate({**fields(shm_files=[shm]), "version": "v", "files": []})
+
+
+@pytest.mark.parametrize(
+    "path", ["manifest.json", ".manifest.json.tmp", "shm/.hidden", "stats-dump"]
+)
+def test_manifest_paths_must_be_image_files(path: str) -> None:
+    """A manifest may not list the manifest itself (or CRIU's or our own bookkeeping)."""
+    entry = {"path": path, "size": 1, "sha256": "0" * 64}
+    with pytest.raises(ValueError, match="not an image file"):
+        images.Manifest.model_validate({**fields(), "version": "v", "files": [entry]})
+
+
+@pytest.mark.parametrize(
+    ("name", "safe"),
+    [
+        ("20260101T000000000000Z", True),
+        ("v1.2_x-y", True),
+        ("..", False),
+        (".", False),
+        ("", False),
+        (".hidden", False),
+        ("a/b", False),
+        ("/abs", False),
+        ("a\nb", False),
+        ("x" * 200, False),
+    ],
+)
+def test_safe_name_is_one_plain_path_segment(name: str, safe: bool) -> None:
+    assert images.safe_name(name) is safe
+
+
+def test_verify_refuses_symlinks_to_files_or_directories(tmp_path: Path) -> None:
+    """A symlink in an image could point a root-run restore (or the hashing) elsewhere."""
+    image = make_image(tmp_path, "v1")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    pages = image.path / "pages-1.img"
+    (outside / "pages-1.img").write_bytes(pages.read_bytes())
+    pages.unlink()
+    pages.symlink_to(outside / "pages-1.img")  # same bytes, so only the link is wrong
+    with pytest.raises(ImageInvalid, match=r"pages-1\.img is a symlink"):
+        images.verify(image, checksums=True)
+    pages.unlink()
+    pages.write_bytes(b"p" * 10_000)
+    images.verify(image, checksums=True)
+    shm = image.path / "shm"
+    (shm / "psm_1").rename(outside / "psm_1")
+    shm.rmdir()
+    shm.symlink_to(outside, target_is_directory=True)
+    with pytest.raises(ImageInvalid, match="shm is a symlink"):
+        images.verify(image, checksums=False)
+
+
+def test_verify_refuses_a_listed_path_that_is_not_a_regular_file(tmp_path: Path) -> None:
+    image = make_image(tmp_path, "v1")
+    pages = image.path / "pages-1.img"
+    pages.unlink()
+    pages.mkdir()
+    with pytest.raises(ImageInvalid, match="not a regular file"):
+        images.verify(image, checksums=False)

@@ -31,6 +31,7 @@ EXPECTED: dict[str, tuple[str, frozenset[str]]] = {
     "gpumux_switches_total": ("counter", frozenset({"from", "to", "outcome"})),
     "gpumux_model_state": ("gauge", frozenset({"model", "state"})),
     "gpumux_backend_restarts_total": ("counter", frozenset({"model", "reason"})),
+    "gpumux_backend_5xx_streak_checks_total": ("counter", frozenset({"model", "verdict"})),
     "gpumux_checkpoint_ops_duration_seconds": ("histogram", frozenset({"op"})),
     "gpumux_gpu_memory_used_bytes": ("gauge", frozenset({"gpu"})),
     "gpumux_gpu_memory_total_bytes": ("gauge", frozenset({"gpu"})),

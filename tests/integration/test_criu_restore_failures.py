@@ -1,0 +1,228 @@
+"""Restores that must not happen or cannot work (ecosystem §4 case 23), with real CRIU.
+
+A pid of the image taken by another process (found before CRIU runs, or by CRIU itself:
+"Can't fork for PID: File exists"), the model's port taken, and an image made for
+another model, launch or host. Each ends in a cold start, is counted in
+`gpumux_checkpoint_restore_failures_total{model,reason}`, and treats the image by whose
+fault it was (`gpumux.checkpoints`): a host condition leaves it in place, a mismatched
+pre-baked image is never restored and never moved. Needs root and CRIU >= 4.2: without
+them these tests FAIL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gpumux.checkpoints import CheckpointFailed, Checkpoints
+from gpumux.config import CheckpointConfig
+from gpumux.image_catalog import RestoreFailure
+from gpumux.image_identity import ModelIdentity
+from gpumux.images import Image
+from gpumux.procs import Reaper, kill_tree, spawn_backend
+from tests.integration.test_criu_prebake import baked_image, prebake
+from tests.integration.test_metrics_export import promtool_lint, scrape
+from tests.support.criu import (
+    chat,
+    checkpoint_section,
+    events,
+    pid_taken,
+    require_criu,
+    wait_event,
+)
+from tests.support.daemon import daemon_config, free_port, metric_value, mock_model, running_daemon
+
+pytestmark = pytest.mark.integration
+
+FAILURES = "gpumux_checkpoint_restore_failures_total"
+SLEEPER = "import time\nprint('ready', flush=True)\nwhile True:\n    time.sleep(0.2)\n"
+
+
+@pytest.fixture(autouse=True)
+def _criu_present() -> None:
+    require_criu()
+
+
+def baked(tmp: Path) -> tuple[dict[str, dict[str, Any]], dict[str, Any], Path]:
+    """(models, config, image): model `a` pre-baked, its image named in `checkpoint_path`."""
+    models = {"a": mock_model()}
+    config = daemon_config(tmp, models, checkpoint=checkpoint_section(tmp))
+    image = baked_image(prebake(tmp, config))
+    models["a"]["checkpoint_path"] = str(image)
+    return models, config, image
+
+
+def restore_log(config: dict[str, Any]) -> Path:
+    """The log `criu restore` writes for `a`: absent means CRIU never ran a restore."""
+    return Path(config["state_dir"]) / "logs" / "a.criu-restore.log"
+
+
+def edit_manifest(image: Path, **changes: object) -> bytes:
+    """Rewrite the manifest (not itself checksummed); return the original bytes."""
+    path = image / "manifest.json"
+    original = path.read_bytes()
+    manifest = json.loads(original)
+    manifest.update(changes)
+    path.write_text(json.dumps(manifest, indent=1) + "\n")
+    return original
+
+
+def test_taken_pid_cold_starts_and_the_prebaked_image_is_kept_for_later(tmp_path: Path) -> None:
+    models, config, image = baked(tmp_path)
+    root = json.loads((image / "manifest.json").read_text())["pids"][0]
+    run: dict[str, Any] = {"checkpoint": config["checkpoint"], "state_dir": config["state_dir"]}
+    with (
+        pid_taken(root) as squatter,
+        running_daemon(tmp_path / "taken", models, **run) as daemon,
+    ):
+        assert metric_value(daemon, "gpumux_model_state", model="a", state="checkpointed") == 1
+        assert chat(daemon, "a")  # cold-started instead
+        failed = wait_event(daemon, "criu_restore_failed", model="a")
+        assert failed["reason"] == "pid_collision"
+        assert f"{root}: 'sleep" in failed["error"]  # which pid, and who holds it
+        assert failed["image"] == "left in place"
+        assert metric_value(daemon, FAILURES, model="a", reason="pid_collision") == 1
+        assert metric_value(daemon, "gpumux_switches_total", to="a", outcome="fallback_cold") == 1
+        assert not events(daemon, "criu_restored")
+        assert not restore_log(config).exists()  # found before CRIU ran
+        assert squatter.poll() is None  # the squatter is not ours to kill
+        assert promtool_lint(scrape(daemon, "/metrics")) == (0, "")  # with the series present
+    assert (image / "manifest.json").is_file()
+    assert not list(image.parent.glob("*.quarantined-*"))  # left where it was...
+    with running_daemon(tmp_path / "free", models, **run) as daemon:
+        assert chat(daemon, "a")  # ...so once the pid is free it restores again
+        assert [e["pid"] for e in events(daemon, "criu_restored", model="a")] == [root]
+        assert metric_value(daemon, FAILURES, model="a", reason="pid_collision") == 0
+
+
+def test_criu_reporting_file_exists_counts_as_a_pid_collision(tmp_path: Path) -> None:
+    """A pid taken after the check: CRIU's own "Can't fork for PID: File exists"."""
+    models, config, image = baked(tmp_path)
+    pids = json.loads((image / "manifest.json").read_text())["pids"]
+    edit_manifest(image, pids=pids[1:])  # the check no longer looks at the root pid
+    run: dict[str, Any] = {"checkpoint": config["checkpoint"], "state_dir": config["state_dir"]}
+    with pid_taken(pids[0]), running_daemon(tmp_path / "race", models, **run) as daemon:
+        assert chat(daemon, "a")
+        failed = wait_event(daemon, "criu_restore_failed", model="a")
+        assert failed["reason"] == "pid_collision"
+        assert f"Can't fork for {pids[0]}: File exists" in failed["error"]  # CRIU's words
+        assert failed["image"] == "left in place"
+        assert metric_value(daemon, FAILURES, model="a", reason="pid_collision") == 1
+        assert metric_value(daemon, "gpumux_switches_total", to="a", outcome="fallback_cold") == 1
+        assert not events(daemon, "criu_restored")
+    assert "File exists" in restore_log(config).read_text()
+    assert (image / "manifest.json").is_file()
+    assert not list(image.parent.glob("*.quarantined-*"))
+
+
+def test_prebaked_image_of_another_launch_or_host_is_never_restored(tmp_path: Path) -> None:
+    models, config, image = baked(tmp_path)
+    run: dict[str, Any] = {"checkpoint": config["checkpoint"], "state_dir": config["state_dir"]}
+    moved: dict[str, dict[str, Any]] = json.loads(json.dumps(models))
+    moved["a"]["model_path"] = "mock/another-model"  # same alias, other weights
+    elsewhere = {"kernel": "0.0.0-elsewhere"}  # the manifest says another host made it
+    for name, config_models, tamper, field in (
+        ("model_path", moved, {}, "model_path"),
+        ("kernel", models, elsewhere, "kernel"),
+    ):
+        original = edit_manifest(image, **tamper)
+        try:
+            with running_daemon(tmp_path / name, config_models, **run) as daemon:
+                # Checked at start: the model is not offered as checkpointed at all.
+                assert metric_value(daemon, "gpumux_model_state", model="a", state="stopped") == 1
+                rejected = events(daemon, "prebaked_image_rejected", model="a")
+                assert rejected, name
+                assert rejected[0]["error"].count(f"{field}: image has") == 1
+                assert metric_value(daemon, FAILURES, model="a", reason="identity") == 1
+                assert chat(daemon, "a")
+                assert events(daemon, "process_spawned", model="a")  # a cold start
+                assert not events(daemon, "criu_restored")
+                assert not restore_log(config).exists()  # CRIU never ran
+        finally:
+            (image / "manifest.json").write_bytes(original)
+        assert (image / "manifest.json").is_file()  # never moved, never deleted
+        assert not list(image.parent.glob("*.quarantined-*"))
+
+
+# ---- the restore-time checks, on `Checkpoints` with a real dump ------------------------
+
+
+@pytest.fixture
+async def reaper() -> AsyncIterator[Reaper]:
+    reaper = Reaper()
+    reaper.install(asyncio.get_running_loop())
+    yield reaper
+    reaper.uninstall()
+
+
+async def test_port_busy_and_identity_are_refused_before_criu_runs(
+    tmp_path: Path, reaper: Reaper
+) -> None:
+    """After a dump, the image's port is taken, then the config moves on under it."""
+    config = CheckpointConfig(
+        criu_path=require_criu(), images_dir=str(tmp_path / "images"), cuda_plugin_dir=None
+    )
+    reported: list[tuple[str, str]] = []
+    checkpoints = Checkpoints(
+        config, log_dir=tmp_path / "logs", on_restore_failure=lambda *r: reported.append(r)
+    )
+    identity = ModelIdentity("t", "t/model", tp=1, port=free_port(), launch="l1")
+    log_path = tmp_path / "logs" / "t.log"
+
+    async def dumped() -> Image:
+        process = spawn_backend(
+            [sys.executable, "-c", SLEEPER],
+            model="t",
+            env=dict(os.environ),
+            log_path=log_path,
+            reaper=reaper,
+        )
+        try:
+            for _ in range(200):
+                if log_path.exists() and b"ready" in log_path.read_bytes():
+                    break
+                await asyncio.sleep(0.05)
+            finalize = await checkpoints.evict(
+                "t", process, eviction="retain+checkpoint", identity=identity
+            )
+        finally:
+            await kill_tree(process, grace_secs=0, graceful=False)
+        image = await finalize
+        assert image is not None
+        return image
+
+    try:
+        first = await dumped()
+        with (
+            socket.create_server(("127.0.0.1", identity.port)),
+            pytest.raises(CheckpointFailed) as busy,
+        ):
+            await checkpoints.bring_back("t", identity, log_path=log_path, reaper=reaper)
+        assert busy.value.reason is RestoreFailure.PORT_BUSY
+        assert (first.path / "manifest.json").is_file()  # the host's fault: left in place
+        assert checkpoints.catalog.entry("t").current is None  # and not tried again
+
+        second = await dumped()
+        other = ModelIdentity("t", "t/other-model", tp=1, port=identity.port, launch="l2")
+        with pytest.raises(CheckpointFailed) as mismatch:
+            await checkpoints.bring_back("t", other, log_path=log_path, reaper=reaper)
+        assert mismatch.value.reason is RestoreFailure.IDENTITY
+        assert "model_path: image has 't/model', here 't/other-model'" in mismatch.value.detail
+        assert "launch:" in mismatch.value.detail
+        moved = mismatch.value.quarantined  # a dynamic image can never match again
+        assert moved is not None
+        assert (moved / "manifest.json").is_file()
+        assert not second.path.exists()
+
+        assert reported == [("t", "port_busy"), ("t", "identity")]
+        assert not (tmp_path / "logs" / "t.criu-restore.log").exists()  # CRIU never ran
+    finally:
+        await checkpoints.close()

@@ -1,0 +1,161 @@
+"""The scheduler core's host-RAM budget (ecosystem case 27), driven synchronously."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from gpumux.config import Config, EvictionConfig, ProcessStrategy, WeightStrategy
+from gpumux.eviction import Step, pins_host_memory, without_host_pin
+from gpumux.scheduler_messages import Note, OpKind
+from gpumux.states import ModelState
+from tests.unit.test_scheduler_core import Driver, make_config
+
+pytestmark = pytest.mark.unit
+GIB = 1024**3
+M = ModelState
+
+
+def host_config(
+    models: int = 3, *, reserve_gib: float = 1.0, pin_gib: float | None = 1.0
+) -> Config:
+    raw: dict[str, Any] = make_config(models=models).model_dump(mode="json")
+    raw["host_memory"] = {"reserve_gib": reserve_gib}
+    for model in raw["models"].values():
+        model["host_memory_gib"] = pin_gib
+    return Config.model_validate(raw)
+
+
+def read(d: Driver, gib: float) -> None:
+    d.feed(d.core.host_memory(int(gib * GIB), d.now))
+
+
+def serve_once(d: Driver, ticket: int, model: str) -> None:
+    """Request `model`, let every operation it needs finish, and release the request."""
+    d.submit(ticket, model)
+    while any(s.op.model != model or s.op.kind is not OpKind.WAKE for s in d.ops.values()):
+        other = next(s for s in d.ops.values() if s.op.kind is not OpKind.WAKE)
+        d.finish(other.op.model)
+    d.finish(model)
+    assert ticket in d.granted
+    d.feed(d.core.release(ticket, d.now))
+
+
+def notes(d: Driver, event: str) -> list[Note]:
+    return [c for c in d.log if isinstance(c, Note) and c.event == event]
+
+
+def test_the_oldest_idle_sleeper_is_stopped_before_a_pin_would_break_the_reserve() -> None:
+    d = Driver(host_config())
+    read(d, 3.5)
+    serve_once(d, 1, "a")
+    d.now = 10
+    serve_once(d, 2, "b")  # a sleeps at level 1: 1 GiB pinned
+    read(d, 2.5)
+    d.now = 20
+    serve_once(d, 3, "c")  # b sleeps too: 2.5 - 1 = 1.5 >= 1, fine
+    assert [d.state(m) for m in "abc"] == [M.SLEEPING, M.SLEEPING, M.READY]
+    read(d, 1.5)
+    d.now = 30
+    d.submit(4, "a")  # c must leave: 1.5 - 1 < 1 -> b (oldest idle pin) goes first
+    assert d.state("b") is M.STOPPING
+    assert d.state("c") is M.DRAINING
+    assert all(s.op.model != "c" for s in d.ops.values()), "c pinned before b was gone"
+    assert notes(d, "host_memory_pressure")[-1].fields["model"] == "b"
+    d.finish("b")
+    assert d.state("c") is M.DRAINING, "waits for a reading that shows b's memory back"
+    read(d, 2.5)
+    evict = d.pending_op("c")
+    assert evict.op.steps == (Step.SLEEP_OFFLOAD,)
+    d.finish("c")
+    d.finish("a")
+    assert 4 in d.granted
+
+
+def test_a_victim_is_evicted_at_level_2_when_no_sleeper_can_make_room() -> None:
+    d = Driver(host_config(models=2))
+    read(d, 1.8)
+    serve_once(d, 1, "a")
+    d.submit(2, "b")  # a would leave 0.8 GiB: below the reserve, and nobody else to stop
+    evict = d.pending_op("a")
+    assert evict.op.eviction == EvictionConfig(
+        weights=WeightStrategy.DISCARD, process=ProcessStrategy.KEEP_RUNNING
+    )
+    assert evict.op.steps == (Step.SLEEP_DISCARD,)
+    assert notes(d, "host_memory_downgrade")
+    d.finish("a")
+    d.finish("b")
+    d.feed(d.core.release(2, d.now))
+    # The wake after a level-2 sleep reloads the weights (never garbage).
+    d.submit(3, "a")
+    d.finish("b")
+    wake = d.pending_op("a")
+    assert Step.RELOAD_WEIGHTS in wake.op.steps
+
+
+def test_a_low_reading_stops_the_oldest_pinning_sleeper_one_at_a_time() -> None:
+    d = Driver(host_config(pin_gib=None))  # no estimates: only the reading guard acts
+    read(d, 50)
+    serve_once(d, 1, "a")
+    d.now = 10
+    serve_once(d, 2, "b")
+    d.now = 20
+    serve_once(d, 3, "c")
+    assert [d.state(m) for m in "abc"] == [M.SLEEPING, M.SLEEPING, M.READY]
+    read(d, 0.5)  # something else ate the RAM
+    assert d.state("a") is M.STOPPING
+    assert d.state("b") is M.SLEEPING
+    read(d, 0.5)  # a is still stopping: its memory is not back yet, so nothing more
+    assert d.state("b") is M.SLEEPING
+    d.finish("a")
+    read(d, 0.6)  # a reading after a's stop: still low -> the next oldest goes
+    assert d.state("b") is M.STOPPING
+    d.finish("b")
+    read(d, 0.6)  # nobody left who pins: the awake model is never touched
+    assert d.state("c") is M.READY
+    assert not d.ops
+
+
+def test_the_pin_is_learned_from_the_drop_across_the_eviction() -> None:
+    d = Driver(host_config(models=2, pin_gib=None))
+    read(d, 10)
+    serve_once(d, 1, "a")
+    d.submit(2, "b")
+    d.finish("a")  # a: level-1 sleep; the reading before it was 10 GiB
+    read(d, 7)
+    assert d.core.host_pin_estimate(d.core.slots["a"]) == 3 * GIB
+    assert d.core.host_pin_estimate(d.core.slots["b"]) is None
+
+
+def test_reserve_zero_turns_the_budget_off() -> None:
+    d = Driver(host_config(models=2, reserve_gib=0))
+    read(d, 0.1)
+    serve_once(d, 1, "a")
+    d.submit(2, "b")
+    assert d.pending_op("a").op.steps == (Step.SLEEP_OFFLOAD,)
+    d.finish("a")
+    read(d, 0.01)
+    assert d.state("a") is M.SLEEPING
+
+
+@pytest.mark.parametrize(
+    ("weights", "process", "pins", "instead"),
+    [
+        ("offload", "keep_running", True, ("discard", "keep_running")),
+        ("discard", "keep_running", False, ("discard", "keep_running")),
+        ("retain", "keep_running", False, ("discard", "keep_running")),
+        ("retain", "cuda_suspend", True, ("retain", "stop")),
+        ("offload", "cuda_suspend", True, ("offload", "stop")),
+        ("offload", "checkpoint", False, ("offload", "stop")),
+        ("retain", "stop", False, ("retain", "stop")),
+    ],
+)
+def test_which_evictions_pin_host_memory_and_their_downgrade(
+    weights: str, process: str, pins: bool, instead: tuple[str, str]
+) -> None:
+    eviction = EvictionConfig(weights=WeightStrategy(weights), process=ProcessStrategy(process))
+    assert pins_host_memory(eviction) is pins
+    downgraded = without_host_pin(eviction)
+    assert (downgraded.weights.value, downgraded.process.value) == instead
+    assert not pins_host_memory(downgraded)
