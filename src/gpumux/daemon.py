@@ -166,6 +166,21 @@ class Daemon:
         )
         admin: AdminApi | None = None
         runners: list[web.AppRunner] = []
+
+        async def serve(
+            app: web.Application, host: str, port: int, *, cancel_on_disconnect: bool = False
+        ) -> None:
+            # Every listener gets the same request-head deadline (slowloris, case 8).
+            runners.append(
+                await listen(
+                    app,
+                    host,
+                    port,
+                    header_timeout_secs=config.header_timeout_secs,
+                    cancel_on_disconnect=cancel_on_disconnect,
+                )
+            )
+
         try:
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(scheduler.run(), name="scheduler")
@@ -188,15 +203,7 @@ class Daemon:
                 )
                 tasks.create_task(health.run(), name="health")
                 port = self.options.port if self.options.port is not None else config.port
-                runners.append(
-                    await listen(
-                        proxy.app(),
-                        config.host,
-                        port,
-                        header_timeout_secs=config.header_timeout_secs,
-                        cancel_on_disconnect=True,
-                    )
-                )
+                await serve(proxy.app(), config.host, port, cancel_on_disconnect=True)
                 metrics_port = (
                     self.options.metrics_port
                     if self.options.metrics_port is not None
@@ -206,14 +213,7 @@ class Daemon:
                     app = metrics_app(metrics)
                     scraper = BackendMetrics(session, backends.live_ports)
                     app.router.add_get(BACKENDS_PATH, scraper.handle)
-                    runners.append(
-                        await listen(
-                            app,
-                            config.host,
-                            metrics_port,
-                            header_timeout_secs=config.header_timeout_secs,
-                        )
-                    )
+                    await serve(app, config.host, metrics_port)
                 if admin_at is not None:
                     admin = build_admin(
                         config=lambda: reloader.config,
@@ -228,15 +228,7 @@ class Daemon:
                         clock=loop.time,
                         daemon_state=lambda: self.state.value,
                     )
-                    runners.append(
-                        await listen(
-                            admin.app(),
-                            config.admin_host,
-                            admin_at,
-                            header_timeout_secs=config.header_timeout_secs,
-                            cancel_on_disconnect=True,
-                        )
-                    )
+                    await serve(admin.app(), config.admin_host, admin_at, cancel_on_disconnect=True)
                 self._install_signals(loop)
                 loop.add_signal_handler(signal.SIGHUP, reloader.request)
                 self._set_state(DaemonState.SERVING)

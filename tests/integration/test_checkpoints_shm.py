@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -43,14 +42,6 @@ def _read(path: Path) -> bytes:
 
 def _unlink(path: Path) -> None:
     path.unlink(missing_ok=True)
-
-
-@pytest.fixture
-async def reaper() -> AsyncIterator[Reaper]:
-    reaper = Reaper()
-    reaper.install(asyncio.get_running_loop())
-    yield reaper
-    reaper.uninstall()
 
 
 async def test_shm_files_are_kept_in_the_image_and_put_back(tmp_path: Path, reaper: Reaper) -> None:

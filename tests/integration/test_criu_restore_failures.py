@@ -16,7 +16,6 @@ import json
 import os
 import socket
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -153,14 +152,6 @@ def test_prebaked_image_of_another_launch_or_host_is_never_restored(tmp_path: Pa
 
 
 # ---- the restore-time checks, on `Checkpoints` with a real dump ------------------------
-
-
-@pytest.fixture
-async def reaper() -> AsyncIterator[Reaper]:
-    reaper = Reaper()
-    reaper.install(asyncio.get_running_loop())
-    yield reaper
-    reaper.uninstall()
 
 
 async def test_port_busy_and_identity_are_refused_before_criu_runs(

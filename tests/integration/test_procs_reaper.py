@@ -12,7 +12,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
@@ -64,14 +64,6 @@ def read_line(stream: object, timeout: float = DEADLINE_SECS) -> str:
 def spawn_unwatched(code: str) -> int:
     """Start a Python child without Popen, so nothing but the Reaper waits for it."""
     return os.posix_spawn(sys.executable, [sys.executable, "-c", code], os.environ)
-
-
-@pytest.fixture
-async def reaper() -> AsyncIterator[Reaper]:
-    reaper = Reaper()
-    reaper.install(asyncio.get_running_loop())
-    yield reaper
-    reaper.uninstall()
 
 
 async def test_an_exit_reaped_before_watch_is_still_delivered(reaper: Reaper) -> None:
