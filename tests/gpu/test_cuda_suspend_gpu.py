@@ -28,7 +28,6 @@ import shutil
 import sys
 import textwrap
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -129,14 +128,6 @@ def require(mode: str) -> str:
     elif not cli:
         pytest.fail("cuda-checkpoint is not on PATH (NVIDIA/cuda-checkpoint bin/x86_64_Linux)")
     return cli or "cuda-checkpoint"
-
-
-@pytest.fixture
-async def reaper() -> AsyncIterator[Reaper]:
-    reaper = Reaper()
-    reaper.install(asyncio.get_running_loop())
-    yield reaper
-    reaper.uninstall()
 
 
 @pytest.mark.parametrize("mode", ["driver", "cli"])
