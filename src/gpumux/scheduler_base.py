@@ -94,9 +94,9 @@ class CoreBase(ABC):
         self.host_available: int | None = None
         self._host_read_at: float | None = None
         self._host_fresh = False
-        # Stops made to free host RAM: alias -> when the stop finished (None: still stopping).
-        # Pinning decisions wait until a reading taken after them has arrived.
-        self._host_freeing: dict[str, float | None] = {}
+        # Models stopped to free host RAM, kept until a reading taken after their stop
+        # finished (pinning decisions wait for it: only then is the memory visibly back).
+        self._host_freeing: set[str] = set()
 
     def _flush(self, now: float) -> list[Command]:
         self._reconcile(now)

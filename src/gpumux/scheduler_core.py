@@ -110,7 +110,6 @@ class SchedulerCore(CoreAdmin):
         else:
             slot.pid = None
             self._set_state(slot, M.STOPPED)
-            self._host_stop_done(slot, now)
             reply = self._restart_after_stop.pop(slot.alias, None)
             if reply is not None and not self.shutting_down:
                 self._forced.append((slot.alias, reply))

@@ -33,12 +33,12 @@ class CoreHost(CoreBase):
         self._host_fresh = True
         # A stop that has finished is now visible in the reading; one still running is not.
         self._host_freeing = {
-            alias: None
-            for alias, done_at in self._host_freeing.items()
-            if done_at is None and alias in self.slots and self.slots[alias].state is M.STOPPING
+            alias
+            for alias in self._host_freeing
+            if alias in self.slots and self.slots[alias].state is M.STOPPING
         }
         for slot in self.slots.values():
-            self._learn_pin(slot, available_bytes, now)
+            self._learn_pin(slot, available_bytes)
         return self._flush(now)
 
     # -- estimates ---------------------------------------------------------------------
@@ -49,12 +49,12 @@ class CoreHost(CoreBase):
             return int(slot.config.host_memory_gib * GIB)
         return slot.host_learned_bytes
 
-    def _learn_pin(self, slot: Slot, available: int, now: float) -> None:
+    def _learn_pin(self, slot: Slot, available: int) -> None:
         before = slot.host_measure_from
         if before is None or slot.state in (M.DRAINING, M.EVICTING):
             return  # the eviction has not finished yet
         slot.host_measure_from = None
-        if _pinned(slot) and slot.pinned_since is not None and slot.pinned_since <= now:
+        if _pinned(slot):  # not woken or stopped before this reading
             slot.host_learned_bytes = max(0, before - available)
 
     def _pending_pins(self) -> int:
@@ -152,13 +152,9 @@ class CoreHost(CoreBase):
             )
         )
         slot.last_error = f"stopped to free host memory ({why})"
-        self._host_freeing[slot.alias] = None
+        self._host_freeing.add(slot.alias)
         self._set_state(slot, M.STOPPING)
         self._start_op(slot, OpKind.STOP, (Step.STOP,), M.STOPPED, None, abort=True, now=now)
-
-    def _host_stop_done(self, slot: Slot, now: float) -> None:
-        if slot.alias in self._host_freeing:
-            self._host_freeing[slot.alias] = now
 
     def _host_evicting(self, slot: Slot, eviction: EvictionConfig) -> None:
         """A pinning eviction starts: remember the reading before it, to learn its pin."""
