@@ -33,7 +33,7 @@ if __package__ in (None, ""):  # run as a script: make `bench` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import RESULTS_DIR, environment, environment_lines, markdown_table, write_results
-from gpumux.config import Config
+from gpumux.core.config import Config
 from gpumux.simulate.report import rounded, summarize
 from gpumux.simulate.runs import load, run_policies
 from gpumux.simulate.switch_model import SwitchModel

@@ -41,7 +41,7 @@ import os
 from enum import IntEnum
 from pathlib import Path
 
-from gpumux.fake_ledger import Allocation, LedgerFull, allocations, update
+from gpumux.gpu.fake_ledger import Allocation, LedgerFull, allocations, update
 
 LEDGER_ENV = "MOCK_VLLM_LEDGER"
 FAULTS_ENV = "MOCK_VLLM_CUDA_FAULTS"

@@ -20,7 +20,7 @@ import contextlib
 import os
 from dataclasses import dataclass
 
-from gpumux.fake_ledger import (
+from gpumux.gpu.fake_ledger import (
     Allocation,
     AllocationState,
     CudaBusy,

@@ -4,6 +4,6 @@ from __future__ import annotations
 
 import sys
 
-from gpumux.cli import main
+from gpumux.cli.main import main
 
 sys.exit(main())

@@ -23,7 +23,7 @@ from typing import Any
 
 import psutil
 
-from gpumux.fake_ledger import allocations
+from gpumux.gpu.fake_ledger import allocations
 from tests.support.daemon import RunningDaemon, get_json, post_json
 
 #: Every wait in this suite has a deadline; this is the default for one HTTP exchange.

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from gpumux.fake_ledger import book, release
+from gpumux.gpu.fake_ledger import book, release
 from tests.faults.support import LedgerWatch, backend_events, ledger_host_bytes
 from tests.faults.test_faults_switching import sdk_chat
 from tests.support.daemon import RunningDaemon, metric_value, mock_model, running_daemon, wait_until

@@ -32,10 +32,10 @@ from pathlib import Path
 
 import pytest
 
-from gpumux.config import CheckpointConfig
-from gpumux.cuda_checkpointer import Checkpointer
-from gpumux.cuda_driver import driver_api_available
-from gpumux.cuda_suspend import CudaSuspender, SuspendSettings, open_checkpointer
+from gpumux.core.config import CheckpointConfig
+from gpumux.cuda.checkpointer import Checkpointer
+from gpumux.cuda.driver import driver_api_available
+from gpumux.cuda.suspend import CudaSuspender, SuspendSettings, open_checkpointer
 from gpumux.procs import BackendProcess, Reaper, kill_tree, spawn_backend
 
 pytestmark = [pytest.mark.gpu, pytest.mark.timeout(600)]

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from gpumux.admin_openapi import openapi_document
+from gpumux.admin.openapi import openapi_document
 from tests.integration.test_daemon_proxy import assert_openai_error, chat_body
 from tests.support.admin import Admin, EventStream
 from tests.support.daemon import (
@@ -200,7 +200,7 @@ def test_openapi_lists_exactly_the_routes_served(tmp_path: Path) -> None:
         code, served = admin.get("/api/openapi.json", token=None)
     assert code == 200
     assert served == openapi_document()
-    from gpumux.admin import DASHBOARD_FILES
+    from gpumux.admin.api import DASHBOARD_FILES
 
     pages = {"/" if n == "index.html" else f"/{n}" for n in DASHBOARD_FILES}
     api = {

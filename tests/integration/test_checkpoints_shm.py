@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from gpumux.checkpoints import Checkpoints
-from gpumux.config import CheckpointConfig
-from gpumux.image_identity import ModelIdentity
+from gpumux.checkpoint.checkpoints import Checkpoints
+from gpumux.checkpoint.identity import ModelIdentity
+from gpumux.core.config import CheckpointConfig
 from gpumux.procs import Reaper, kill_tree, spawn_backend
 from tests.support.criu import require_criu
 from tests.support.daemon import free_port

@@ -4,7 +4,7 @@ A pid of the image taken by another process (found before CRIU runs, or by CRIU 
 "Can't fork for PID: File exists"), the model's port taken, and an image made for
 another model, launch or host. Each ends in a cold start, is counted in
 `gpumux_checkpoint_restore_failures_total{model,reason}`, and treats the image by whose
-fault it was (`gpumux.checkpoints`): a host condition leaves it in place, a mismatched
+fault it was (`gpumux.checkpoint.checkpoints`): a host condition leaves it in place, a mismatched
 pre-baked image is never restored and never moved. Needs root and CRIU >= 4.2: without
 them these tests FAIL.
 """
@@ -21,11 +21,11 @@ from typing import Any
 
 import pytest
 
-from gpumux.checkpoints import CheckpointFailed, Checkpoints
-from gpumux.config import CheckpointConfig
-from gpumux.image_catalog import RestoreFailure
-from gpumux.image_identity import ModelIdentity
-from gpumux.images import Image
+from gpumux.checkpoint.catalog import RestoreFailure
+from gpumux.checkpoint.checkpoints import CheckpointFailed, Checkpoints
+from gpumux.checkpoint.identity import ModelIdentity
+from gpumux.checkpoint.images import Image
+from gpumux.core.config import CheckpointConfig
 from gpumux.procs import Reaper, kill_tree, spawn_backend
 from tests.integration.test_criu_prebake import baked_image, prebake
 from tests.integration.test_metrics_export import promtool_lint, scrape

@@ -238,9 +238,9 @@ def test_corrupt_download_is_rejected_and_the_model_cold_starts(
 UPLOADER = """
 import asyncio, json, os, datetime
 from pathlib import Path
-from gpumux import images
-from gpumux.config import ObjectStoreConfig
-from gpumux.s3_store import S3Store
+from gpumux.checkpoint import images
+from gpumux.core.config import ObjectStoreConfig
+from gpumux.checkpoint.s3.store import S3Store
 
 root = Path({root!r})
 target = root / "a" / "20990101T000000000000Z"

@@ -23,10 +23,10 @@ import aiohttp
 import psutil
 import pytest
 
-from gpumux.cuda_checkpointer import CheckpointError, CliCheckpointer, CudaState
-from gpumux.cuda_driver import DriverApiCheckpointer
-from gpumux.cuda_suspend import CudaSuspender, CudaSuspendFailed, SuspendSettings
-from gpumux.fake_ledger import Allocation, allocations, book, create_ledger, release
+from gpumux.cuda.checkpointer import CheckpointError, CliCheckpointer, CudaState
+from gpumux.cuda.driver import DriverApiCheckpointer
+from gpumux.cuda.suspend import CudaSuspender, CudaSuspendFailed, SuspendSettings
+from gpumux.gpu.fake_ledger import Allocation, allocations, book, create_ledger, release
 from gpumux.procs import BackendProcess, Reaper, kill_tree, spawn_backend
 
 pytestmark = pytest.mark.integration

@@ -9,14 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from gpumux import images
+from gpumux.checkpoint import images
 
 pytestmark = pytest.mark.integration
 
 WRITER = """
 import datetime, os, sys
 from pathlib import Path
-from gpumux import images
+from gpumux.checkpoint import images
 
 target = Path(sys.argv[1])
 staging = images.staging_dir(target)

@@ -19,7 +19,7 @@ import aiohttp
 import psutil
 import pytest
 
-from gpumux.fake_ledger import allocations, book, create_ledger, release, usage
+from gpumux.gpu.fake_ledger import allocations, book, create_ledger, release, usage
 from mock_vllm.options import parse_serve_args
 
 pytestmark = pytest.mark.integration

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from gpumux.sdnotify import Notifier, extend_timeout, watchdog
+from gpumux.daemon.sdnotify import Notifier, extend_timeout, watchdog
 from tests.integration.test_daemon_proxy import chat_body, raw_post
 from tests.support.daemon import daemon_config, http_status, mock_model, start_daemon
 

@@ -16,9 +16,9 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from gpumux import fake_ledger
-from gpumux.gpu_probe import FakeLedgerProbe, GpuMemory
-from gpumux.vllm_client import BackendControlError, VllmClient
+from gpumux.backends.vllm_client import BackendControlError, VllmClient
+from gpumux.gpu import fake_ledger
+from gpumux.gpu.probe import FakeLedgerProbe, GpuMemory
 
 pytestmark = pytest.mark.integration
 

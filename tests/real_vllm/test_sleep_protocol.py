@@ -24,7 +24,7 @@ from collections.abc import Iterator
 import aiohttp
 import pytest
 
-from gpumux.vllm_client import BackendControlError, VllmClient
+from gpumux.backends.vllm_client import BackendControlError, VllmClient
 from tests.real_vllm.support import (
     STARTUP_TIMEOUT_SECS,
     RealVllm,

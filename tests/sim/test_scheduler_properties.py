@@ -20,17 +20,17 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from gpumux.config import Config
-from gpumux.placement import usage
-from gpumux.scheduler_core import SchedulerCore
-from gpumux.scheduler_messages import Command, Grant, Reject, StateChanged
+from gpumux.core.config import Config
+from gpumux.core.placement import usage
+from gpumux.core.states import ModelState
+from gpumux.scheduler.messages import Command, Grant, Reject, StateChanged
+from gpumux.scheduler.state.core import SchedulerCore
 from gpumux.simulate.backend import SEQ_TPS
 from gpumux.simulate.engine import Simulation
 from gpumux.simulate.faults import Faults
 from gpumux.simulate.report import summarize
 from gpumux.simulate.switch_model import SwitchModel
 from gpumux.simulate.workloads import Arrival
-from gpumux.states import ModelState
 
 pytestmark = pytest.mark.unit
 POLICIES = ("fifo", "cost_aware", "time_slice")

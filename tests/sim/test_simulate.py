@@ -13,15 +13,15 @@ from typing import Any
 
 import pytest
 
-from gpumux.config import Config, EvictionConfig
-from gpumux.eviction import evict_plan, wake_plan
-from gpumux.scheduler_messages import Operation, OpKind
+from gpumux.core.config import Config, EvictionConfig
+from gpumux.core.eviction import evict_plan, wake_plan
+from gpumux.core.states import ModelState
+from gpumux.scheduler.messages import Operation, OpKind
 from gpumux.simulate import command, scenario
 from gpumux.simulate.backend import MODEL_TPS, SEQ_TPS, Backend
 from gpumux.simulate.report import FIELDS, percentile, union_secs
 from gpumux.simulate.switch_model import SwitchModel
 from gpumux.simulate.workloads import WORKLOADS, generate
-from gpumux.states import ModelState
 
 pytestmark = pytest.mark.unit
 

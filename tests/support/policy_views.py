@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from gpumux.core.states import ModelState
 from gpumux.policy.base import ModelView
-from gpumux.states import ModelState
 
 
 def model_view(alias: str, state: ModelState = ModelState.SLEEPING, **fields: object) -> ModelView:

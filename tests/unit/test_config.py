@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from gpumux.config import (
+from gpumux.core.config import (
     DEFAULT_EVICTION,
     ConfigProblems,
     EvictionConfig,
@@ -18,7 +18,7 @@ from gpumux.config import (
     WeightStrategy,
     parse_config,
 )
-from gpumux.config_loader import load_config
+from gpumux.daemon.config_file import load_config
 
 pytestmark = pytest.mark.unit
 

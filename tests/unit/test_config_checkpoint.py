@@ -7,15 +7,15 @@ from typing import Any
 
 import pytest
 
-from gpumux.config import (
+from gpumux.core.config import (
     ConfigProblems,
     EvictionConfig,
     ProcessStrategy,
     WeightStrategy,
     parse_config,
 )
-from gpumux.eviction import evict_plan, wake_plan
-from gpumux.prebake import check_request
+from gpumux.core.eviction import evict_plan, wake_plan
+from gpumux.daemon.prebake import check_request
 
 pytestmark = pytest.mark.unit
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from gpumux.costs_store import FILE_NAME, costs_path, load_costs, save_costs
+from gpumux.daemon.costs_store import FILE_NAME, costs_path, load_costs, save_costs
 from gpumux.policy.costs import PRIOR_SECS, SwitchCosts
 
 pytestmark = pytest.mark.unit

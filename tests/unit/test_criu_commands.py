@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from gpumux.criu import CriuSettings, dump_argv, error_lines, restore_argv
+from gpumux.checkpoint.criu import CriuSettings, dump_argv, error_lines, restore_argv
 
 pytestmark = pytest.mark.unit
 

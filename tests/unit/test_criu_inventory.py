@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from gpumux.criu_inventory import (
+from gpumux.checkpoint.criu_inventory import (
     IO_URING,
     describe_io_uring,
     io_uring_users,

@@ -18,10 +18,10 @@ from pathlib import Path
 import psutil
 import pytest
 
-from gpumux.backends import backend_env
-from gpumux.config import parse_config
-from gpumux.cuda_checkpointer import Checkpointer, CheckpointError, CudaState
-from gpumux.cuda_suspend import (
+from gpumux.backends.effects import backend_env
+from gpumux.core.config import parse_config
+from gpumux.cuda.checkpointer import Checkpointer, CheckpointError, CudaState
+from gpumux.cuda.suspend import (
     NCCL_SAFE_ENV,
     CudaSuspender,
     CudaSuspendFailed,

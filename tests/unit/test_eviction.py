@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from gpumux.config import EvictionConfig, ProcessStrategy, WeightStrategy
-from gpumux.eviction import PHASE_OF, Step, evict_plan, wake_plan
-from gpumux.states import MODEL_TRANSITIONS, WAKEABLE_STATES, ModelState
+from gpumux.core.config import EvictionConfig, ProcessStrategy, WeightStrategy
+from gpumux.core.eviction import PHASE_OF, Step, evict_plan, wake_plan
+from gpumux.core.states import MODEL_TRANSITIONS, WAKEABLE_STATES, ModelState
 
 pytestmark = pytest.mark.unit
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from gpumux.config import Config, ConfigProblems, json_schema
-from gpumux.config_loader import load_config
+from gpumux.core.config import Config, ConfigProblems, json_schema
+from gpumux.daemon.config_file import load_config
 
 pytestmark = pytest.mark.unit
 

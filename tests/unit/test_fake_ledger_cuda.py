@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from gpumux.fake_ledger import (
+from gpumux.gpu.fake_ledger import (
     Allocation,
     CudaBusy,
     LedgerFull,

@@ -10,8 +10,8 @@ from types import ModuleType, SimpleNamespace
 
 import pytest
 
-from gpumux.config import GpuConfig
-from gpumux.gpu_probe import (
+from gpumux.core.config import GpuConfig
+from gpumux.gpu.probe import (
     FakeLedgerProbe,
     GpuMemory,
     GpuProbe,

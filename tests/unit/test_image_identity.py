@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from gpumux.config import Config
-from gpumux.criu import CriuError
-from gpumux.image_identity import HostIdentity, ModelIdentity, mismatches
-from gpumux.images import Manifest
+from gpumux.checkpoint.criu import CriuError
+from gpumux.checkpoint.identity import HostIdentity, ModelIdentity, mismatches
+from gpumux.checkpoint.images import Manifest
+from gpumux.core.config import Config
 
 pytestmark = pytest.mark.unit
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from gpumux import images
-from gpumux.images import Image, ImageInvalid
+from gpumux.checkpoint import images
+from gpumux.checkpoint.images import Image, ImageInvalid
 
 pytestmark = pytest.mark.unit
 

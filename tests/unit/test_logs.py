@@ -13,7 +13,7 @@ import pytest
 import structlog
 from structlog.testing import capture_logs
 
-from gpumux.logs import (
+from gpumux.telemetry.logs import (
     EVENT_CATALOGUE,
     EVENTS,
     REDACTED,

@@ -13,9 +13,9 @@ import pytest
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
-from gpumux.gpu_probe import GpuMemory
-from gpumux.metrics import Metrics, measure_loop_lag, metrics_app
-from gpumux.states import ModelState
+from gpumux.core.states import ModelState
+from gpumux.gpu.probe import GpuMemory
+from gpumux.telemetry.metrics import Metrics, measure_loop_lag, metrics_app
 
 pytestmark = pytest.mark.unit
 

@@ -7,14 +7,14 @@ from typing import Any
 
 import pytest
 
-from gpumux.admin_auth import AdminToken
-from gpumux.admin_client import format_status, format_switch, resolve_target
-from gpumux.admin_events import EventHub
-from gpumux.admin_setup import proxy_url
-from gpumux.backend_metrics import render
-from gpumux.config import Config, ConfigProblems
-from gpumux.errors import AdminTokenInvalid, AdminTokenMissing
-from gpumux.sdnotify import Notifier
+from gpumux.admin.auth import AdminToken
+from gpumux.admin.events import EventHub
+from gpumux.admin.setup import proxy_url
+from gpumux.cli.admin_client import format_status, format_switch, resolve_target
+from gpumux.core.config import Config, ConfigProblems
+from gpumux.core.errors import AdminTokenInvalid, AdminTokenMissing
+from gpumux.daemon.sdnotify import Notifier
+from gpumux.telemetry.backend_metrics import render
 
 pytestmark = pytest.mark.unit
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from gpumux.passive_health import BackendStreaks
+from gpumux.http.passive_health import BackendStreaks
 
 pytestmark = pytest.mark.unit
 

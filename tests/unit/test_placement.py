@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from gpumux.placement import Tenant, admit, usage
-from gpumux.states import ModelState
+from gpumux.core.placement import Tenant, admit, usage
+from gpumux.core.states import ModelState
 
 pytestmark = pytest.mark.unit
 

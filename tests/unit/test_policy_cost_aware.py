@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from gpumux.config import PolicyConfig
+from gpumux.core.config import PolicyConfig
+from gpumux.core.states import ModelState
 from gpumux.policy.base import Decision, ModelView, Snapshot, make_policy
 from gpumux.policy.cost_aware import CostAwarePolicy
-from gpumux.states import ModelState
 from tests.support.policy_views import model_view
 
 pytestmark = pytest.mark.unit

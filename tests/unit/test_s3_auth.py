@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 
-from gpumux import s3_auth
-from gpumux.backends import backend_env
-from gpumux.config import ConfigProblems, ObjectStoreConfig, parse_config
-from gpumux.images import ImageInvalid
-from gpumux.s3_auth import ImageUnauthenticated
+from gpumux.backends.effects import backend_env
+from gpumux.checkpoint.images import ImageInvalid
+from gpumux.checkpoint.s3 import auth as s3_auth
+from gpumux.checkpoint.s3.auth import ImageUnauthenticated
+from gpumux.core.config import ConfigProblems, ObjectStoreConfig, parse_config
 
 pytestmark = pytest.mark.unit
 

@@ -6,12 +6,18 @@ from typing import Any
 
 import pytest
 
-from gpumux.config import Config
-from gpumux.errors import ModelNotFound, ModelUnavailable, QueueFull, QueueTimeout, ShuttingDown
-from gpumux.eviction import Step
+from gpumux.core.config import Config
+from gpumux.core.errors import (
+    ModelNotFound,
+    ModelUnavailable,
+    QueueFull,
+    QueueTimeout,
+    ShuttingDown,
+)
+from gpumux.core.eviction import Step
+from gpumux.core.states import ModelState
 from gpumux.policy.base import make_policy
-from gpumux.scheduler_core import SchedulerCore
-from gpumux.scheduler_messages import (
+from gpumux.scheduler.messages import (
     Command,
     Grant,
     OpKind,
@@ -22,7 +28,7 @@ from gpumux.scheduler_messages import (
     StartOp,
     SwitchFinished,
 )
-from gpumux.states import ModelState
+from gpumux.scheduler.state.core import SchedulerCore
 
 pytestmark = pytest.mark.unit
 GIB = 1024**3

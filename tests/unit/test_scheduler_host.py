@@ -6,10 +6,10 @@ from typing import Any
 
 import pytest
 
-from gpumux.config import Config, EvictionConfig, ProcessStrategy, WeightStrategy
-from gpumux.eviction import Step, pins_host_memory, without_host_pin
-from gpumux.scheduler_messages import Note, OpKind
-from gpumux.states import ModelState
+from gpumux.core.config import Config, EvictionConfig, ProcessStrategy, WeightStrategy
+from gpumux.core.eviction import Step, pins_host_memory, without_host_pin
+from gpumux.core.states import ModelState
+from gpumux.scheduler.messages import Note, OpKind
 from tests.unit.test_scheduler_core import Driver, make_config
 
 pytestmark = pytest.mark.unit

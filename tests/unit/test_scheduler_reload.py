@@ -6,11 +6,11 @@ from typing import Any
 
 import pytest
 
-from gpumux.config import Config
-from gpumux.errors import ModelNotFound
-from gpumux.eviction import Step
-from gpumux.scheduler_messages import AdminReply, Note
-from gpumux.states import ModelState
+from gpumux.core.config import Config
+from gpumux.core.errors import ModelNotFound
+from gpumux.core.eviction import Step
+from gpumux.core.states import ModelState
+from gpumux.scheduler.messages import AdminReply, Note
 from tests.unit.test_scheduler_core import Driver, make_config
 
 pytestmark = pytest.mark.unit

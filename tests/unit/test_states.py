@@ -1,4 +1,4 @@
-"""Every lifecycle table in `gpumux.states`, walked pair by pair against `transition()`."""
+"""Every lifecycle table in `gpumux.core.states`, walked pair by pair against `transition()`."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from enum import StrEnum
 
 import pytest
 
-from gpumux.states import (
+from gpumux.core.states import (
     AWAKE_STATES,
     DAEMON_TRANSITIONS,
     MODEL_TRANSITIONS,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gpumux.upstream import UpstreamPools
+from gpumux.backends.upstream import UpstreamPools
 
 pytestmark = pytest.mark.unit
 

@@ -12,8 +12,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from gpumux.config import PolicyConfig
-from gpumux.states import AWAKE_STATES, ModelState
+from gpumux.core.config import PolicyConfig
+from gpumux.core.states import AWAKE_STATES, ModelState
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 
-from gpumux.config import PolicyConfig
+from gpumux.core.config import PolicyConfig
 from gpumux.policy.base import Decision, ModelView, Snapshot
 from gpumux.policy.planning import Board, board, decide_each, shared_verdict
 

@@ -7,7 +7,7 @@ leaves and when. Pure.
 
 from __future__ import annotations
 
-from gpumux.config import PolicyConfig
+from gpumux.core.config import PolicyConfig
 from gpumux.policy.base import Decision, Snapshot, startable, waiting
 
 

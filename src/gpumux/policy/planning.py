@@ -14,9 +14,9 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from gpumux.config import PolicyConfig
+from gpumux.core.config import PolicyConfig
+from gpumux.core.states import ModelState
 from gpumux.policy.base import Decision, ModelView, Snapshot, startable
-from gpumux.states import ModelState
 
 M = ModelState
 #: A model in one of these states means a switch is in progress on its GPUs. Such a GPU

@@ -16,7 +16,7 @@ not by the next arrival (llmux only checked staleness on arrivals). Pure.
 
 from __future__ import annotations
 
-from gpumux.config import PolicyConfig
+from gpumux.core.config import PolicyConfig
 from gpumux.policy.base import Decision, ModelView, Snapshot
 from gpumux.policy.planning import Board, board, decide_each, round_trip_secs, shared_verdict
 

@@ -3,7 +3,7 @@
 Owns: the failures of spawning, adopting, killing and running child processes, each
 carrying the model (or command) it concerns. Library errors (OSError, psutil.Error,
 subprocess.SubprocessError) are wrapped into these at the adapter's boundary.
-Does not: decide what a client sees; the scheduler maps these onto `gpumux.errors`.
+Does not: decide what a client sees; the scheduler maps these onto `gpumux.core.errors`.
 """
 
 from __future__ import annotations

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from collections import deque
 
-from gpumux.scheduler_messages import Operation, OpKind, OpResult
-from gpumux.states import ModelState
+from gpumux.core.states import ModelState
+from gpumux.scheduler.messages import Operation, OpKind, OpResult
 
 #: Decode speed of one sequence alone (tokens/s) and of the whole batch, per model.
 SEQ_TPS = 50.0

@@ -16,8 +16,8 @@ import json
 import sys
 from pathlib import Path
 
-from gpumux.config import ConfigProblems
-from gpumux.config_loader import load_config
+from gpumux.core.config import ConfigProblems
+from gpumux.daemon.config_file import load_config
 from gpumux.policy.registry import POLICIES
 from gpumux.simulate.plot import plot
 from gpumux.simulate.report import markdown, rounded, summarize

@@ -17,10 +17,10 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from functools import partial
 
-from gpumux.config import Config
+from gpumux.core.config import Config
 from gpumux.policy.base import make_policy
-from gpumux.scheduler_core import SchedulerCore
-from gpumux.scheduler_messages import Command, Grant, OpKind, OpOutcome, Reject, StartOp
+from gpumux.scheduler.messages import Command, Grant, OpKind, OpOutcome, Reject, StartOp
+from gpumux.scheduler.state.core import SchedulerCore
 from gpumux.simulate.backend import Fleet, work_of
 from gpumux.simulate.faults import Faults
 from gpumux.simulate.records import RequestRecord, RunRecord, SwitchLog

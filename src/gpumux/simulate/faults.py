@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gpumux.scheduler_messages import OpKind, OpResult
+from gpumux.scheduler.messages import OpKind, OpResult
 
 
 @dataclass(frozen=True)

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from gpumux.config import Config
-from gpumux.scheduler_messages import Command, StateChanged, SwitchFinished
-from gpumux.states import ModelState
+from gpumux.core.config import Config
+from gpumux.core.states import ModelState
+from gpumux.scheduler.messages import Command, StateChanged, SwitchFinished
 
 _WAKING = (ModelState.WAKING, ModelState.STARTING)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from gpumux.config import Config
+from gpumux.core.config import Config
 from gpumux.simulate import scenario
 from gpumux.simulate.engine import Simulation
 from gpumux.simulate.records import RunRecord

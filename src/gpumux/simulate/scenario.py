@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from gpumux.config import GIB, Config, WeightStrategy
-from gpumux.eviction import evict_plan
-from gpumux.states import ModelState
+from gpumux.core.config import GIB, Config, WeightStrategy
+from gpumux.core.eviction import evict_plan
+from gpumux.core.states import ModelState
 
 MANY_MODELS = 8
 MANY_GPUS = 2

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gpumux.eviction import PHASE_OF, Step
-from gpumux.scheduler_messages import Operation, OpKind
+from gpumux.core.eviction import PHASE_OF, Step
+from gpumux.scheduler.messages import Operation, OpKind
 
 #: Seconds per step when no override is given.
 STEP_SECS: dict[Step, float] = {

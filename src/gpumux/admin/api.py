@@ -1,0 +1,272 @@
+"""The admin API and dashboard on `admin_port` (design §1 Admin).
+
+Owns: the routes — `GET /` (dashboard) and its static files, `GET /api/status`,
+`POST /api/switch`, `POST /api/models/{model}/{wake|evict|restart|reset}`,
+`POST /api/mode`, `GET /api/events` (SSE), `GET /api/logs/{model}`, `POST /api/chat`,
+`GET /api/openapi.json` — plus bearer-token auth on `/api/*`, OpenAI-shaped errors and
+security headers (a strict CSP: the page loads nothing from anywhere else).
+Does not: decide. Every command goes through the scheduler's owner task as an admin
+input and answers with its `AdminReply`; status is a read-only snapshot.
+
+Open without a token: the dashboard's static files and the OpenAPI document (neither
+holds data). Everything else under `/api/` needs the token when one is configured; the
+page sends it as a header from JavaScript (never a cookie), so it is not CSRF-able.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from importlib.resources import files
+
+import structlog
+from aiohttp import web
+
+from gpumux.admin.auth import AdminToken
+from gpumux.admin.chat import ChatForwarder
+from gpumux.admin.events import EventHub
+from gpumux.admin.openapi import openapi_document
+from gpumux.admin.status import StatusSources, build_status
+from gpumux.core.errors import (
+    GpumuxError,
+    InvalidJson,
+    MethodNotAllowed,
+    ModelNotFound,
+    RouteNotFound,
+    UpstreamTimeout,
+    openai_envelope,
+)
+from gpumux.http.proxy import error_response
+from gpumux.scheduler.messages import AdminReply, Command, Note
+from gpumux.scheduler.runner import Scheduler
+from gpumux.scheduler.state.core import SchedulerCore
+
+log = structlog.get_logger(__name__)
+
+#: Quick commands (evict, reset, mode auto) answer within one scheduler step.
+QUICK_REPLY_SECS = 10.0
+MAX_LOG_LINES = 500
+DASHBOARD_FILES = {
+    "index.html": "text/html",
+    "app.js": "text/javascript",
+    "chart.js": "text/javascript",
+    "style.css": "text/css",
+}
+SECURITY_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
+        "img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+#: AdminReply status -> OpenAI (type, code) for failures.
+_REPLY_ERRORS = {
+    400: ("invalid_request_error", "invalid_request"),
+    404: ("invalid_request_error", "model_not_found"),
+    409: ("invalid_request_error", "model_busy"),
+    503: ("server_error", "model_unavailable"),
+}
+AdminInput = Callable[[SchedulerCore, int, float], list[Command]]
+
+
+class AdminApi:
+    def __init__(
+        self,
+        scheduler: Scheduler,
+        status: StatusSources,
+        token: AdminToken,
+        chat: ChatForwarder,
+        recent_output: Callable[[str], list[str]],
+    ) -> None:
+        self._scheduler = scheduler
+        self._status = status
+        self._token = token
+        self._chat = chat
+        self._recent_output = recent_output
+        self.events = EventHub()
+        status.observer.listeners.append(self.events.publish)
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=4 * 1024 * 1024, middlewares=[self._middleware])
+        static = {name: _read_asset(name) for name in DASHBOARD_FILES}
+        for name, body in static.items():
+            path = "/" if name == "index.html" else f"/{name}"
+            app.router.add_get(path, _static_handler(body, DASHBOARD_FILES[name]))
+        app.router.add_get("/api/openapi.json", self._openapi)
+        app.router.add_get("/api/status", self._get_status)
+        app.router.add_post("/api/switch", self._switch)
+        app.router.add_post("/api/models/{model}/{action}", self._model_action)
+        app.router.add_post("/api/mode", self._mode)
+        app.router.add_get("/api/events", self.events.stream)
+        app.router.add_get("/api/logs/{model}", self._logs)
+        app.router.add_post("/api/chat", self._chat.handle)
+        return app
+
+    def close(self) -> None:
+        """End live event streams, so shutdown does not wait on them."""
+        self.events.close()
+
+    @web.middleware
+    async def _middleware(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        try:
+            if request.path.startswith("/api/") and request.path != "/api/openapi.json":
+                self._token.check(request.headers.get("Authorization"))
+            response = await handler(request)
+        except GpumuxError as exc:
+            response = error_response(exc)
+        except web.HTTPNotFound:
+            response = error_response(RouteNotFound(f"Unknown route {request.path}."))
+        except web.HTTPMethodNotAllowed:
+            response = error_response(MethodNotAllowed(f"{request.method} is not allowed here."))
+        if not response.prepared:
+            response.headers.update(SECURITY_HEADERS)
+        return response
+
+    # ---- read-only -------------------------------------------------------------------
+
+    async def _openapi(self, request: web.Request) -> web.Response:
+        return web.json_response(openapi_document())
+
+    async def _get_status(self, request: web.Request) -> web.Response:
+        return web.json_response(build_status(self._status), dumps=_dumps)
+
+    async def _logs(self, request: web.Request) -> web.Response:
+        model = self._known_model(request.match_info["model"])
+        try:
+            limit = max(1, min(int(request.query.get("lines", "200")), MAX_LOG_LINES))
+        except ValueError:
+            limit = 200
+        lines = self._recent_output(model)[-limit:]
+        return web.json_response({"model": model, "lines": lines})
+
+    # ---- commands ----------------------------------------------------------------------
+
+    async def _switch(self, request: web.Request) -> web.Response:
+        body = await _json_body(request)
+        model = body.get("model")
+        if not isinstance(model, str):
+            raise InvalidJson("`model` (a string) is required.")
+        model = self._known_model(model)
+        return await self._run(
+            "switch",
+            model,
+            lambda core, reply, now: core.admin_switch(model, reply, now),
+            self._switch_timeout(model, body),
+        )
+
+    async def _model_action(self, request: web.Request) -> web.Response:
+        model = self._known_model(request.match_info["model"])
+        action = request.match_info["action"]
+        inputs: dict[str, tuple[AdminInput, float]] = {
+            "wake": (
+                lambda core, reply, now: core.admin_switch(model, reply, now),
+                self._switch_timeout(model, {}),
+            ),
+            "evict": (
+                lambda core, reply, now: core.admin_evict(model, reply, now),
+                QUICK_REPLY_SECS,
+            ),
+            "restart": (
+                lambda core, reply, now: core.admin_restart(model, reply, now),
+                self._switch_timeout(model, {}),
+            ),
+            "reset": (
+                lambda core, reply, now: core.admin_reset(model, reply, now),
+                QUICK_REPLY_SECS,
+            ),
+        }
+        if action not in inputs:
+            raise RouteNotFound(f"Unknown action `{action}` (wake, evict, restart or reset).")
+        command, timeout = inputs[action]
+        return await self._run(action, model, command, timeout)
+
+    async def _mode(self, request: web.Request) -> web.Response:
+        body = await _json_body(request)
+        mode = body.get("mode")
+        model = body.get("model")
+        if mode not in ("auto", "manual") or not (model is None or isinstance(model, str)):
+            raise InvalidJson('`mode` must be "auto" or "manual"; `model` a string if given.')
+        if model is not None:
+            model = self._known_model(model)
+        timeout = self._switch_timeout(model, body) if mode == "manual" else QUICK_REPLY_SECS
+        return await self._run(
+            f"mode_{mode}",
+            model,
+            lambda core, reply, now: core.admin_mode(str(mode), model, reply, now),
+            timeout,
+        )
+
+    async def _run(
+        self, command: str, model: str | None, fn: AdminInput, timeout: float
+    ) -> web.Response:
+        self._status.observer.note(Note("admin_command", {"command": command, "model": model}))
+        try:
+            reply = await self._scheduler.admin(fn, timeout=timeout)
+        except TimeoutError:
+            raise UpstreamTimeout(
+                f"`{command}` did not finish within {timeout:g}s; it goes on in the background."
+            ) from None
+        return _reply_response(reply)
+
+    def _known_model(self, model: str) -> str:
+        if model not in self._status.core.slots:
+            raise ModelNotFound(f"The model `{model}` does not exist.", param="model")
+        return model
+
+    def _switch_timeout(self, model: str | None, body: dict[str, object]) -> float:
+        """Long enough for drain, evict and a cold start with warm-up; or less if asked."""
+        config = self._status.config()
+        sup, policy = config.supervision, config.policy
+        entry = config.models.get(model) if model else None
+        startup = entry.startup_timeout_secs if entry is not None else sup.wake_timeout_secs
+        bound = (
+            policy.drain_timeout_secs
+            + sup.sleep_timeout_secs
+            + sup.stop_grace_secs
+            + max(startup, sup.wake_timeout_secs)
+            + sup.warmup_timeout_secs
+        )
+        asked = body.get("timeout_secs")
+        if isinstance(asked, int | float) and not isinstance(asked, bool) and asked > 0:
+            return min(float(asked), bound)
+        return bound
+
+
+def _reply_response(reply: AdminReply) -> web.Response:
+    if reply.ok:
+        return web.json_response({"ok": True, "detail": reply.detail, **reply.data}, dumps=_dumps)
+    error_type, code = _REPLY_ERRORS.get(reply.status, ("server_error", "admin_failed"))
+    return web.json_response(
+        openai_envelope(reply.detail, error_type, code), status=reply.status or 500
+    )
+
+
+async def _json_body(request: web.Request) -> dict[str, object]:
+    try:
+        body = json.loads(await request.read() or b"{}")
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidJson("We could not parse the JSON body of your request.") from None
+    if not isinstance(body, dict):
+        raise InvalidJson("The request body must be a JSON object.")
+    return body
+
+
+def _dumps(value: object) -> str:
+    return json.dumps(value, default=str)
+
+
+def _read_asset(name: str) -> bytes:
+    return files("gpumux.admin").joinpath("dashboard", name).read_bytes()
+
+
+def _static_handler(
+    body: bytes, content_type: str
+) -> Callable[[web.Request], Awaitable[web.Response]]:
+    async def handle(request: web.Request) -> web.Response:
+        return web.Response(body=body, content_type=content_type, charset="utf-8")
+
+    return handle

@@ -1,0 +1,72 @@
+"""Builds the admin API from the daemon's components (kept out of the composition root).
+
+Owns: choosing the admin port (`--admin-port` over `admin_port`), the proxy URL the chat
+box forwards to (loopback when the proxy binds a wildcard address), and assembling the
+`AdminApi` with its status sources.
+Does not: bind anything (the daemon does) or hold state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import aiohttp
+
+from gpumux.admin.api import AdminApi
+from gpumux.admin.auth import AdminToken
+from gpumux.admin.chat import ChatForwarder
+from gpumux.admin.status import StatusSources
+from gpumux.backends.effects import Backends
+from gpumux.core.config import Config
+from gpumux.scheduler.runner import Scheduler
+from gpumux.telemetry.metrics import Metrics
+from gpumux.telemetry.observer import DaemonObserver
+from gpumux.telemetry.resources import Resources
+
+_WILDCARDS = frozenset({"", "0.0.0.0", "::"})
+
+
+def admin_port(config: Config, override: int | None) -> int | None:
+    return override if override is not None else config.admin_port
+
+
+def proxy_url(host: str, port: int) -> str:
+    if host in _WILDCARDS:
+        return f"http://127.0.0.1:{port}"
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def build_admin(
+    *,
+    config: Callable[[], Config],
+    token: AdminToken,
+    scheduler: Scheduler,
+    observer: DaemonObserver,
+    metrics: Metrics,
+    resources: Resources,
+    backends: Backends,
+    session: aiohttp.ClientSession,
+    proxy: str,
+    clock: Callable[[], float],
+    daemon_state: Callable[[], str],
+) -> AdminApi:
+    sup = config().supervision
+    status = StatusSources(
+        config=config,
+        core=scheduler.core,
+        observer=observer,
+        metrics=metrics,
+        resources=resources,
+        pid_of=backends.pid_of,
+        clock=clock,
+        daemon_state=daemon_state,
+        proxy_url=proxy,
+        images=(backends.checkpoints.catalog.status if backends.checkpoints is not None else dict),
+    )
+    chat = ChatForwarder(
+        session,
+        proxy,
+        connect_timeout_secs=sup.upstream_connect_timeout_secs,
+        idle_timeout_secs=sup.upstream_idle_timeout_secs,
+    )
+    return AdminApi(scheduler, status, token, chat, backends.recent_output)

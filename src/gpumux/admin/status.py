@@ -1,0 +1,154 @@
+"""The admin status snapshot (`GET /api/status`): one JSON document an operator reads.
+
+Owns: assembling, from read-only views, per-model state (queue depth, in-flight, last
+switch with strategy, duration and phases, restarts, last error, pid, image location),
+the mode and pinned model, switches in progress, learned switch costs, GPU and host
+memory, and request/TTFT counters the dashboard turns into rates.
+Does not: change anything. It reads the scheduler core between awaits on the loop
+thread (the owner task mutates it only inside its own steps, so a read here sees a
+consistent state), and never reads a value to act on it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from gpumux.core.config import Config
+from gpumux.scheduler.state.core import SchedulerCore
+from gpumux.scheduler.state.slots import Slot
+from gpumux.telemetry.metrics import Metrics
+from gpumux.telemetry.observer import DaemonObserver
+from gpumux.telemetry.resources import Resources
+
+
+@dataclass(frozen=True)
+class StatusSources:
+    """Everything the status page reads; each part is owned elsewhere."""
+
+    config: Callable[[], Config]
+    core: SchedulerCore
+    observer: DaemonObserver
+    metrics: Metrics
+    resources: Resources
+    pid_of: Callable[[str], int | None]
+    clock: Callable[[], float]  # the scheduler's clock (loop time), for ages
+    daemon_state: Callable[[], str]
+    proxy_url: str
+    #: The image catalog's view (images per model, S3 transfers); {} without checkpoints.
+    images: Callable[[], Mapping[str, Any]] = dict
+
+
+def build_status(src: StatusSources) -> dict[str, object]:
+    now = src.clock()
+    core = src.core
+    config = src.config()
+    requests, ttft = _request_counters(src.metrics)
+    images = src.images()
+    image_models = images.get("models", {})
+    models = {
+        alias: _model_status(alias, slot, config, src, now, requests, ttft)
+        | {"image": _image(config, alias, image_models.get(alias))}
+        for alias, slot in core.slots.items()
+    }
+    switching = [
+        {
+            "switch_id": s.switch_id,
+            "target": s.target,
+            "victims": list(s.victims),
+            "age_s": round(now - s.started_at, 3),
+            "phases": dict(s.phases),
+            "target_state": core.slots[s.target].state.value if s.target in core.slots else None,
+        }
+        for s in core.switches.values()
+    ]
+    return {
+        "daemon": {"state": src.daemon_state(), "time": time.time()},
+        "proxy_url": src.proxy_url,
+        "mode": core.mode,
+        "pinned": core.pinned,
+        "policy": config.policy.policy_type,
+        "models": models,
+        "switches_in_progress": switching,
+        "costs": core.costs.to_dict(),
+        "resources": src.resources.to_dict(),
+        "host_budget": {
+            "reserve_bytes": int(config.host_memory.reserve_gib * 1024**3),
+            # What each model pins in host RAM while asleep at level 1 or suspended.
+            "pin_estimate_bytes": {a: core.host_pin_estimate(s) for a, s in core.slots.items()},
+        },
+        "transfers": images.get("transfers", {}),
+    }
+
+
+def _model_status(
+    alias: str,
+    slot: Slot,
+    config: Config,
+    src: StatusSources,
+    now: float,
+    requests: dict[str, float],
+    ttft: dict[str, tuple[float, float]],
+) -> dict[str, object]:
+    ttft_sum, ttft_count = ttft.get(alias, (0.0, 0.0))
+    return {
+        "state": slot.state.value,
+        "queue_depth": len(slot.queue),
+        "inflight": len(slot.leases),
+        "operation": slot.op.kind.value if slot.op is not None else None,
+        "switch_id": slot.switch_id,
+        "pinned": slot.pinned,
+        "pid": src.pid_of(alias) if alias in config.models else slot.pid,
+        "ready_for_s": round(now - slot.ready_since, 3) if slot.ready_since is not None else None,
+        "restarts": slot.restarts,
+        "start_failures": slot.start_failures,
+        "retry_in_s": (
+            round(max(0.0, slot.retry_not_before - now), 3)
+            if slot.retry_not_before is not None
+            else None
+        ),
+        "last_error": slot.last_error or None,
+        "last_switch": src.observer.last_switch.get(alias),
+        "eviction": str(slot.eviction),
+        "gpus": list(slot.config.gpu_indices),
+        "gpu_memory_utilization": slot.config.gpu_memory_utilization,
+        "requests_total": requests.get(alias, 0.0),
+        "ttft_seconds_sum": ttft_sum,
+        "ttft_seconds_count": ttft_count,
+    }
+
+
+def _image(config: Config, alias: str, known: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """Where the model's image lives: the catalog's current one, else its pre-baked path."""
+    if known and (known.get("image") or known.get("remote_version")):
+        where = "local" if known.get("image") else "s3"
+        return {"location": where, "path": known.get("image"), **known}
+    model = config.models.get(alias)
+    path = model.checkpoint_path if model is not None else None
+    if not path:
+        return None
+    return {"location": "s3" if path.startswith("s3://") else "local", "path": path}
+
+
+def _request_counters(
+    metrics: Metrics,
+) -> tuple[dict[str, float], dict[str, tuple[float, float]]]:
+    """Requests per model, and TTFT (sum, count) per model, from the live series."""
+    requests: dict[str, float] = {}
+    for family in metrics.requests.collect():
+        for sample in family.samples:
+            if sample.name.endswith("_total"):
+                model = sample.labels["model"]
+                requests[model] = requests.get(model, 0.0) + sample.value
+    sums: dict[str, float] = {}
+    counts: dict[str, float] = {}
+    for family in metrics.time_to_first_token.collect():
+        for sample in family.samples:
+            model = sample.labels.get("model", "")
+            if sample.name.endswith("_sum"):
+                sums[model] = sums.get(model, 0.0) + sample.value
+            elif sample.name.endswith("_count"):
+                counts[model] = counts.get(model, 0.0) + sample.value
+    return requests, {m: (sums.get(m, 0.0), counts.get(m, 0.0)) for m in counts}

@@ -1,0 +1,396 @@
+"""The OpenAI-compatible front door on port 3000.
+
+Owns: the allow-list of forwarded routes, request validation (auth, content type, body
+limit, `model`), the lease around each forwarded request (held until the body ends or
+the client leaves), byte-exact forwarding with streaming, and OpenAI-shaped errors.
+Does not: decide where or when a model runs (it asks the scheduler for a lease), judge
+backends (it only tells `passive_health` each status a backend sent), or touch backends
+beyond forwarding one request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import aiohttp
+import structlog
+from aiohttp import web
+from multidict import MultiMapping
+
+from gpumux.backends.upstream import UpstreamPools
+from gpumux.core.config import Config
+from gpumux.core.errors import (
+    BackendCrashed,
+    BackendUnreachable,
+    GpumuxError,
+    InvalidApiKey,
+    InvalidJson,
+    MethodNotAllowed,
+    MissingModel,
+    RequestTooLarge,
+    RouteNotFound,
+    ShuttingDown,
+    UnsupportedMediaType,
+    UpstreamTimeout,
+    openai_envelope,
+)
+from gpumux.http.auth import ApiKeys
+from gpumux.http.passive_health import BackendStreaks
+from gpumux.scheduler.runner import Lease, Scheduler
+from gpumux.telemetry.metrics import Metrics
+
+log = structlog.get_logger(__name__)
+
+#: The only paths that reach a backend (vLLM's dev routes are unauthenticated).
+FORWARDED_PATHS = frozenset(
+    {
+        "/v1/chat/completions",
+        "/v1/completions",
+        "/v1/embeddings",
+        "/v1/responses",
+        "/tokenize",
+        "/detokenize",
+    }
+)
+
+#: Hop-by-hop headers (RFC 9110 §7.6.1) plus those aiohttp recomputes.
+_HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "content-length",
+        "host",
+        "authorization",
+        "date",
+        "server",
+    }
+)
+
+REQUEST_ID = "X-Request-Id"
+#: The `model` label of requests naming a model that is not configured.
+UNKNOWN_MODEL_LABEL = "_unknown"
+_REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,128}")
+_SSE_DONE = b"data: [DONE]\n\n"
+
+
+@dataclass(frozen=True)
+class ProxySettings:
+    connect_timeout_secs: float
+    idle_timeout_secs: float
+
+
+#: Failures a blind retry may repeat: the request itself may be what crashed or hung the
+#: backend (a "query of death"), so the OpenAI SDK is told not to retry them on its own.
+_NO_AUTOMATIC_RETRY = frozenset({BackendCrashed.code, UpstreamTimeout.code})
+
+
+def should_retry(error: GpumuxError) -> str | None:
+    """The `x-should-retry` value for an error the SDK would otherwise judge by status.
+
+    The SDK retries 408/409/429/5xx by default; gpumux says so deliberately: "true" where
+    waiting `Retry-After` is expected to help (queue full, model starting or restarting,
+    backend unreachable), "false" where it is not (see `_NO_AUTOMATIC_RETRY`, and 5xx
+    without a Retry-After). None for the 4xx the SDK never retries.
+    """
+    if error.http_status < 500 and error.http_status not in (408, 409, 429):
+        return None
+    if error.code in _NO_AUTOMATIC_RETRY or error.retry_after is None:
+        return "false"
+    return "true"
+
+
+def end_to_end_headers(headers: MultiMapping[str]) -> dict[str, str]:
+    """`headers` without the hop-by-hop ones: the fixed set, and any a `Connection` names
+    (RFC 9110 §7.6.1), in either direction."""
+    named = {
+        token.strip().lower()
+        for value in headers.getall("Connection", ())
+        for token in value.split(",")
+    }
+    drop = _HOP_BY_HOP | named
+    return {k: v for k, v in headers.items() if k.lower() not in drop}
+
+
+def error_response(error: GpumuxError, request_id: str | None = None) -> web.Response:
+    headers = {}
+    if error.retry_after is not None:
+        headers["Retry-After"] = str(max(1, round(error.retry_after)))
+    retry = should_retry(error)
+    if retry is not None:
+        headers["x-should-retry"] = retry
+    if isinstance(error, InvalidApiKey):
+        headers["WWW-Authenticate"] = "Bearer"
+    if isinstance(error, ShuttingDown):
+        headers["Connection"] = "close"  # let clients reconnect elsewhere, not reuse this one
+    if request_id:
+        headers[REQUEST_ID] = request_id
+    return web.json_response(error.envelope(), status=error.http_status, headers=headers)
+
+
+def sse_error_event(error: GpumuxError) -> bytes:
+    return b"data: " + json.dumps(error.envelope()).encode() + b"\n\n" + _SSE_DONE
+
+
+class Proxy:
+    def __init__(
+        self,
+        config: Config,
+        scheduler: Scheduler,
+        session: aiohttp.ClientSession,
+        metrics: Metrics,
+        api_keys: ApiKeys,
+        is_shutting_down: Callable[[], bool],
+        upstream: UpstreamPools | None = None,
+        streaks: BackendStreaks | None = None,
+    ) -> None:
+        self._config = config
+        self._streaks = streaks  # passive health: counts statuses backends themselves sent
+        # `created` in /v1/models: stable for the daemon's life, like a model registry's.
+        self._started_at = int(time.time())
+        self._scheduler = scheduler
+        self._session = session
+        # Per-model pools, when given, let a CRIU dump drop one backend's connections.
+        self._upstream = upstream
+        self._metrics = metrics
+        self._keys = api_keys
+        self._shutting_down = is_shutting_down
+        sup = config.supervision
+        self._timeout = aiohttp.ClientTimeout(
+            total=None,
+            sock_connect=sup.upstream_connect_timeout_secs,
+            sock_read=sup.upstream_idle_timeout_secs,
+        )
+
+    def reload(self, config: Config) -> None:
+        """Serve a new model table (SIGHUP); limits and timeouts stay as started."""
+        self._config = config
+
+    def app(self) -> web.Application:
+        app = web.Application(
+            client_max_size=self._config.max_request_body_bytes, middlewares=[self._errors]
+        )
+        app.router.add_get("/health", self._health)
+        app.router.add_get("/v1/models", self._models)
+        app.router.add_route("*", "/{tail:.*}", self._dispatch)
+        return app
+
+    @web.middleware
+    async def _errors(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        request_id = client_request_id(request.headers.get(REQUEST_ID))
+        request[REQUEST_ID] = request_id
+        structlog.contextvars.bind_contextvars(request_id=request_id)
+        try:
+            return await handler(request)
+        except GpumuxError as exc:
+            return error_response(exc, request_id)
+        except web.HTTPRequestEntityTooLarge:
+            limit = self._config.max_request_body_bytes
+            return error_response(
+                RequestTooLarge(f"Request body exceeds {limit} bytes."), request_id
+            )
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            # aiohttp's own refusals (no route for CONNECT or `OPTIONS *`, ...) are text/plain;
+            # clients get the OpenAI shape like every other error.
+            if exc.status == 404:
+                error: GpumuxError = RouteNotFound(
+                    f"Unknown route {request.method} {request.raw_path[:200]}."
+                )
+            elif exc.status == 405:
+                error = MethodNotAllowed(f"{request.method} is not allowed here.")
+            else:
+                envelope = openai_envelope(exc.reason, "invalid_request_error", "invalid_request")
+                return web.json_response(
+                    envelope, status=exc.status, headers={REQUEST_ID: request_id}
+                )
+            return error_response(error, request_id)
+        finally:
+            structlog.contextvars.unbind_contextvars("request_id", "model")
+
+    async def _health(self, request: web.Request) -> web.Response:
+        if self._shutting_down():
+            return error_response(ShuttingDown("gpumux is shutting down", retry_after=5))
+        return web.json_response({"status": "ok"})
+
+    async def _models(self, request: web.Request) -> web.Response:
+        self._keys.check(request.headers.get("Authorization"))
+        created = self._started_at
+        data = [
+            {
+                "id": alias,
+                "object": "model",
+                "created": created,
+                "owned_by": "gpumux",
+                "root": model.model_path,
+            }
+            for alias, model in self._config.models.items()
+        ]
+        return web.json_response({"object": "list", "data": data})
+
+    async def _dispatch(self, request: web.Request) -> web.StreamResponse:
+        # Match on the raw path: `/v1/../sleep` or `//sleep` never normalise into a route.
+        path = request.raw_path.split("?", 1)[0]
+        if path not in FORWARDED_PATHS:
+            raise RouteNotFound(f"Unknown route {request.method} {path}.")
+        if request.method != "POST":
+            raise MethodNotAllowed(f"{path} accepts POST only.")
+        self._keys.check(request.headers.get("Authorization"))
+        if self._shutting_down():
+            raise ShuttingDown("gpumux is shutting down", retry_after=5)
+        if request.content_type != "application/json":
+            raise UnsupportedMediaType("Content-Type must be application/json.")
+        body = await request.read()
+        model, stream = _peek(body)
+        structlog.contextvars.bind_contextvars(model=model[:128])
+        endpoint = path
+        started = time.monotonic()
+        try:
+            lease = await self._scheduler.acquire(model)
+        except GpumuxError as exc:
+            # Client-chosen names never become label values (unbounded series).
+            label = model if model in self._config.models else UNKNOWN_MODEL_LABEL
+            self._metrics.requests.labels(label, endpoint, str(exc.http_status)).inc()
+            raise
+        try:
+            return await self._forward(request, lease, body, path, stream, started)
+        finally:
+            self._scheduler.release(lease)
+
+    async def _forward(
+        self,
+        request: web.Request,
+        lease: Lease,
+        body: bytes,
+        path: str,
+        stream: bool,
+        started: float,
+    ) -> web.StreamResponse:
+        model = self._config.models[lease.model]
+        url = f"http://127.0.0.1:{model.port}{request.raw_path}"
+        headers = end_to_end_headers(request.headers)
+        headers[REQUEST_ID] = request[REQUEST_ID]
+        pid = self._scheduler.core.slots[lease.model].pid  # the leased request's process
+        upstream = await self._open_upstream(url, body, headers, lease.model)
+        if self._streaks is not None:  # gpumux's own errors raised above; never counted
+            self._streaks.record(lease.model, pid, upstream.status)
+        try:
+            if stream and upstream.status == 200:
+                return await self._relay_stream(request, upstream, lease.model, path, started)
+            try:
+                payload = await upstream.read()
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                self._count(lease.model, path, 502)
+                raise _upstream_error(exc, lease.model) from exc
+        finally:
+            # close(), not release(): a response the client abandoned must drop the
+            # connection so vLLM aborts the request and frees its KV cache.
+            upstream.close()
+        self._observe_ttft(lease.model, started)
+        self._count(lease.model, path, upstream.status)
+        return web.Response(
+            status=upstream.status, body=payload, headers=self._response_headers(upstream, request)
+        )
+
+    async def _open_upstream(
+        self, url: str, body: bytes, headers: dict[str, str], model: str
+    ) -> aiohttp.ClientResponse:
+        """Send upstream; retry once only when nothing was exchanged (stale pooled connection)."""
+        for attempt in (1, 2):
+            try:
+                session = self._upstream.session(model) if self._upstream else self._session
+                return await session.post(url, data=body, headers=headers, timeout=self._timeout)
+            except aiohttp.ServerDisconnectedError as exc:
+                if attempt == 2:
+                    raise _upstream_error(exc, model) from exc
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                raise _upstream_error(exc, model) from exc
+        raise AssertionError("unreachable")
+
+    async def _relay_stream(
+        self,
+        request: web.Request,
+        upstream: aiohttp.ClientResponse,
+        model: str,
+        path: str,
+        started: float,
+    ) -> web.StreamResponse:
+        response = web.StreamResponse(
+            status=upstream.status, headers=self._response_headers(upstream, request)
+        )
+        await response.prepare(request)
+        first = True
+        try:
+            async for chunk in upstream.content.iter_any():
+                if first:
+                    self._observe_ttft(model, started)
+                    first = False
+                await response.write(chunk)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            # Never a clean EOF on failure: an error event, then [DONE] (the SDK raises).
+            await response.write(sse_error_event(_upstream_error(exc, model)))
+            self._count(model, path, 502)
+            log.warning("stream_failed", model=model, error=type(exc).__name__)
+            return response
+        self._count(model, path, upstream.status)
+        await response.write_eof()
+        return response
+
+    def _response_headers(
+        self, upstream: aiohttp.ClientResponse, request: web.Request
+    ) -> dict[str, str]:
+        headers = end_to_end_headers(upstream.headers)
+        headers[REQUEST_ID] = request[REQUEST_ID]
+        return headers
+
+    def _count(self, model: str, endpoint: str, status: int) -> None:
+        self._metrics.requests.labels(model, endpoint, str(status)).inc()
+        # request_id and model come from the context the middleware and _dispatch bound.
+        log.info("request_finished", endpoint=endpoint, status=status)
+
+    def _observe_ttft(self, model: str, started: float) -> None:
+        self._metrics.time_to_first_token.labels(model).observe(time.monotonic() - started)
+
+
+def client_request_id(given: str | None) -> str:
+    """The client's `X-Request-Id` when it is a safe token (≤ 128 of `[A-Za-z0-9._-]`), else
+    a fresh one: the id is logged, echoed and forwarded to vLLM, so it is never free text."""
+    if given and _REQUEST_ID_RE.fullmatch(given):
+        return given
+    return uuid.uuid4().hex
+
+
+def _peek(body: bytes) -> tuple[str, bool]:
+    """Read `model` and `stream` without re-encoding the body (it is forwarded as sent)."""
+    try:
+        document = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidJson("We could not parse the JSON body of your request.") from None
+    if not isinstance(document, dict):
+        raise InvalidJson("The request body must be a JSON object.")
+    model = document.get("model")
+    if not isinstance(model, str) or not model:
+        raise MissingModel("You must provide a model parameter (a string).", param="model")
+    return model, document.get("stream") is True
+
+
+def _upstream_error(exc: BaseException, model: str) -> GpumuxError:
+    if isinstance(exc, TimeoutError | asyncio.TimeoutError):
+        return UpstreamTimeout(f"The backend for `{model}` stopped responding.", retry_after=5)
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return BackendUnreachable(f"The backend for `{model}` is unreachable.", retry_after=5)
+    return BackendCrashed(f"The backend for `{model}` failed mid-request.", retry_after=5)

@@ -1,0 +1,126 @@
+"""The scheduler's mutable records: one `Slot` per model, one `Ticket` per request, switches.
+
+Owns: the shape of the state the scheduler core owns, and the helpers that derive
+placement tenants and policy views from it.
+Does not: change state on its own; only `SchedulerCore` mutates these records, always
+through `states.transition()` for lifecycles. Pure.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from gpumux.core.config import EvictionConfig, ModelConfig, WeightStrategy
+from gpumux.core.eviction import evict_plan
+from gpumux.core.placement import Tenant
+from gpumux.core.states import PROCESS_ALIVE_STATES, ModelState, RequestState
+from gpumux.policy.base import ModelView
+from gpumux.scheduler.messages import Operation
+
+
+@dataclass
+class Ticket:
+    ticket: int
+    model: str
+    enqueued_at: float
+    deadline: float
+    state: RequestState = RequestState.QUEUED
+
+
+@dataclass
+class Switch:
+    """One decision to bring `target` up, with the victims evicted to make room."""
+
+    switch_id: int
+    target: str
+    started_at: float
+    victims: list[str] = field(default_factory=list)
+    phases: list[tuple[str, float]] = field(default_factory=list)
+    cold: bool = False
+
+
+@dataclass
+class Slot:
+    alias: str
+    config: ModelConfig
+    eviction: EvictionConfig
+    state: ModelState = ModelState.STOPPED
+    queue: deque[Ticket] = field(default_factory=deque)
+    leases: set[int] = field(default_factory=set)
+    op: Operation | None = None
+    op_started_at: float = 0.0
+    pid: int | None = None
+    ready_since: float | None = None
+    last_used_at: float = 0.0
+    drain_deadline: float | None = None
+    drain_started_at: float | None = None
+    stopping_from: ModelState | None = None  # while STOPPING: the state whose memory it holds
+    drain_for: int | None = None  # the switch this drain serves (None: warmup / admin)
+    switch_id: int | None = None  # the switch bringing this model up
+    evicted_weights: WeightStrategy | None = None  # how the weights left (for the wake plan)
+    start_failures: int = 0
+    retry_not_before: float | None = None
+    last_error: str = ""
+    restarts: int = 0
+    residual_bytes: int = 0
+    pinned: bool = False
+    warming: bool = False  # the warm-up pass brought it up and will evict it again
+    pinned_since: float | None = None  # asleep at level 1 / suspended since (host RAM held)
+    host_measure_from: int | None = None  # host RAM available when its pinning eviction began
+    host_learned_bytes: int | None = None  # measured host RAM its last pin took
+
+    @property
+    def resting_state(self) -> ModelState:
+        return evict_plan(self.eviction)[1]
+
+    @property
+    def process_alive(self) -> bool:
+        return self.state in PROCESS_ALIVE_STATES
+
+    @property
+    def idle(self) -> bool:
+        return not self.leases and not self.queue
+
+    def tenant(self, *, min_active_secs: float, wake_cost_secs: float) -> Tenant:
+        ready_since = self.ready_since if self.ready_since is not None else 0.0
+        return Tenant(
+            alias=self.alias,
+            gpus=self.config.gpu_indices,
+            utilization=self.config.gpu_memory_utilization,
+            state=self.state,
+            holds=self.stopping_from,
+            residual_bytes=self.residual_bytes,
+            resting_state=self.resting_state,
+            idle=self.idle,
+            last_used_at=self.last_used_at,
+            evictable_at=ready_since + min_active_secs,
+            wake_cost_secs=wake_cost_secs,
+            pinned=self.pinned,
+        )
+
+    def view(
+        self,
+        *,
+        wake_cost_secs: float,
+        evict_cost_secs: float,
+        fits_now: bool,
+        drain_cost_secs: float = 0.0,
+    ) -> ModelView:
+        return ModelView(
+            alias=self.alias,
+            state=self.state,
+            queued=len(self.queue),
+            oldest_enqueued_at=self.queue[0].enqueued_at if self.queue else None,
+            inflight=len(self.leases),
+            ready_since=self.ready_since,
+            last_used_at=self.last_used_at,
+            retry_not_before=self.retry_not_before,
+            wake_cost_secs=wake_cost_secs,
+            evict_cost_secs=evict_cost_secs,
+            drain_cost_secs=drain_cost_secs,
+            max_num_seqs=self.config.max_num_seqs,
+            fits_now=fits_now,
+            gpus=self.config.gpu_indices,
+            switch_pending=self.switch_id is not None,
+        )
