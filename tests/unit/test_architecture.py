@@ -22,17 +22,40 @@ ROOT = Path(__file__).resolve().parents[2]
 PACKAGE_DIRS = {"gpumux": ROOT / "src" / "gpumux", "mock_vllm": ROOT / "mock_vllm"}
 TESTS_DIR = ROOT / "tests"
 
-#: Layer L0: no I/O, no clock, no logging (design §2).
-PURE = (
-    "gpumux.core.config",
-    "gpumux.core.errors",
-    "gpumux.core.states",
-    "gpumux.core.eviction",
-    "gpumux.core.placement",
-    "gpumux.policy",
-    "gpumux.policy.*",
-    "gpumux.costs",
+#: The layers, bottom first (design §2, docs/architecture.md). A module belongs to the
+#: first unit whose patterns match its dotted name; it may import its own unit and units
+#: of a strictly lower rank, never one of its rank or above, so imports flow one way.
+UNITS: tuple[tuple[str, int, tuple[str, ...]], ...] = (
+    ("core", 0, ("gpumux.core", "gpumux.core.*")),
+    ("policy", 1, ("gpumux.policy", "gpumux.policy.*")),
+    (
+        "scheduler-state",
+        2,
+        (
+            "gpumux.scheduler.state",
+            "gpumux.scheduler.state.*",
+            "gpumux.scheduler.messages",
+            "gpumux.scheduler.view",
+        ),
+    ),
+    ("procs", 3, ("gpumux.procs", "gpumux.procs.*")),
+    ("gpu", 3, ("gpumux.gpu", "gpumux.gpu.*")),
+    ("cuda", 4, ("gpumux.cuda", "gpumux.cuda.*")),
+    ("checkpoint", 4, ("gpumux.checkpoint", "gpumux.checkpoint.*")),
+    ("backends", 5, ("gpumux.backends", "gpumux.backends.*")),
+    ("scheduler", 6, ("gpumux.scheduler", "gpumux.scheduler.*")),
+    ("telemetry", 7, ("gpumux.telemetry", "gpumux.telemetry.*")),
+    ("http", 8, ("gpumux.http", "gpumux.http.*")),
+    ("admin", 9, ("gpumux.admin", "gpumux.admin.*")),
+    ("daemon", 10, ("gpumux.daemon", "gpumux.daemon.*")),
+    ("simulate", 11, ("gpumux.simulate", "gpumux.simulate.*")),
+    ("cli", 12, ("gpumux.cli", "gpumux.cli.*")),
+    ("entry", 13, ("gpumux", "gpumux.__main__")),
 )
+#: Units with no I/O, no clock and no logging (design §2): the pure core.
+PURE_UNITS = frozenset({"core", "policy", "scheduler-state"})
+#: Units that talk to the world but never to coordination or edges.
+ADAPTER_UNITS = frozenset({"procs", "gpu", "cuda", "checkpoint", "backends"})
 #: What a pure module may not import: I/O, clocks, processes, logging, the network.
 PURE_FORBIDDEN_TOP_LEVEL = frozenset(
     {
@@ -56,31 +79,19 @@ PURE_FORBIDDEN_TOP_LEVEL = frozenset(
         "prometheus_client",
     }
 )
-#: Layer L1: talks to the world, but never to coordination or edges.
-ADAPTERS = (
-    "gpumux.procs",
-    "gpumux.procs.*",
-    "gpumux.backends.vllm_client",
-    "gpumux.gpu.probe",
-    "gpumux.gpu.fake_ledger",
-    "gpumux.checkpoint.criu*",
-    "gpumux.s3*",
-    "gpumux.daemon.sdnotify",
-    "gpumux.telemetry.resources",
-)
-#: Layers L2 and L3, which adapters must not reach up into.
-COORDINATION_AND_EDGES = (
-    "gpumux.scheduler.runner*",
-    "gpumux.scheduler.orchestrator*",
-    "gpumux.http.proxy*",
-    "gpumux.admin.api*",
-    "gpumux.daemon.daemon",
-    "gpumux.daemon.daemon.*",
-    "gpumux.cli.main",
-    "gpumux.cli.main.*",
-)
+#: The modules allowed at the top of the package, outside every layer folder.
+TOP_LEVEL_MODULES = frozenset({"gpumux", "gpumux.__main__"})
 
-MEDIAN_LINES_LIMIT = 150
+
+def unit_of(name: str) -> tuple[str, int] | None:
+    """(unit, rank) of a gpumux module name, or None for names outside gpumux."""
+    for unit, rank, patterns in UNITS:
+        if matches(name, patterns):
+            return unit, rank
+    return None
+
+
+MEDIAN_LINES_LIMIT = 130
 LONG_MODULE_LINES = 400
 MOCK_BOUNDARY_MARK = "# mock-boundary:"
 
@@ -168,8 +179,9 @@ def discover() -> list[Module]:
 
 MODULES = discover()
 BY_NAME = {m.name: m for m in MODULES}
-PURE_MODULES = [m for m in MODULES if matches(m.name, PURE)]
-ADAPTER_MODULES = [m for m in MODULES if matches(m.name, ADAPTERS)]
+GPUMUX_MODULES = [m for m in MODULES if m.name == "gpumux" or m.name.startswith("gpumux.")]
+PURE_MODULES = [m for m in GPUMUX_MODULES if (unit_of(m.name) or ("", 0))[0] in PURE_UNITS]
+ADAPTER_MODULES = [m for m in GPUMUX_MODULES if (unit_of(m.name) or ("", 0))[0] in ADAPTER_UNITS]
 TEST_FILES = sorted(p for p in TESTS_DIR.rglob("*.py") if "__pycache__" not in p.parts)
 
 
@@ -214,17 +226,107 @@ def test_pure_module_imports_no_io_clock_or_logging(module: Module) -> None:
     assert not bad, f"{module.name} is pure but imports: {', '.join(bad)}"
 
 
-@pytest.mark.parametrize("module", PURE_MODULES, ids=ids(PURE_MODULES))
-def test_pure_module_imports_only_pure_gpumux_modules(module: Module) -> None:
-    """The pure core depends on nothing above it (adapters, coordination, edges)."""
-    bad = [
-        f"line {line}: {name}"
-        for name, line in module.imports()
-        if (name == "gpumux" or name.startswith("gpumux."))
-        and name != "gpumux"
-        and not matches(name, PURE)
-    ]
-    assert not bad, f"{module.name} is pure but imports: {', '.join(bad)}"
+def gpumux_imports(module: Module) -> list[tuple[str, int]]:
+    """The gpumux modules (not the bare package) that `module` imports."""
+    return [(name, line) for name, line in module.imports() if name.startswith("gpumux.")]
+
+
+@pytest.mark.parametrize("module", GPUMUX_MODULES, ids=ids(GPUMUX_MODULES))
+def test_module_lives_in_a_layer_folder(module: Module) -> None:
+    """Every module sits in a layer folder; only the package and `__main__` stay on top."""
+    assert unit_of(module.name) is not None, f"{module.name} is in no layer (see UNITS)"
+    if module.name.count(".") == 1 and not module.is_package:
+        assert module.name in TOP_LEVEL_MODULES, (
+            f"{module.name} sits at the top of the package; move it into its layer's folder"
+        )
+
+
+@pytest.mark.parametrize("module", GPUMUX_MODULES, ids=ids(GPUMUX_MODULES))
+def test_imports_flow_one_way_between_layers(module: Module) -> None:
+    """A module imports its own unit and units of lower rank only (pure → adapters → …)."""
+    own = unit_of(module.name)
+    assert own is not None
+    bad = []
+    for name, line in gpumux_imports(module):
+        target = unit_of(name)
+        if target is None or (target[0] != own[0] and target[1] >= own[1]):
+            bad.append(f"line {line}: {name} ({target[0] if target else '?'})")
+    assert not bad, f"{module.name} ({own[0]}, rank {own[1]}) imports upward: {', '.join(bad)}"
+
+
+def test_pure_units_are_the_lowest() -> None:
+    """Nothing pure may sit above an impure unit, so a pure module can never reach I/O."""
+    ranks = {unit: rank for unit, rank, _ in UNITS}
+    assert max(ranks[u] for u in PURE_UNITS) < min(
+        rank for unit, rank in ranks.items() if unit not in PURE_UNITS
+    )
+
+
+def function_level_imports(module: Module) -> list[tuple[str, int]]:
+    """gpumux imports written inside a function or method (hidden cycles hide there)."""
+    found: list[tuple[str, int]] = []
+    for function in ast.walk(module.tree):
+        if not isinstance(function, ast.FunctionDef | ast.AsyncFunctionDef):
+            continue
+        for node in ast.walk(function):
+            if isinstance(node, ast.Import):
+                found += [(a.name, node.lineno) for a in node.names if a.name.startswith("gpumux")]
+            elif isinstance(node, ast.ImportFrom) and (
+                node.level > 0 or (node.module or "").startswith("gpumux")
+            ):
+                found.append((node.module or ".", node.lineno))
+    return found
+
+
+@pytest.mark.parametrize("module", GPUMUX_MODULES, ids=ids(GPUMUX_MODULES))
+def test_no_gpumux_import_inside_a_function(module: Module) -> None:
+    """Imports between gpumux modules sit at module level, where cycles are visible."""
+    bad = [f"line {line}: {name}" for name, line in function_level_imports(module)]
+    assert not bad, f"{module.name} imports inside a function: {', '.join(bad)}"
+
+
+def import_cycles(modules: list[Module]) -> list[list[str]]:
+    """Strongly connected groups of more than one module in the import graph (Tarjan)."""
+    graph = {m.name: {n for n, _ in gpumux_imports(m) if n in BY_NAME} for m in modules}
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    cycles: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for target in graph.get(node, ()):
+            if target not in index:
+                visit(target)
+                low[node] = min(low[node], low[target])
+            elif target in on_stack:
+                low[node] = min(low[node], index[target])
+        if low[node] == index[node]:
+            group = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                group.append(member)
+                if member == node:
+                    break
+            if len(group) > 1:
+                cycles.append(sorted(group))
+
+    for name in graph:
+        if name not in index:
+            visit(name)
+    return cycles
+
+
+def test_no_import_cycles() -> None:
+    """No group of gpumux modules imports itself around a loop."""
+    packages = {m.name for m in GPUMUX_MODULES if m.is_package}
+    # A package's __init__ re-exporting its own modules is not a cycle of behaviour.
+    cycles = [c for c in import_cycles(GPUMUX_MODULES) if not set(c) & packages]
+    assert not cycles, f"import cycles: {cycles}"
 
 
 @pytest.mark.parametrize("module", ADAPTER_MODULES, ids=ids(ADAPTER_MODULES))
@@ -232,8 +334,8 @@ def test_adapter_does_not_import_coordination_or_edges(module: Module) -> None:
     """Adapters serve the scheduler and orchestrator; they never call up into them."""
     bad = [
         f"line {line}: {name}"
-        for name, line in module.imports()
-        if matches(name, COORDINATION_AND_EDGES)
+        for name, line in gpumux_imports(module)
+        if (unit_of(name) or ("", 99))[1] >= unit_of("gpumux.scheduler.runner")[1]  # type: ignore[index]
     ]
     assert not bad, f"{module.name} is an adapter but imports: {', '.join(bad)}"
 
@@ -251,7 +353,7 @@ def test_relative_imports_are_resolved() -> None:
             "gpumux.policy",
             "gpumux.policy.base",
             "gpumux.policy.fifo",
-            "gpumux.scheduler.runner",
+            "gpumux.scheduler",
         }
     )
     module = Module("gpumux.policy.fifo", ROOT / "x.py", False, known)
@@ -259,7 +361,7 @@ def test_relative_imports_are_resolved() -> None:
         "from ..scheduler import Loop\nfrom . import base\nfrom .. import scheduler\n"
     )
     names = {name for name, _ in module.imports()}
-    assert {"gpumux.scheduler.runner", "gpumux.policy", "gpumux.policy.base", "gpumux"} <= names
+    assert {"gpumux.scheduler", "gpumux.policy", "gpumux.policy.base", "gpumux"} <= names
     package = Module("gpumux.policy", ROOT / "y.py", True, known)
     package.__dict__["tree"] = ast.parse("from .fifo import Fifo\n")
     assert [name for name, _ in package.imports()] == ["gpumux.policy.fifo"]
@@ -272,45 +374,92 @@ def synthetic(name: str, source: str, *, known: frozenset[str] = frozenset()) ->
 
 
 @pytest.mark.parametrize(
-    ("check", "name", "source"),
+    ("check", "name", "source", "complaint"),
     [
-        (test_pure_module_imports_no_io_clock_or_logging, "gpumux.core.placement", "import time\n"),
-        (test_pure_module_imports_no_io_clock_or_logging, "gpumux.policy.x", "from os import path"),
         (
-            test_pure_module_imports_only_pure_gpumux_modules,
-            "gpumux.core.states",
-            "import gpumux.http.proxy",
+            test_pure_module_imports_no_io_clock_or_logging,
+            "gpumux.core.placement",
+            "import time\n",
+            "imports",
         ),
         (
-            test_pure_module_imports_only_pure_gpumux_modules,
+            test_pure_module_imports_no_io_clock_or_logging,
             "gpumux.policy.x",
-            "from ..metrics import m",
+            "from os import path",
+            "imports",
+        ),
+        (
+            test_imports_flow_one_way_between_layers,
+            "gpumux.core.states",
+            "import gpumux.http.proxy",
+            "upward",
+        ),
+        (
+            test_imports_flow_one_way_between_layers,
+            "gpumux.policy.x",
+            "from ..telemetry.metrics import m",
+            "upward",
+        ),
+        (
+            test_imports_flow_one_way_between_layers,
+            "gpumux.gpu.probe",
+            "from gpumux.procs import spawn",
+            "upward",
         ),
         (
             test_adapter_does_not_import_coordination_or_edges,
             "gpumux.checkpoint.s3.store",
             "from gpumux import cli",
+            "imports",
         ),
         (
             test_adapter_does_not_import_coordination_or_edges,
             "gpumux.procs.tree",
-            "from ..scheduler_core import X",
+            "from ..scheduler.runner import X",
+            "imports",
         ),
+        (
+            test_no_gpumux_import_inside_a_function,
+            "gpumux.daemon.x",
+            "def f():\n    from gpumux.daemon import prebake\n",
+            "inside a function",
+        ),
+        (test_module_lives_in_a_layer_folder, "gpumux.helpers", "", "no layer"),
+        (test_module_lives_in_a_layer_folder, "gpumux.core", "", "top of the package"),
     ],
 )
-def test_layering_checks_catch_violations(check: object, name: str, source: str) -> None:
+def test_layering_checks_catch_violations(
+    check: object, name: str, source: str, complaint: str
+) -> None:
     """Each layering check fails on a module that breaks its rule."""
     assert callable(check)
-    module = synthetic(name, source, known=frozenset({"gpumux.cli.main"}))
-    with pytest.raises(AssertionError, match="imports"):
+    known = frozenset({"gpumux.cli", "gpumux.http.proxy", "gpumux.telemetry.metrics"})
+    module = synthetic(name, source, known=known)
+    with pytest.raises(AssertionError, match=complaint):
         check(module)
+
+
+def test_cycle_finder_finds_a_loop() -> None:
+    """The cycle check sees a two-module loop and leaves a chain alone."""
+    known = frozenset({"gpumux.core.a", "gpumux.core.b", "gpumux.core.c"})
+    a = synthetic("gpumux.core.a", "import gpumux.core.b\n", known=known)
+    b = synthetic("gpumux.core.b", "from gpumux.core import a\n", known=known)
+    c = synthetic("gpumux.core.c", "import gpumux.core.a\n", known=known)
+    for module in (a, b, c):
+        BY_NAME.setdefault(module.name, module)
+    try:
+        assert import_cycles([a, b, c]) == [["gpumux.core.a", "gpumux.core.b"]]
+        assert import_cycles([c]) == []
+    finally:
+        for module in (a, b, c):
+            BY_NAME.pop(module.name, None)
 
 
 # --- (c) module size ---------------------------------------------------------------------
 
 
 def test_median_module_is_short() -> None:
-    """Modules stay small: the median is under 150 lines."""
+    """Modules stay small: the median is under 130 lines."""
     lengths = [m.lines for m in MODULES]
     median = statistics.median(lengths)
     longest = sorted(MODULES, key=lambda m: m.lines, reverse=True)[:5]
