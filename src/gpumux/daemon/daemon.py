@@ -37,7 +37,7 @@ from gpumux.http.auth import ApiKeys
 from gpumux.http.listener import listen
 from gpumux.http.passive_health import BackendStreaks
 from gpumux.http.proxy import Proxy
-from gpumux.policy.base import make_policy
+from gpumux.policy.registry import make_policy
 from gpumux.procs import ChildRegistry, Reaper, set_child_subreaper, sweep_leftovers
 from gpumux.scheduler.orchestrator import Orchestrator
 from gpumux.scheduler.runner import Scheduler
