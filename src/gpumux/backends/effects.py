@@ -27,6 +27,7 @@ from gpumux.backends.vllm_client import BackendControlError, VllmClient
 from gpumux.checkpoint.checkpoints import CheckpointFailed, Checkpoints
 from gpumux.checkpoint.identity import ModelIdentity
 from gpumux.core.config import Config, ModelConfig, ProcessStrategy, WeightStrategy
+from gpumux.core.errors import StepFailed
 from gpumux.core.eviction import WEIGHTS_AFTER, Step
 from gpumux.cuda.suspend import CudaSuspender, CudaSuspendFailed, nccl_safe_env, suspender_for
 from gpumux.procs import (
@@ -39,7 +40,6 @@ from gpumux.procs import (
     kill_tree,
     spawn_backend,
 )
-from gpumux.scheduler.orchestrator import StepFailed
 
 log = structlog.get_logger(__name__)
 

@@ -32,11 +32,11 @@ from gpumux.checkpoint.identity import ModelIdentity
 from gpumux.checkpoint.images import Image
 from gpumux.checkpoint.s3.auth import check_manifest_key
 from gpumux.core.config import GIB, Config, EvictionConfig, ProcessStrategy, WeightStrategy
+from gpumux.core.errors import StepFailed
 from gpumux.core.eviction import Step, evict_plan
 from gpumux.core.states import ModelState
 from gpumux.gpu.fake_ledger import create_ledger
 from gpumux.procs import ChildRegistry, Reaper, set_child_subreaper, sweep_leftovers
-from gpumux.scheduler.orchestrator import StepFailed
 
 log = structlog.get_logger(__name__)
 

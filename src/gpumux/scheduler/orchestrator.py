@@ -13,19 +13,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
+from gpumux.core.errors import StepFailed
 from gpumux.core.eviction import PHASE_OF, Step
 from gpumux.core.states import ModelState
 from gpumux.scheduler.messages import Operation, OpKind, OpOutcome, OpResult
-
-
-class StepFailed(Exception):
-    """A step could not be completed; `detail` is safe to show to operators."""
-
-    def __init__(self, model: str, step: Step, detail: str) -> None:
-        super().__init__(f"{model}: {step.value} failed: {detail}")
-        self.model = model
-        self.step = step
-        self.detail = detail
 
 
 class Effects(Protocol):
