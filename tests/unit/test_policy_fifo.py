@@ -6,8 +6,9 @@ import pytest
 
 from gpumux.core.config import PolicyConfig
 from gpumux.core.states import ModelState
-from gpumux.policy.base import ModelView, Snapshot, make_policy
+from gpumux.policy.base import ModelView, Snapshot
 from gpumux.policy.fifo import FifoPolicy
+from gpumux.policy.registry import make_policy
 from tests.support.policy_views import model_view
 
 pytestmark = pytest.mark.unit

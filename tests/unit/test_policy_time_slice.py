@@ -6,7 +6,8 @@ import pytest
 
 from gpumux.core.config import PolicyConfig
 from gpumux.core.states import ModelState
-from gpumux.policy.base import Decision, ModelView, Snapshot, make_policy
+from gpumux.policy.base import Decision, ModelView, Snapshot
+from gpumux.policy.registry import make_policy
 from gpumux.policy.time_slice import QUANTUM_PER_SWITCH, TimeSlicePolicy
 from tests.support.policy_views import model_view
 

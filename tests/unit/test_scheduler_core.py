@@ -16,7 +16,7 @@ from gpumux.core.errors import (
 )
 from gpumux.core.eviction import Step
 from gpumux.core.states import ModelState
-from gpumux.policy.base import make_policy
+from gpumux.policy.registry import make_policy
 from gpumux.scheduler.messages import (
     Command,
     Grant,

@@ -36,7 +36,7 @@ from gpumux.core.errors import (
     UpstreamTimeout,
     openai_envelope,
 )
-from gpumux.http.proxy import error_response
+from gpumux.http.errors import error_response
 from gpumux.scheduler.messages import AdminReply, Command, Note
 from gpumux.scheduler.runner import Scheduler
 from gpumux.scheduler.state.core import SchedulerCore

@@ -3,12 +3,15 @@
 Owns: choosing the admin port (`--admin-port` over `admin_port`), the proxy URL the chat
 box forwards to (loopback when the proxy binds a wildcard address), and assembling the
 `AdminApi` with its status sources.
-Does not: bind anything (the daemon does) or hold state.
+Does not: bind anything (the daemon does), hold state, or know the backends adapter: the
+composition root hands it the three read-outs it needs (a model's pid, its recent
+output, the image catalog's status) as callables.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import aiohttp
 
@@ -16,7 +19,6 @@ from gpumux.admin.api import AdminApi
 from gpumux.admin.auth import AdminToken
 from gpumux.admin.chat import ChatForwarder
 from gpumux.admin.status import StatusSources
-from gpumux.backends.effects import Backends
 from gpumux.core.config import Config
 from gpumux.scheduler.runner import Scheduler
 from gpumux.telemetry.metrics import Metrics
@@ -44,7 +46,9 @@ def build_admin(
     observer: DaemonObserver,
     metrics: Metrics,
     resources: Resources,
-    backends: Backends,
+    pid_of: Callable[[str], int | None],
+    recent_output: Callable[[str], list[str]],
+    images: Callable[[], Mapping[str, Any]],
     session: aiohttp.ClientSession,
     proxy: str,
     clock: Callable[[], float],
@@ -57,11 +61,11 @@ def build_admin(
         observer=observer,
         metrics=metrics,
         resources=resources,
-        pid_of=backends.pid_of,
+        pid_of=pid_of,
         clock=clock,
         daemon_state=daemon_state,
         proxy_url=proxy,
-        images=(backends.checkpoints.catalog.status if backends.checkpoints is not None else dict),
+        images=images,
     )
     chat = ChatForwarder(
         session,
@@ -69,4 +73,4 @@ def build_admin(
         connect_timeout_secs=sup.upstream_connect_timeout_secs,
         idle_timeout_secs=sup.upstream_idle_timeout_secs,
     )
-    return AdminApi(scheduler, status, token, chat, backends.recent_output)
+    return AdminApi(scheduler, status, token, chat, recent_output)

@@ -27,7 +27,8 @@ from gpumux.backends.vllm_client import BackendControlError, VllmClient
 from gpumux.checkpoint.checkpoints import CheckpointFailed, Checkpoints
 from gpumux.checkpoint.identity import ModelIdentity
 from gpumux.core.config import Config, ModelConfig, ProcessStrategy, WeightStrategy
-from gpumux.core.eviction import WEIGHTS_AFTER, Step, StepFailed
+from gpumux.core.errors import StepFailed
+from gpumux.core.eviction import WEIGHTS_AFTER, Step
 from gpumux.cuda.suspend import CudaSuspender, CudaSuspendFailed, nccl_safe_env, suspender_for
 from gpumux.procs import (
     BackendProcess,

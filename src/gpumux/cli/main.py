@@ -14,8 +14,12 @@ from collections.abc import Sequence
 
 from gpumux.cli.admin import add_admin_commands
 from gpumux.core.config import Config, ConfigProblems, json_schema
+from gpumux.daemon.components import ServeOptions
 from gpumux.daemon.config_file import load_config
+from gpumux.daemon.daemon import serve as run_daemon
+from gpumux.daemon.prebake import PrebakeFailed, check_request, run_prebake, summary
 from gpumux.simulate import command as simulate_command
+from gpumux.telemetry.logs import configure_logging, default_format
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -48,9 +52,6 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from gpumux.daemon.daemon import ServeOptions, serve
-    from gpumux.telemetry.logs import configure_logging, default_format
-
     try:
         config, warnings = load_config(args.config)
     except ConfigProblems as problems:
@@ -68,7 +69,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         config_path=args.config,
     )
     try:
-        return serve(config, options)
+        return run_daemon(config, options)
     except ConfigProblems as problems:  # found at start-up, before binding (e.g. no token)
         _print_problems(problems)
         return EXIT_CONFIG
@@ -76,8 +77,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_prebake(config: Config, model: str, eviction_text: str | None) -> int:
     """`serve --checkpoint MODEL`: bake a CRIU image of MODEL, print where it is, exit."""
-    from gpumux.daemon.prebake import PrebakeFailed, check_request, run_prebake, summary
-
     try:
         eviction = check_request(config, model, eviction_text)
     except ValueError as exc:

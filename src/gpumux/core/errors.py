@@ -1,13 +1,17 @@
 """The error taxonomy: every failure a client can see, with its HTTP status and OpenAI shape.
 
 Owns: `GpumuxError` and its subclasses (status, OpenAI `type`, stable `code`) and the
-envelope `{"error": {"message", "type", "param", "code"}}`.
-Does not: render HTTP responses (the proxy does) or log. Pure.
+envelope `{"error": {"message", "type", "param", "code"}}`; also `StepFailed`, the one
+internal failure that crosses layers (adapters raise it, the orchestrator recovers from
+it), so that no adapter imports it from the scheduler above.
+Does not: render HTTP responses (`http/errors` does) or log. Pure.
 """
 
 from __future__ import annotations
 
 from typing import ClassVar
+
+from gpumux.core.eviction import Step
 
 
 class GpumuxError(Exception):
@@ -137,3 +141,16 @@ class AdminTokenInvalid(ClientError):
     http_status = 403
     error_type = "permission_error"
     code = "invalid_admin_token"
+
+
+# ---- internal: never shown to a client as such -------------------------------------
+
+
+class StepFailed(Exception):
+    """A step could not be completed; `detail` is safe to show to operators."""
+
+    def __init__(self, model: str, step: Step, detail: str) -> None:
+        super().__init__(f"{model}: {step.value} failed: {detail}")
+        self.model = model
+        self.step = step
+        self.detail = detail

@@ -134,13 +134,3 @@ def without_host_pin(eviction: EvictionConfig) -> EvictionConfig:
     if eviction.process is ProcessStrategy.KEEP_RUNNING:
         return EvictionConfig(weights=WeightStrategy.DISCARD, process=ProcessStrategy.KEEP_RUNNING)
     return EvictionConfig(weights=eviction.weights, process=ProcessStrategy.STOP)
-
-
-class StepFailed(Exception):
-    """A step could not be completed; `detail` is safe to show to operators."""
-
-    def __init__(self, model: str, step: Step, detail: str) -> None:
-        super().__init__(f"{model}: {step.value} failed: {detail}")
-        self.model = model
-        self.step = step
-        self.detail = detail

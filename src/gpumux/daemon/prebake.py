@@ -1,11 +1,11 @@
-"""Pre-baked CRIU images: `gpumux serve CONFIG --checkpoint MODEL`, and using them at start.
+"""Pre-baked CRIU images: `gpumux serve CONFIG --checkpoint MODEL`.
 
 Owns: the one-shot pre-bake (start MODEL, warm it with a 1-token request, evict it with
-a `*+checkpoint` eviction, wait for the image and its upload, print where it is), the
-construction of `Checkpoints` from a config, and the initial state of models whose
-`checkpoint_path` names a usable image (CHECKPOINTED, restored on first request).
+a `*+checkpoint` eviction, wait for the image and its upload, print where it is).
 Does not: serve the proxy or run the scheduler; the pre-bake drives `Backends` directly
-through the same steps a switch uses.
+through the same steps a switch uses. It builds no part itself: `adapters` builds the
+backends side exactly as for `serve`. Adopting pre-baked images at start is
+`components.initial_states`.
 
 The pre-bake shares the daemon's state directory, because the image keeps the backend's
 log file open by path and a restore reopens exactly that path. It does not sweep the
@@ -17,29 +17,24 @@ from __future__ import annotations
 
 import asyncio
 import os
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
-import aiohttp
 import structlog
 
 from gpumux.backends.effects import Backends
-from gpumux.backends.upstream import UpstreamPools
-from gpumux.checkpoint.catalog import OpObserver
-from gpumux.checkpoint.checkpoints import Checkpoints, FailureObserver
+from gpumux.checkpoint.checkpoints import Checkpoints
 from gpumux.checkpoint.criu_inventory import port_is_free
-from gpumux.checkpoint.identity import ModelIdentity
 from gpumux.checkpoint.images import Image
 from gpumux.checkpoint.s3.auth import check_manifest_key
-from gpumux.core.config import GIB, Config, EvictionConfig, ProcessStrategy, WeightStrategy
-from gpumux.core.eviction import Step, StepFailed, evict_plan
-from gpumux.core.states import ModelState
-from gpumux.gpu.fake_ledger import create_ledger
-from gpumux.procs import ChildRegistry, Reaper, set_child_subreaper, sweep_leftovers
+from gpumux.core.config import Config, EvictionConfig, ProcessStrategy
+from gpumux.core.errors import StepFailed
+from gpumux.core.eviction import Step, evict_plan
+from gpumux.daemon.adapters import make_checkpoints, open_backends, supervise_children
+from gpumux.daemon.state_dir import prepare_fake_ledger, resolve_state_dir
 
 log = structlog.get_logger(__name__)
-
-InitialStates = dict[str, tuple[ModelState, WeightStrategy | None]]
 
 
 class PrebakeFailed(Exception):
@@ -53,41 +48,6 @@ class Prebaked:
     url: str | None  # where it was uploaded, if an object store is configured
 
 
-def make_checkpoints(
-    config: Config,
-    log_dir: Path,
-    observe: OpObserver | None = None,
-    on_restore_failure: FailureObserver | None = None,
-) -> Checkpoints | None:
-    if config.checkpoint is None:
-        return None
-    return Checkpoints(
-        config.checkpoint,
-        log_dir=log_dir,
-        observe=observe,
-        on_restore_failure=on_restore_failure,
-    )
-
-
-async def initial_states(config: Config, checkpoints: Checkpoints | None) -> InitialStates:
-    """CHECKPOINTED (with the image's weights) for each model whose pre-baked image exists."""
-    states: InitialStates = {}
-    if checkpoints is None:
-        return states
-    # Nothing runs yet, so every staging directory is litter of an interrupted run.
-    beside = [Path(m.checkpoint_path) for m in config.models.values() if m.checkpoint_path]
-    await checkpoints.catalog.sweep_staging([*beside, *(p.parent for p in beside)])
-    for alias, model in config.models.items():
-        if model.checkpoint_path is None:
-            continue
-        identity = ModelIdentity.of(config, alias)
-        weights = await checkpoints.adopt_prebaked(alias, Path(model.checkpoint_path), identity)
-        if weights is not None:
-            states[alias] = (ModelState.CHECKPOINTED, weights)
-            log.info("model_prebaked", model=alias, path=model.checkpoint_path)
-    return states
-
-
 async def prebake(
     config: Config, alias: str, eviction: EvictionConfig, state_dir: Path
 ) -> Prebaked:
@@ -99,28 +59,31 @@ async def prebake(
         raise PrebakeFailed(f"port {model.port} of {alias} is in use (is gpumux serving it?)")
     own_dir = state_dir / "prebake"
     own_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    sweep_leftovers(own_dir)
-    set_child_subreaper()
+    async with AsyncExitStack() as stack:
+        # The daemon's parts, built by the same functions; only the registry is our own.
+        reaper = supervise_children(stack, own_dir)
+        checkpoints = make_checkpoints(config, state_dir / "logs")
+        if checkpoints is None:
+            raise PrebakeFailed("pre-baking needs a top-level `checkpoint` section")
+        checkpoints.prebake = True
+        parts = open_backends(
+            stack,
+            config,
+            reaper=reaper,
+            registry_dir=own_dir,
+            log_dir=state_dir / "logs",
+            ledger_path=prepare_fake_ledger(config, state_dir, keep_existing=True),
+            checkpoints=checkpoints,
+            on_exit=_log_exit,
+        )
+        return await _bake(parts.backends, checkpoints, alias, eviction)
+
+
+async def _bake(
+    backends: Backends, checkpoints: Checkpoints, alias: str, eviction: EvictionConfig
+) -> Prebaked:
+    """Start, warm and evict `alias` through the steps a switch uses; wait for the image."""
     loop = asyncio.get_running_loop()
-    reaper = Reaper()
-    reaper.install(loop)
-    checkpoints = make_checkpoints(config, state_dir / "logs")
-    if checkpoints is None:
-        raise PrebakeFailed("pre-baking needs a top-level `checkpoint` section")
-    checkpoints.prebake = True
-    pools = UpstreamPools()
-    session = aiohttp.ClientSession()
-    backends = Backends(
-        config,
-        session=session,
-        reaper=reaper,
-        registry=ChildRegistry(own_dir),
-        log_dir=state_dir / "logs",
-        ledger_path=_ledger(config, state_dir),
-        on_exit=lambda _model, pid, code: log.info("prebake_backend_exited", pid=pid, code=code),
-        pools=pools,
-        checkpoints=checkpoints,
-    )
     started = loop.time()
     try:
         steps, _resting = evict_plan(eviction)
@@ -141,11 +104,10 @@ async def prebake(
         return Prebaked(image, loop.time() - started, url)
     except StepFailed as exc:
         raise PrebakeFailed(str(exc)) from exc
-    finally:
-        await backends.close()
-        await pools.close()
-        await session.close()
-        reaper.uninstall()
+
+
+def _log_exit(_model: str, pid: int, code: int) -> None:
+    log.info("prebake_backend_exited", pid=pid, code=code)
 
 
 DEFAULT_EVICTION = "discard+checkpoint"
@@ -167,23 +129,9 @@ def check_request(config: Config, alias: str, eviction_text: str | None) -> Evic
 
 
 def run_prebake(config: Config, alias: str, eviction: EvictionConfig) -> Prebaked:
-    from gpumux.daemon.daemon import resolve_state_dir  # the daemon's own state directory
-
-    state_dir = resolve_state_dir(config)
+    state_dir = resolve_state_dir(config)  # the daemon's own (see the module docstring)
     state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     return asyncio.run(prebake(config, alias, eviction, state_dir))
-
-
-def _ledger(config: Config, state_dir: Path) -> Path | None:
-    gpu = config.gpu
-    if gpu.probe != "fake":
-        return None
-    path = (
-        Path(gpu.fake_ledger_path) if gpu.fake_ledger_path else state_dir / "fake-gpu-ledger.json"
-    )
-    if not path.exists():  # a running daemon's ledger is shared, never reset
-        create_ledger(path, [int(gib * GIB) for gib in gpu.fake_capacity_gib])
-    return path
 
 
 def summary(alias: str, result: Prebaked) -> str:

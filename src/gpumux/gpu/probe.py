@@ -30,6 +30,7 @@ from typing import Any, Protocol, cast
 import psutil
 
 from gpumux.core.config import GpuConfig
+from gpumux.gpu import fake_ledger
 
 _GIB = 1024**3
 
@@ -159,8 +160,6 @@ class FakeLedgerProbe:
         return await asyncio.to_thread(self._read_blocking)
 
     def _read_blocking(self) -> tuple[GpuMemory, ...]:
-        from gpumux.gpu import fake_ledger  # lazily: only the fake probe needs it
-
         usage: dict[int, tuple[int, int]] = {}
         if self.ledger_path.exists():
             try:
@@ -176,8 +175,6 @@ class FakeLedgerProbe:
 
     def read_host_blocking(self) -> HostMemory:
         """The fake host size minus the host bytes the ledger's live allocations hold."""
-        from gpumux.gpu import fake_ledger
-
         assert self.host_capacity is not None
         held = 0
         if self.ledger_path.exists():

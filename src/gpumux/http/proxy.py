@@ -29,7 +29,6 @@ from gpumux.core.errors import (
     BackendCrashed,
     BackendUnreachable,
     GpumuxError,
-    InvalidApiKey,
     InvalidJson,
     MethodNotAllowed,
     MissingModel,
@@ -41,6 +40,7 @@ from gpumux.core.errors import (
     openai_envelope,
 )
 from gpumux.http.auth import ApiKeys
+from gpumux.http.errors import REQUEST_ID, error_response, sse_error_event
 from gpumux.http.passive_health import BackendStreaks
 from gpumux.scheduler.runner import Lease, Scheduler
 from gpumux.telemetry.metrics import Metrics
@@ -78,37 +78,15 @@ _HOP_BY_HOP = frozenset(
     }
 )
 
-REQUEST_ID = "X-Request-Id"
 #: The `model` label of requests naming a model that is not configured.
 UNKNOWN_MODEL_LABEL = "_unknown"
 _REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,128}")
-_SSE_DONE = b"data: [DONE]\n\n"
 
 
 @dataclass(frozen=True)
 class ProxySettings:
     connect_timeout_secs: float
     idle_timeout_secs: float
-
-
-#: Failures a blind retry may repeat: the request itself may be what crashed or hung the
-#: backend (a "query of death"), so the OpenAI SDK is told not to retry them on its own.
-_NO_AUTOMATIC_RETRY = frozenset({BackendCrashed.code, UpstreamTimeout.code})
-
-
-def should_retry(error: GpumuxError) -> str | None:
-    """The `x-should-retry` value for an error the SDK would otherwise judge by status.
-
-    The SDK retries 408/409/429/5xx by default; gpumux says so deliberately: "true" where
-    waiting `Retry-After` is expected to help (queue full, model starting or restarting,
-    backend unreachable), "false" where it is not (see `_NO_AUTOMATIC_RETRY`, and 5xx
-    without a Retry-After). None for the 4xx the SDK never retries.
-    """
-    if error.http_status < 500 and error.http_status not in (408, 409, 429):
-        return None
-    if error.code in _NO_AUTOMATIC_RETRY or error.retry_after is None:
-        return "false"
-    return "true"
 
 
 def end_to_end_headers(headers: MultiMapping[str]) -> dict[str, str]:
@@ -121,26 +99,6 @@ def end_to_end_headers(headers: MultiMapping[str]) -> dict[str, str]:
     }
     drop = _HOP_BY_HOP | named
     return {k: v for k, v in headers.items() if k.lower() not in drop}
-
-
-def error_response(error: GpumuxError, request_id: str | None = None) -> web.Response:
-    headers = {}
-    if error.retry_after is not None:
-        headers["Retry-After"] = str(max(1, round(error.retry_after)))
-    retry = should_retry(error)
-    if retry is not None:
-        headers["x-should-retry"] = retry
-    if isinstance(error, InvalidApiKey):
-        headers["WWW-Authenticate"] = "Bearer"
-    if isinstance(error, ShuttingDown):
-        headers["Connection"] = "close"  # let clients reconnect elsewhere, not reuse this one
-    if request_id:
-        headers[REQUEST_ID] = request_id
-    return web.json_response(error.envelope(), status=error.http_status, headers=headers)
-
-
-def sse_error_event(error: GpumuxError) -> bytes:
-    return b"data: " + json.dumps(error.envelope()).encode() + b"\n\n" + _SSE_DONE
 
 
 class Proxy:

@@ -1,9 +1,11 @@
 """The policy interface: the frozen snapshot a policy sees and the decision it returns.
 
-Owns: `ModelView`, `Snapshot`, `Decision`, the `Policy` protocol and the registry of
-policies by `policy_type`.
+Owns: `ModelView`, `Snapshot`, `Decision`, the `Policy` protocol and the helpers every
+policy shares (`waiting`, `startable`).
 Does not: evict, wake or read the clock; the scheduler builds the snapshot (with `now`)
-and carries the decision out, asking placement which victims make room. Pure.
+and carries the decision out, asking placement which victims make room; which policy a
+`policy_type` names is `registry`'s business (it imports the policies, which import
+this). Pure.
 """
 
 from __future__ import annotations
@@ -85,9 +87,3 @@ def waiting(snapshot: Snapshot) -> list[ModelView]:
 
 def startable(view: ModelView, now: float) -> bool:
     return view.retry_not_before is None or view.retry_not_before <= now
-
-
-def make_policy(config: PolicyConfig) -> Policy:
-    from gpumux.policy.registry import POLICIES
-
-    return POLICIES[config.policy_type](config)

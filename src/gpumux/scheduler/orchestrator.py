@@ -13,7 +13,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
-from gpumux.core.eviction import PHASE_OF, Step, StepFailed
+from gpumux.core.errors import StepFailed
+from gpumux.core.eviction import PHASE_OF, Step
 from gpumux.core.states import ModelState
 from gpumux.scheduler.messages import Operation, OpKind, OpOutcome, OpResult
 

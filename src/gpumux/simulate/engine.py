@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from functools import partial
 
 from gpumux.core.config import Config
-from gpumux.policy.base import make_policy
+from gpumux.policy.registry import make_policy
 from gpumux.scheduler.messages import Command, Grant, OpKind, OpOutcome, Reject, StartOp
 from gpumux.scheduler.state.core import SchedulerCore
 from gpumux.simulate.backend import Fleet, work_of
