@@ -15,6 +15,8 @@ version it was found under (a signed manifest replayed elsewhere is refused).
 Does not: decide when to transfer (`checkpoints` uploads after a dump, off the switch
 path, and downloads before a restore) or run CRIU.
 
+boto3, botocore and s3transfer are imported on first use, not with the module: they cost
+every `gpumux` command ~0.2 s of start-up and only a configured object store needs them.
 boto3 blocks, so every call runs on a small private thread pool: a hung store can tie
 up those threads (each call is bounded by connect/read timeouts x attempts) but never
 the event loop or the default executor. An overall deadline (`transfer_timeout_secs`)
@@ -31,18 +33,17 @@ import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import boto3
-import botocore.config
-import botocore.exceptions
 import structlog
-from s3transfer.manager import TransferConfig, TransferManager  # type: ignore[import-untyped]
 
 from gpumux.checkpoint import images
 from gpumux.checkpoint.images import Image, ImageInvalid, Manifest
 from gpumux.checkpoint.s3 import auth as s3_auth
 from gpumux.checkpoint.s3.progress import Progress, Record, Transfers
+
+if TYPE_CHECKING:
+    from s3transfer.manager import TransferConfig  # type: ignore[import-untyped]
 from gpumux.core.config import ObjectStoreConfig
 
 log = structlog.get_logger(__name__)
@@ -146,7 +147,7 @@ class S3Store:
             stop.set()
             self.transfers.finish(record, "cancelled", None)
             raise
-        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, OSError) as exc:
+        except _store_errors() as exc:
             self.transfers.finish(record, "failed", _describe(exc))
             raise StoreError(f"object store: {_describe(exc)}") from exc
         except s3_auth.ImageUnauthenticated as exc:
@@ -167,6 +168,9 @@ class S3Store:
 
     def _make_client(self) -> Any:
         if self._client is None:
+            import boto3  # lazily: boto3 costs every CLI start ~0.2 s (module docstring)
+            import botocore.config
+
             config = self._config
             session = boto3.session.Session()
             keys: dict[str, str] = {}
@@ -190,6 +194,8 @@ class S3Store:
         return self._client
 
     def _transfer_config(self) -> TransferConfig:
+        from s3transfer.manager import TransferConfig  # lazily, like boto3
+
         chunk = int(self._config.multipart_chunk_mib * MIB)
         return TransferConfig(
             multipart_threshold=chunk,
@@ -212,7 +218,7 @@ class S3Store:
     def _upload(self, image: Image, record: Record, stop: threading.Event) -> None:
         client = self.client()
         subscriber = Progress(record)
-        manager = TransferManager(client, self._transfer_config())
+        manager = _transfer_manager(client, self._transfer_config())
         cancel = True
         try:
             futures = [
@@ -268,8 +274,9 @@ class S3Store:
         """One small object's bytes (None when absent); ImageInvalid when over `limit`."""
         try:
             reply = self.client().get_object(Bucket=self.bucket, Key=self.key(model, version, name))
-        except botocore.exceptions.ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+        except _client_error() as exc:
+            response: dict[str, Any] = getattr(exc, "response", {})
+            if response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
                 return None
             raise
         stream = reply["Body"]
@@ -287,7 +294,7 @@ class S3Store:
         manifest = self._get_manifest(model, version)
         record["bytes_total"] = manifest.total_bytes
         staging = images.staging_dir(target)
-        manager = TransferManager(self.client(), self._transfer_config())
+        manager = _transfer_manager(self.client(), self._transfer_config())
         subscriber = Progress(record)
         done = False
         try:
@@ -339,6 +346,25 @@ class S3Store:
                 aborted += 1
                 log.warning("s3_multipart_aborted", key=upload["Key"])
         return aborted
+
+
+def _store_errors() -> tuple[type[BaseException], ...]:
+    """What a boto3 call raises when the store, not our code, failed."""
+    import botocore.exceptions  # lazily, like boto3
+
+    return (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, OSError)
+
+
+def _client_error() -> type[BaseException]:
+    import botocore.exceptions  # lazily, like boto3
+
+    return botocore.exceptions.ClientError  # type: ignore[no-any-return]
+
+
+def _transfer_manager(client: Any, config: TransferConfig) -> Any:
+    from s3transfer.manager import TransferManager  # lazily, like boto3
+
+    return TransferManager(client, config)
 
 
 def _describe(exc: BaseException) -> str:
