@@ -4,7 +4,8 @@ Owns: one model's running batch (at most `max_num_seqs` sequences; more wait ins
 backend, as in vLLM's scheduler) and the processor-sharing arithmetic: every running
 sequence advances at `min(SEQ_TPS, MODEL_TPS / batch)` tokens per second, so a lone
 request is latency-bound and a full batch throughput-bound.
-`Fleet` holds every model's backend, its fake process id and its serving spans.
+`Fleet` holds every model's backend and its serving spans (the fake process ids are the
+simulated effects' business).
 Does not: know about the scheduler; the engine feeds it grants and asks for completions.
 Pure: `now` is passed in.
 """
@@ -13,16 +14,12 @@ from __future__ import annotations
 
 from collections import deque
 
-from gpumux.core.states import ModelState
-from gpumux.scheduler.messages import Operation, OpKind, OpResult
-
 #: Decode speed of one sequence alone (tokens/s) and of the whole batch, per model.
 SEQ_TPS = 50.0
 MODEL_TPS = 1500.0
 #: Prompt tokens cost this many times less than generated ones (prefill is batched).
 PREFILL_SPEEDUP = 10.0
 _DONE = 1e-6
-_PID_KEPT = (ModelState.SLEEPING, ModelState.SUSPENDED)
 
 
 def work_of(prompt_tokens: int, output_tokens: int) -> float:
@@ -96,14 +93,13 @@ class Backend:
 
 
 class Fleet:
-    """Every model's backend and process id, and the spans during which each was serving."""
+    """Every model's backend, and the spans during which each was serving."""
 
     def __init__(self, batch_sizes: dict[str, int], busy: dict[str, list[tuple[float, float]]]):
         self.backends = {alias: Backend(size) for alias, size in batch_sizes.items()}
         self.version = dict.fromkeys(batch_sizes, 0)  # completions scheduled earlier are stale
         self._busy = busy
         self._busy_since: dict[str, float] = {}
-        self._pids: dict[str, int] = {}
 
     def changed(self, model: str, now: float) -> float | None:
         """Note a change to `model`'s batch; return when its next request will finish."""
@@ -114,18 +110,3 @@ class Fleet:
         elif not backend.busy and model in self._busy_since:
             self._busy[model].append((self._busy_since.pop(model), now))
         return backend.next_done_at()
-
-    def pid_after(self, op: Operation, result: OpResult) -> int | None:
-        """The root pid of `op.model`'s tree once `op` ends as `result` (None: no process)."""
-        pid = self._pids.pop(op.model, None)
-        if op.kind is OpKind.WAKE and result is not OpResult.FAILED:
-            pid = 100_000 + op.op_id  # a fresh tree; the simulator never reuses a pid
-        elif result is not OpResult.OK or op.resting_state not in _PID_KEPT:
-            pid = None  # stopped, dumped, or killed after a failed step
-        if pid is not None:
-            self._pids[op.model] = pid
-        return pid
-
-    def crash(self, model: str) -> int | None:
-        """Kill `model`'s process; its pid, or None if none was alive."""
-        return self._pids.pop(model, None)

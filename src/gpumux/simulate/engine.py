@@ -1,12 +1,15 @@
-"""The discrete-event loop: the real `SchedulerCore` and policy, simulated everything else.
+"""The discrete-event loop: the real `SchedulerCore`, policy and `Orchestrator`, simulated
+backends.
 
-Owns: virtual time (a heap of events: arrivals, client disconnects, operation and
-request completions, crashes, and the core's own deadlines), carrying out the core's
-commands the way the async runner does (a grant starts service on the simulated backend,
-`StartOp` completes after the switch model's duration, a finished request is released),
-and the run's records. Optional `Faults` make operations fail and processes crash, and
-an observer sees every input's commands (the property tests check invariants there).
-Does not: sleep, use asyncio, or decide anything; only the core and policy decide.
+Owns: virtual time (a heap of events: arrivals, client disconnects, the next step of a
+running operation, request completions, crashes, and the core's own deadlines), carrying
+out the core's commands the way the async runner does (a grant starts service on the
+simulated backend, `StartOp` runs the real orchestrator over `SimEffects` one step at a
+time, its intermediate states and outcome go back to the core, a finished request is
+released), and the run's records. Optional `Faults` make steps fail and processes crash,
+and an observer sees every input's commands (the property tests check invariants there).
+Does not: sleep, use asyncio, or decide anything; only the core, policy and orchestrator
+decide.
 """
 
 from __future__ import annotations
@@ -18,10 +21,13 @@ from collections.abc import Callable, Sequence
 from functools import partial
 
 from gpumux.core.config import Config
+from gpumux.core.states import ModelState
 from gpumux.policy.registry import make_policy
-from gpumux.scheduler.messages import Command, Grant, OpKind, OpOutcome, Reject, StartOp
+from gpumux.scheduler.messages import Command, Grant, OpOutcome, Reject, StartOp
+from gpumux.scheduler.orchestrator import Orchestrator
 from gpumux.scheduler.state.core import SchedulerCore
 from gpumux.simulate.backend import Fleet, work_of
+from gpumux.simulate.effects import OpRun, SimEffects, advance
 from gpumux.simulate.faults import Faults
 from gpumux.simulate.records import RequestRecord, RunRecord, SwitchLog
 from gpumux.simulate.scenario import capacity_bytes, resting_states
@@ -48,8 +54,10 @@ class Simulation:
         self.core = SchedulerCore(config, policy, capacity_bytes(config), initial_states=states)
         self.record = RunRecord.for_config(config)
         self._arrivals = arrivals
-        self._model = switch_model
         self._faults = faults or Faults()
+        self._now = 0.0  # the time of the event being handled: the orchestrator's clock
+        self._effects = SimEffects(switch_model, self._abort)
+        self._orchestrator = Orchestrator(self._effects, lambda: self._now)
         self._observer = observer
         self._fleet = Fleet({a: m.max_num_seqs for a, m in config.models.items()}, self.record.busy)
         self._switches = SwitchLog(self.record)
@@ -70,6 +78,7 @@ class Simulation:
         # Once every request and operation is done, only the core's timers are left.
         while self._events and (self._pending or not self._events[0][2]):
             now, _, _, action = heapq.heappop(self._events)
+            self._now = now
             action(now)
             deadline = self.core.next_deadline()
             if deadline is not None:
@@ -125,7 +134,7 @@ class Simulation:
     def _crash(self, model: str, now: float) -> None:
         if self.core.slots[model].op is not None:
             return  # an operation owns the process right now and reports its fate itself
-        pid = self._fleet.crash(model)
+        pid = self._effects.crash(model)
         if pid is None:
             return
         self._call(now, lambda: self.core.process_exited(model, pid, 137, now))
@@ -165,14 +174,26 @@ class Simulation:
     def _start_op(self, command: StartOp, now: float) -> None:
         op = command.op
         n, self._ops_started = self._ops_started, self._ops_started + 1
-        result = self._faults.result(op.kind, n)
-        if op.kind is not OpKind.WAKE and (op.abort_inflight or op.kind is OpKind.STOP):
-            backend = self._fleet.backends[op.model]
-            self._finish(op.model, backend.abort_all(now), now, completed=False)
-        pid = self._fleet.pid_after(op, result)
-        outcome = OpOutcome(op.op_id, result, pid=pid, phase_secs=self._model.phases(op))
+        self._effects.begin(op, self._faults.failures(n))
         self._pending += 1
-        self._push(now + self._model.duration(op), partial(self._op_done, outcome))
+        self._resume(self._orchestrator.run(op, partial(self._op_state, op.op_id)), now)
+
+    def _resume(self, run: OpRun, now: float) -> None:
+        """Run the operation to its next step boundary; come back when that step is done."""
+        result = advance(run)
+        if isinstance(result, OpOutcome):
+            self._op_done(result, now)
+        else:
+            self._push(now + result, partial(self._resume, run))
+
+    def _op_state(self, op_id: int, state: ModelState) -> None:
+        now = self._now
+        self._call(now, lambda: self.core.op_phase(op_id, state, now))
+
+    def _abort(self, model: str) -> None:
+        """The backend dropped its in-flight requests (stopped, killed, or told to abort)."""
+        now = self._now
+        self._finish(model, self._fleet.backends[model].abort_all(now), now, completed=False)
 
     def _backend_changed(self, model: str, now: float) -> None:
         done_at = self._fleet.changed(model, now)

@@ -1,16 +1,16 @@
-"""Failures the simulator can inject: operations that fail and processes that crash.
+"""Failures the simulator can inject: operations whose steps fail and processes that crash.
 
 Owns: `Faults`, the plan of which operations fail (by the order they start) and when
-which model's process dies, and the outcome a failing operation reports (a wake fails
-outright or falls back to a cold start; an eviction falls back to killing the tree).
-Does not: inject anything itself; the engine consults it. Pure.
+which model's process dies, and how many step runs of a failing operation fail. The
+orchestrator turns those into an outcome as it would for real ones: a failed wake kills
+the tree and cold-starts once (that cold start fails too for an even-numbered operation,
+so the wake ends failed), a failed eviction step kills the tree.
+Does not: inject anything itself; the simulated effects consult it. Pure.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-from gpumux.scheduler.messages import OpKind, OpResult
 
 
 @dataclass(frozen=True)
@@ -18,9 +18,8 @@ class Faults:
     failing_ops: frozenset[int] = frozenset()  # the n-th operation started (from 0) fails
     crashes: tuple[tuple[float, str], ...] = ()  # (time, model): its process dies then
 
-    def result(self, kind: OpKind, n: int) -> OpResult:
+    def failures(self, n: int) -> int:
+        """How many step runs of the n-th operation fail, counting from its first step."""
         if n not in self.failing_ops:
-            return OpResult.OK
-        if kind is OpKind.WAKE:
-            return OpResult.FALLBACK_COLD if n % 2 else OpResult.FAILED
-        return OpResult.FALLBACK_STOP if kind is OpKind.EVICT else OpResult.FAILED
+            return 0
+        return 1 if n % 2 else 2

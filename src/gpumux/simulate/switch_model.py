@@ -4,7 +4,8 @@ Owns: the per-step durations the simulator charges (defaults in the range the re
 measurements report for an 8B model: level-1 sleep seconds, level-2 wake with a weight
 reload, CRIU tens of seconds, cold start near a minute) and the `--switch-cost` override,
 which makes every evict + wake pair cost exactly the given seconds.
-Does not: decide anything; the core decides which steps run. Pure.
+Does not: decide anything; the core plans the steps and the orchestrator runs them
+(`simulate.effects` charges each one what this says). Pure.
 """
 
 from __future__ import annotations
@@ -41,15 +42,25 @@ EVICT_SHARE = 0.4
 class SwitchModel:
     override_secs: float | None = None  # evict + wake of one switch, whatever the steps
 
+    def step_secs(self, op: Operation, step: Step) -> float:
+        """Seconds `step` takes as part of `op`.
+
+        With an override, every step of `op` is scaled by the same factor, the one that
+        makes `op`'s planned steps add up to its share of the override; a step outside
+        the plan (the cold start after a failed wake, a kill) is scaled alike.
+        """
+        secs = STEP_SECS[step]
+        if self.override_secs is None:
+            return secs
+        total = sum(STEP_SECS[planned] for planned in op.steps)
+        if total == 0:
+            return 0.0
+        share = EVICT_SHARE if op.kind is not OpKind.WAKE else 1 - EVICT_SHARE
+        return self.override_secs * share * secs / total
+
     def phases(self, op: Operation) -> tuple[tuple[str, float], ...]:
-        """(phase, seconds) for each step of `op`, in order."""
-        steps = op.steps or (Step.STOP,)
-        base = [STEP_SECS[step] for step in steps]
-        if self.override_secs is not None:
-            share = EVICT_SHARE if op.kind is not OpKind.WAKE else 1 - EVICT_SHARE
-            total = sum(base)
-            base = [self.override_secs * share * secs / total for secs in base]
-        return tuple((PHASE_OF[step], secs) for step, secs in zip(steps, base, strict=True))
+        """(phase, seconds) for each planned step of `op`, in order (when none fails)."""
+        return tuple((PHASE_OF[step], self.step_secs(op, step)) for step in op.steps)
 
     def duration(self, op: Operation) -> float:
         return sum(secs for _, secs in self.phases(op))
