@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from gpumux.core.errors import StepFailed
 from gpumux.core.eviction import Step
 from gpumux.scheduler.messages import Note, QueueWait, Restarted, StateChanged, SwitchFinished
-from gpumux.scheduler.orchestrator import StepFailed
 
 #: What `RecordingEffects.calls` names a kill (steps are named by their `Step`).
 KILL = "kill"

@@ -24,10 +24,11 @@ from gpumux.checkpoint.host_io import driver_version
 from gpumux.checkpoint.identity import ModelIdentity
 from gpumux.checkpoint.images import Image
 from gpumux.core.config import Config, EvictionConfig
+from gpumux.core.errors import StepFailed
 from gpumux.core.eviction import PHASE_OF, Step, evict_plan, wake_plan
 from gpumux.core.states import ModelState
 from gpumux.scheduler.messages import Operation, OpKind, OpOutcome, OpResult
-from gpumux.scheduler.orchestrator import Orchestrator, StepFailed
+from gpumux.scheduler.orchestrator import Orchestrator
 from tests.support.fakes import (
     FIRST_PID,
     KILL,

@@ -19,9 +19,9 @@ import itertools
 from collections.abc import Callable, Coroutine, Generator
 from typing import cast
 
+from gpumux.core.errors import StepFailed
 from gpumux.core.eviction import Step
 from gpumux.scheduler.messages import Operation, OpOutcome
-from gpumux.scheduler.orchestrator import StepFailed
 from gpumux.simulate.switch_model import SwitchModel
 
 #: Fake pids start here (clear of anything a reader might take for a real one).
