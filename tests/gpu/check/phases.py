@@ -112,7 +112,12 @@ def _daemon_phase(
     tools = results["tools"]
     cli = tools.get("cuda-checkpoint") or "cuda-checkpoint"
     if args.fake_gpu:
-        cli = str(Path(sys.executable).parent / "mock-cuda-checkpoint")
+        cli = str(work / "bin" / "mock-cuda-checkpoint")  # a shim: no install needed
+        Path(cli).parent.mkdir(parents=True, exist_ok=True)
+        Path(cli).write_text(
+            f'#!/bin/sh\nexec {sys.executable} -m mock_vllm.cuda_checkpoint "$@"\n'
+        )
+        Path(cli).chmod(0o755)
     plan = Plan(work, strategies, args.utilization, args.weights_gib, total, args.fake_gpu,
                 cli, criu)  # fmt: skip
     results["plan_note"] = (

@@ -25,8 +25,10 @@ from pathlib import Path
 
 #: distribution -> minimum version (gpumux's pyproject, and what its pins pull in).
 REQUIRED: dict[str, str] = {
-    "aiohttp": "3.13", "pydantic": "2.10", "pydantic-core": "2", "annotated-types": "0.6",
-    "typing-inspection": "0.4", "typing-extensions": "4.12", "anyio": "4.6", "idna": "2.8",
+    "aiohttp": "3.13", "aiohappyeyeballs": "2.5", "aiosignal": "1.4", "attrs": "17.3",
+    "frozenlist": "1.1.1", "multidict": "4.5", "propcache": "0.2", "yarl": "1.17",
+    "pydantic": "2.10", "pydantic-core": "2", "annotated-types": "0.6",
+    "typing-inspection": "0.4.4", "typing-extensions": "4.16", "anyio": "4.6", "idna": "2.8",
     "psutil": "6", "structlog": "24.4", "prometheus-client": "0.21", "nvidia-ml-py": "12.560",
     "boto3": "1.35", "botocore": "1.35", "s3transfer": "0.10", "jmespath": "0.7",
     "python-dateutil": "2.1", "six": "1.5", "urllib3": "1.25.4",
@@ -80,8 +82,9 @@ def _compatible(tags: list[str]) -> bool:
     py, abi, plat = tags
     here = f"cp{sys.version_info.major}{sys.version_info.minor}"
     pys = set(py.split("."))
+    minor = sys.version_info.minor
     py_ok = bool(pys & {"py3", f"py{here[2:]}", here}) or (
-        abi == "abi3" and any(p.startswith("cp3") and p <= here for p in pys)
+        abi == "abi3" and any(re.fullmatch(r"cp3(\d+)", p) and int(p[3:]) <= minor for p in pys)
     )
     abi_ok = abi in ("none", "abi3", here)
     machine = platform.machine()

@@ -15,6 +15,15 @@ from pathlib import Path
 from typing import Any
 
 GB = 1e9
+REFERENCE_ROWS = (
+    ("pinned device→host", "pinned_d2h"),
+    ("pinned host→device", "pinned_h2d"),
+    ("pageable device→host", "pageable_d2h"),
+    ("pageable host→device", "pageable_h2d"),
+    ("fresh pinned allocation", "pin_fresh"),
+    ("pinned allocation from torch's cache", "pin_cached"),
+)
+REFERENCE_KEYS = tuple(key for _label, key in REFERENCE_ROWS)
 
 
 def _secs(values: list[float]) -> str:
@@ -59,15 +68,9 @@ def _strategies(results: dict[str, Any]) -> list[str]:
 def _reference(ref: dict[str, Any]) -> list[str]:
     if not ref or "error" in ref:
         return [f"Not measured: {ref.get('error', 'not run') if ref else 'not run'}."]
-    rows = [
-        ("pinned device→host", "pinned_d2h"), ("pinned host→device", "pinned_h2d"),
-        ("pageable device→host", "pageable_d2h"), ("pageable host→device", "pageable_h2d"),
-        ("fresh pinned allocation", "pin_fresh"), ("pinned allocation from torch's cache",
-                                                   "pin_cached"),
-    ]  # fmt: skip
     lines = [f"{ref['bytes'] / GB:.2f} GB each, one process, this run:", "",
              "| copy | s | GB/s |", "|---|---|---|"]  # fmt: skip
-    for label, key in rows:
+    for label, key in REFERENCE_ROWS:
         lines.append(
             f"| {label} | {ref[key + '_secs']:.4f} | {ref[key + '_bytes_per_s'] / GB:.1f} |"
         )
