@@ -145,10 +145,20 @@ def _daemon_phase(
     ))  # fmt: skip
     results["ok"] = verdicts.verdict(results["checks"])
     write(out, results, started)
-    (out / "daemon.log").write_text("\n".join(str(e) for e in run.events[-3000:]))
+    _keep_logs(work, out)
     gpu.close()
     say(f"{'PASS' if results['ok'] else 'FAIL'}; results in {out}")
     return 0 if results["ok"] else 1
+
+
+def _keep_logs(work: Path, out: Path, lines: int = 400) -> None:
+    """The tails of the daemon's and every backend's log (the work folder is deleted)."""
+    logs = out / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    for path in [work / "daemon" / "gpumux.log", *sorted((work / "state" / "logs").glob("*"))]:
+        if path.is_file():
+            tail = path.read_text(errors="replace").splitlines()[-lines:]
+            (logs / path.name).write_text("\n".join(tail) + "\n")
 
 
 def _collect(results: dict[str, Any], plan: Plan, run: drive.Run, sampler: Sampler) -> None:

@@ -19,6 +19,10 @@ from typing import Any
 Reading = tuple[int, int]  # (used bytes, total bytes)
 
 
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 class Nvml:
     """Device 0 through nvidia-ml-py; `close()` when done."""
 
@@ -28,8 +32,8 @@ class Nvml:
         self._nvml: Any = pynvml
         pynvml.nvmlInit()
         self._handle = pynvml.nvmlDeviceGetHandleByIndex(0)
-        self.name = str(pynvml.nvmlDeviceGetName(self._handle))
-        self.driver = str(pynvml.nvmlSystemGetDriverVersion())
+        self.name = _text(pynvml.nvmlDeviceGetName(self._handle))
+        self.driver = _text(pynvml.nvmlSystemGetDriverVersion())
 
     def read(self) -> Reading:
         info = self._nvml.nvmlDeviceGetMemoryInfo(self._handle)
