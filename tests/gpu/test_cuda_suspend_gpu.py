@@ -1,9 +1,9 @@
 """cuda_suspend on a real GPU: a torch process holding several GiB, suspended and resumed.
 
 Runs only on a GPU machine (marker `gpu`; `scripts/test` selects `-m "not gpu"`, so CI
-never collects it). It has NOT been run where it was written: no GPU was lent to that
-task. Prerequisites, each a failure (not a skip) when missing, because whoever selects
-`-m gpu` means to test them:
+never collects it). `scripts/gpu-check` ran it in driver mode on an H200 (passed; the CLI
+mode was not run there: no `cuda-checkpoint` binary). Prerequisites, each a failure (not
+a skip) when missing, because whoever selects `-m gpu` means to test them:
 
 - an NVIDIA driver >= 570 and `torch` with CUDA in this environment;
 - for the `driver` case: `cuda-bindings` >= 12.8 (`pip install cuda-bindings`);

@@ -65,6 +65,29 @@ def _strategies(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+#: The backends' own timings (torch mode), by operation: what each one is.
+BACKEND_OPS = {
+    "load_file": "cold start: weights file → GPU (page cache, pageable)",
+    "write_file": "first start: GPU → weights file",
+    "pin_host": "level 1: pinned host allocation",
+    "offload": "level 1: GPU → pinned host copy",
+    "onload": "wake: allocate + pinned host → GPU copy",
+    "reload_file": "reload_weights: weights file → GPU",
+}
+
+
+def _backend_ops(ops_by_model: dict[str, Any]) -> list[str]:
+    lines = ["| model | operation | s (each) | GB/s (each) |", "|---|---|---|---|"]
+    for alias, ops in ops_by_model.items():
+        for op, label in BACKEND_OPS.items():
+            mine = [o for o in ops or [] if o["op"] == op]
+            if mine:
+                secs = ", ".join(f"{o['secs']:.4f}" for o in mine)
+                rates = ", ".join(f"{o['bytes'] / o['secs'] / GB:.1f}" for o in mine if o["secs"])
+                lines.append(f"| {alias} | {label} | {secs} | {rates} |")
+    return lines if len(lines) > 2 else ["No backend timings (the dry run has no device)."]
+
+
 def _reference(ref: dict[str, Any]) -> list[str]:
     if not ref or "error" in ref:
         return [f"Not measured: {ref.get('error', 'not run') if ref else 'not run'}."]
@@ -110,6 +133,8 @@ def markdown(results: dict[str, Any]) -> str:
     out += ["", "## tests/gpu", "", *_tests(results.get("gpu_tests", []))]
     out += ["", "## Switches through the daemon (NVML probe)", ""]
     out += [results.get("plan_note", ""), "", *_strategies(results)]
+    out += ["", "Inside the backends (each mock times its own device work):", ""]
+    out += _backend_ops(results.get("backend_ops") or {})
     out += ["", "## Reference copies", "", *_reference(results.get("reference") or {}), ""]
     return "\n".join(out)
 
