@@ -3,7 +3,8 @@
 Owns: ``/sleep``, ``/wake_up``, ``/is_sleeping``, ``/collective_rpc``,
 ``/reset_prefix_cache``, ``/server_info`` (only with ``VLLM_SERVER_DEV_MODE=1``, as in
 vLLM, and unauthenticated like vLLM's), and ``/mock/events``, ``/mock/faults``,
-``/mock/state`` (always; the mock's private test hooks).
+``/mock/state``, ``/mock/checksum`` (always; the mock's private test hooks; the checksum
+of the weights on the GPU exists only with ``--mock-gpu torch``).
 Does not: implement the transitions (the engine does, detached from the HTTP caller).
 """
 
@@ -116,7 +117,15 @@ async def state(request: web.Request) -> web.Response:
         "cuda_running": engine.cuda_running.is_set(),
         "running": engine.count("running"),
         "waiting": engine.count("waiting"),
+        "device": engine.device.info() if engine.device is not None else None,
     })  # fmt: skip
+
+
+async def checksum(request: web.Request) -> web.Response:
+    device = request.app[ENGINE].device
+    if device is None:
+        raise ApiError(404, "no device memory: start with --mock-gpu torch")
+    return web.json_response({"checksum": await device.checksum()})
 
 
 def add_dev_routes(app: web.Application) -> None:
@@ -133,3 +142,4 @@ def add_mock_routes(app: web.Application) -> None:
     app.router.add_get("/mock/faults", get_faults)
     app.router.add_post("/mock/faults", set_faults)
     app.router.add_get("/mock/state", state)
+    app.router.add_get("/mock/checksum", checksum)

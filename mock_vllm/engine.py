@@ -3,7 +3,9 @@
 Owns: which requests wait and run, when tokens come out, the asleep tags and weight
 validity, sleep/wake/reload transitions (serialised, like vLLM's engine core), the
 chunk faults, and the event record.
-Does not: speak HTTP (routes do) or touch the ledger directly (`GpuMemory` does).
+Does not: speak HTTP (routes do) or touch the ledger directly (`GpuMemory` does), nor
+real CUDA memory (a `Device`, only with ``--mock-gpu torch``, which then also answers
+the first token of every generation with the checksum of the weights on the GPU).
 
 vLLM semantics kept here: requests that arrive while asleep queue and run once fully
 awake; level 1 keeps weights (in host RAM), level 2 discards them so that, after a wake
@@ -25,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from mock_vllm import textgen
+from mock_vllm.device import DeviceMemory
 from mock_vllm.errors import ApiError
 from mock_vllm.faults import Faults
 from mock_vllm.gpu_memory import CudaSuspended, Footprint, GpuMemory, GpuMemoryError
@@ -90,10 +93,17 @@ def _forget(tasks: set[asyncio.Task[Any]]) -> Callable[[asyncio.Task[Any]], None
 class Engine:
     """One model's engine state; every mutation happens on the event loop."""
 
-    def __init__(self, opts: ServeOptions, gpu: GpuMemory, crash: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        opts: ServeOptions,
+        gpu: GpuMemory,
+        crash: Callable[[], None],
+        device: DeviceMemory | None = None,
+    ) -> None:
         self.opts = opts
         self.faults: Faults = opts.faults
         self.gpu = gpu
+        self.device = device
         self.crash = crash
         self.events = EventLog()
         self.stats = Stats()
@@ -154,10 +164,12 @@ class Engine:
             await self.cuda_running.wait()
             try:
                 self.gpu.apply(fp)
-                return
+                break
             except CudaSuspended:
                 # Suspended after the watcher last looked; it will notice soon.
                 await asyncio.sleep(CUDA_RETRY_SECS)
+        if self.device is not None:
+            await self.device.apply(fp)
 
     def count(self, state: str) -> int:
         return sum(1 for r in self.requests if r.state == state)
@@ -219,7 +231,11 @@ class Engine:
                 self.stats.ttft.observe(time.monotonic() - req.arrived)
             self.stats.generation_tokens += 1
             piece = textgen.token(self.opts.model_id, prompt, i)
-            await on_token(piece if self.weights_valid else textgen.GARBAGE_TOKEN)
+            if not self.weights_valid:
+                piece = textgen.GARBAGE_TOKEN
+            if i == 0 and self.device is not None:
+                piece = f"[weights {await self.device.checksum()}]"
+            await on_token(piece)
         return True
 
     async def after_chunk(self, sent: int) -> None:
@@ -306,6 +322,8 @@ class Engine:
                 if "weights" in self.asleep:
                     raise ApiError(500, "Cannot reload weights while they are asleep.")
                 await self.cuda_running.wait()
+                if self.device is not None:
+                    await self.device.reload_weights()
                 await asyncio.sleep(self.opts.reload_delay)
                 self.weights_valid = True
         return [None] * self.opts.tensor_parallel_size

@@ -5,7 +5,8 @@ fallback of every mock knob, and the derived latencies (all proportional to mode
 Does not: start anything. Unknown vLLM flags are returned, not rejected, because gpumux
 passes operators' ``extra_args`` through untouched.
 
-Precedence per knob: flag > environment variable > default.
+Precedence per knob: flag > environment variable > default. With ``--mock-gpu torch`` the
+modelled latencies default to zero (``--mock-load-secs-per-gib 0``): the copies are real.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from mock_vllm.faults import FAULT_PARSERS, Faults, parse_bool, parse_secs
 
 ENV_PREFIX = "MOCK_VLLM_"
 GIB = 1 << 30
+GPU_MODES = ("ledger", "torch")
 
 
 def _opt_secs(value: object) -> float | None:
@@ -32,6 +34,24 @@ def _positive_float(value: object) -> float:
     if result <= 0:
         raise ValueError(f"must be > 0: {value!r}")
     return result
+
+
+def _gpu_mode(value: object) -> str:
+    text = str(value).strip().lower()
+    if text not in GPU_MODES:
+        raise argparse.ArgumentTypeError(f"must be one of {', '.join(GPU_MODES)}: {value!r}")
+    return text
+
+
+def _opt_seed(value: object) -> int | None:
+    if value is None or str(value).strip().lower() in ("", "none", "null"):
+        return None
+    return int(str(value).strip(), 0)
+
+
+def _opt_path(value: object) -> str | None:
+    text = "" if value is None else str(value).strip()
+    return text or None
 
 
 def _count(value: object) -> int:
@@ -54,6 +74,9 @@ PROFILE_KNOBS: dict[str, tuple[Callable[[object], object], object, str]] = {
     "residual_gib": (parse_secs, 0.5, "GPU memory kept per rank while asleep"),
     "host_memory_gib": (parse_secs, 0.0, "real host memory to allocate and touch"),
     "embedding_dim": (_count, 8, "length of embedding vectors"),
+    "gpu": (_gpu_mode, "ledger", "GPU memory: 'ledger' (fake, booked) or 'torch' (real CUDA)"),
+    "seed": (_opt_seed, None, "torch mode: weight pattern seed (default from the model name)"),
+    "weights_dir": (_opt_path, None, "torch mode: where the weights file lives (default TMPDIR)"),
 }
 
 
@@ -82,6 +105,9 @@ class ServeOptions:
     residual_gib: float = 0.5
     host_memory_gib: float = 0.0
     embedding_dim: int = 8
+    gpu: str = "ledger"
+    seed: int | None = None
+    weights_dir: str | None = None
     faults: Faults = field(default_factory=Faults)
     unknown_args: list[str] = field(default_factory=list)
     non_default_args: dict[str, object] = field(default_factory=dict)
@@ -163,6 +189,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _explicit(name: str, non_default: dict[str, object]) -> bool:
+    return name in non_default or ENV_PREFIX + name.upper() in os.environ
+
+
 def parse_serve_args(argv: Sequence[str]) -> ServeOptions:
     """Parse ``serve`` arguments (without the ``serve`` word); exits 2 on bad values."""
     parser = build_parser()
@@ -180,6 +210,9 @@ def parse_serve_args(argv: Sequence[str]) -> ServeOptions:
     non_default = {
         k: v for k, v in vars(args).items() if k not in ("model", "model_flag") and v != defaults[k]
     }
+    if args.gpu == "torch" and not _explicit("load_secs_per_gib", non_default):
+        # Real copies take real time: the modelled latencies start at zero.
+        args.load_secs_per_gib = 0.0
     return ServeOptions(
         model=model,
         served_names=list(args.served_model_name or [model]),

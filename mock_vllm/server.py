@@ -19,6 +19,7 @@ import socket
 from aiohttp import web
 
 from mock_vllm.app import VERSION, build_app, dev_mode_enabled, route_lines
+from mock_vllm.device import Device, DeviceUnavailable, open_device, require_torch_cuda
 from mock_vllm.engine import Engine
 from mock_vllm.gpu_memory import GpuMemory, GpuMemoryError, visible_gpus
 from mock_vllm.options import GIB, ServeOptions
@@ -121,9 +122,11 @@ async def serve(opts: ServeOptions) -> int:
         )
         return 1
     try:
+        if opts.gpu == "torch":
+            require_torch_cuda()  # before the port is taken: never a silent fallback
         sock = bind(opts.host, opts.port)
         gpus = visible_gpus(opts.tensor_parallel_size)
-    except (OSError, GpuMemoryError) as exc:
+    except (OSError, GpuMemoryError, DeviceUnavailable) as exc:
         log(f"{type(exc).__name__}: {exc}", level="ERROR", stream="stderr")
         return 1
     with contextlib.closing(sock):
@@ -143,13 +146,16 @@ async def _run(
         model_bytes=opts.model_bytes,
         residual_bytes=int(opts.residual_gib * GIB),
     )
+    device: Device | None = None
     try:
         gpu.book_startup()
-    except GpuMemoryError as exc:
+        device = await open_device(opts)
+    except (GpuMemoryError, DeviceUnavailable) as exc:
         log(str(exc), level="ERROR", where="gpu_worker.py:1", stream="stderr")
+        gpu.release()
         workers.kill_now()
         return 1
-    engine = Engine(opts, gpu, crash=workers.crash_tree)
+    engine = Engine(opts, gpu, crash=workers.crash_tree, device=device)
     runner: web.AppRunner | None = None
     site: web.SockSite | None = None
     code = [0]
@@ -206,4 +212,6 @@ async def _run(
             await runner.cleanup()
         await workers.stop()
         gpu.release()
+        if device is not None:
+            await device.close()
     return code[0]

@@ -1,16 +1,18 @@
 """cuda_suspend on a real GPU: a torch process holding several GiB, suspended and resumed.
 
 Runs only on a GPU machine (marker `gpu`; `scripts/test` selects `-m "not gpu"`, so CI
-never collects it). It has NOT been run where it was written: no GPU was lent to that
-task. Prerequisites, each a failure (not a skip) when missing, because whoever selects
-`-m gpu` means to test them:
+never collects it). `scripts/gpu-check` ran it in driver mode on an H200 (passed; the CLI
+mode was not run there: no `cuda-checkpoint` binary). Prerequisites, each a failure (not
+a skip) when missing, because whoever selects `-m gpu` means to test them:
 
 - an NVIDIA driver >= 570 and `torch` with CUDA in this environment;
 - for the `driver` case: `cuda-bindings` >= 12.8 (`pip install cuda-bindings`);
 - for the `cli` case: NVIDIA's `cuda-checkpoint` binary on PATH (or GPUMUX_CUDA_CHECKPOINT);
 - root, or the same user as the target process (the driver's own rule).
 
-Run: `pytest -m gpu tests/gpu -s` (GPUMUX_GPU_TEST_GIB sets the size, default 4).
+Run: `pytest -m gpu tests/gpu -s` (GPUMUX_GPU_TEST_GIB sets the size, default 4;
+GPUMUX_GPU_MODES picks the modes, default `driver,cli`; GPUMUX_GPU_RESULTS_DIR, when set,
+receives `cuda_suspend_<mode>.json`). `scripts/gpu-check` runs it once per mode.
 
 What it checks, through gpumux's own `open_checkpointer` and `CudaSuspender`: the
 holder's GPU memory leaves the device on suspend (NVML) and comes back on resume, the
@@ -42,6 +44,7 @@ pytestmark = [pytest.mark.gpu, pytest.mark.timeout(600)]
 
 GIB = 1 << 30
 SIZE_GIB = float(os.environ.get("GPUMUX_GPU_TEST_GIB", "4"))
+MODES = [m.strip() for m in os.environ.get("GPUMUX_GPU_MODES", "driver,cli").split(",") if m]
 DEADLINE_SECS = 120.0
 
 # The holder: fills SIZE bytes on cuda:0 with a pattern, measures a pinned copy of the
@@ -130,7 +133,7 @@ def require(mode: str) -> str:
     return cli or "cuda-checkpoint"
 
 
-@pytest.mark.parametrize("mode", ["driver", "cli"])
+@pytest.mark.parametrize("mode", MODES)
 async def test_suspend_and_resume_a_torch_process(
     mode: str, reaper: Reaper, tmp_path: Path
 ) -> None:
@@ -191,7 +194,8 @@ async def test_suspend_and_resume_a_torch_process(
         # Reported, not judged: published figures are few (peers §A6), so the first runs
         # establish what to expect; the correctness checks above are the assertions.
         print(json.dumps(results, indent=1))
-        (tmp_path / f"cuda_suspend_{mode}.json").write_text(json.dumps(results))
+        out = Path(os.environ.get("GPUMUX_GPU_RESULTS_DIR") or tmp_path)
+        (out / f"cuda_suspend_{mode}.json").write_text(json.dumps(results))
     finally:
         await suspender.close()
         await kill_tree(holder, grace_secs=5)
