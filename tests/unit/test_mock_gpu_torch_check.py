@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from gpumux.config import parse_config
+from gpumux.core.config import parse_config
 from tests.gpu.check import prereqs, report, timings, verdicts
 from tests.gpu.check.plan import CRIU, GIB, STRATEGIES, Plan, sizing_problem
 

@@ -24,7 +24,7 @@ class Strategy:
     key: str
     weights: str
     process: str
-    evict_phases: tuple[str, ...]  # the daemon's phase names (gpumux.eviction.PHASE_OF)
+    evict_phases: tuple[str, ...]  # the daemon's phase names (gpumux.core.eviction.PHASE_OF)
     wake_phases: tuple[str, ...]
     #: What crosses the bus each way: "weights" (the weight bytes), "process" (all the
     #: process's GPU memory), "none" (memory is freed or allocated, nothing copied).

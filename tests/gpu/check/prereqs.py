@@ -39,7 +39,7 @@ REQUIRED: dict[str, str] = {
 GPU_STACK = {"torch": "2.4", "cuda-bindings": "12.8"}
 #: Entry points only (gpumux's inner modules move; the distributions above cover the rest).
 SMOKE_IMPORTS = (
-    "gpumux.cli", "mock_vllm.server", "pytest", "pytest_asyncio", "pytest_timeout", "pynvml",
+    "gpumux.cli.main", "mock_vllm.server", "pytest", "pytest_asyncio", "pytest_timeout", "pynvml",
 )  # fmt: skip
 CUDA_PLUGIN = "cuda_plugin.so"
 

@@ -58,13 +58,13 @@ class Ledger:
         self.path = path
 
     def read(self) -> Reading:
-        from gpumux.fake_ledger import usage
+        from gpumux.gpu.fake_ledger import usage
 
         used, total = usage(self.path)[0]
         return used, total
 
     def processes(self) -> dict[int, int]:
-        from gpumux.fake_ledger import allocations
+        from gpumux.gpu.fake_ledger import allocations
 
         return {pid: a.gpus.get(0, 0) for pid, a in allocations(self.path).items()}
 
