@@ -9,7 +9,12 @@ import pytest
 from gpumux.core.config import Config, EvictionConfig, ProcessStrategy, WeightStrategy
 from gpumux.core.eviction import Step, pins_host_memory, without_host_pin
 from gpumux.core.states import ModelState
-from gpumux.scheduler.messages import Note, OpKind
+from gpumux.policy.costs import SwitchCosts
+from gpumux.scheduler.messages import Note, OpKind, StartOp
+from gpumux.scheduler.state.host_budget import HostBudget
+from gpumux.scheduler.state.models import Models
+from gpumux.scheduler.state.outbox import Outbox
+from gpumux.scheduler.state.slots import Ticket
 from tests.support.scheduler import Driver, make_config
 
 pytestmark = pytest.mark.unit
@@ -40,6 +45,40 @@ def serve_once(d: Driver, ticket: int, model: str) -> None:
 
 def notes(d: Driver, event: str) -> list[Note]:
     return [c for c in d.log if isinstance(c, Note) and c.event == event]
+
+
+def sleeping_table(config: Config, *sleepers: str) -> Models:
+    """A model table with `sleepers` asleep at level 1 (pinning) and the rest ready."""
+    models = Models({0: 80 * GIB}, SwitchCosts(), config.policy)
+    for alias, model in config.models.items():
+        models.add(alias, model, config.eviction_for(alias), GIB)
+        slot = models.slots[alias]
+        slot.state = M.SLEEPING if alias in sleepers else M.READY
+        slot.evicted_weights = WeightStrategy.OFFLOAD if alias in sleepers else None
+    return models
+
+
+def test_the_budget_alone_stops_sleepers_oldest_first_then_downgrades() -> None:
+    """HostBudget without the core: a table, an outbox, readings and eviction requests."""
+    models = sleeping_table(host_config(), "a", "b")
+    budget = HostBudget(models, reserve_bytes=GIB)
+    budget.evicted(models.slots["b"], now=1.0)
+    budget.evicted(models.slots["a"], now=2.0)
+    budget.reading(int(2.5 * GIB), now=3.0)
+    out = Outbox()
+    # c would pin 1 GiB: 2.5 - 1 = 1.5 >= 1, fine.
+    assert budget.safe_eviction(models.slots["c"], 3.0, out) == models.slots["c"].eviction
+    budget.reading(int(1.5 * GIB), now=4.0)
+    assert budget.safe_eviction(models.slots["c"], 4.0, out) is None  # b (oldest) goes first
+    stop = [c for c in out.take() if isinstance(c, StartOp)]
+    assert [s.op.model for s in stop] == ["b"]
+    assert budget.safe_eviction(models.slots["c"], 4.0, out) is None  # until a reading
+    models.slots["b"].state = M.STOPPED
+    models.slots["a"].queue.append(Ticket(1, "a", 5.0, 35.0))  # a is about to wake
+    budget.reading(int(1.5 * GIB), now=5.0)
+    downgraded = budget.safe_eviction(models.slots["c"], 5.0, out)
+    assert downgraded == without_host_pin(models.slots["c"].eviction)
+    assert [n.event for n in out.take() if isinstance(n, Note)] == ["host_memory_downgrade"]
 
 
 def test_the_oldest_idle_sleeper_is_stopped_before_a_pin_would_break_the_reserve() -> None:
