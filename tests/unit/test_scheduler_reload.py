@@ -10,8 +10,8 @@ from gpumux.core.config import Config
 from gpumux.core.errors import ModelNotFound
 from gpumux.core.eviction import Step
 from gpumux.core.states import ModelState
-from gpumux.scheduler.inputs import Reload
-from gpumux.scheduler.messages import AdminReply, Note
+from gpumux.scheduler.inputs import AdminMode, AdminRestart, BeginShutdown, ForceStop, Reload
+from gpumux.scheduler.messages import AdminRefusal, AdminReply, Mode, Note, OpKind
 from tests.support.scheduler import Driver, make_config
 
 pytestmark = pytest.mark.unit
@@ -92,3 +92,51 @@ def test_untouched_model_keeps_serving_through_a_reload() -> None:
     assert not d.ops
     d.submit(2, "b")
     assert d.granted == [1, 2]
+
+
+def test_a_restart_waiting_for_its_stop_is_answered_when_the_model_is_removed() -> None:
+    """Restart, then a reload removes the model before its stop ends: the restart is
+    refused at once and the removal completes (it used to re-queue a forced switch for a
+    model whose slot was then deleted, and the scheduler step raised KeyError)."""
+    d = Driver(make_config(util=0.4))
+    d.submit(1, "a")
+    d.finish("a")
+    d.release(1)
+    assert d.admin(AdminRestart("a")) is None  # answered once it is back up
+    assert d.pending_op("a").op.kind is OpKind.STOP
+    reload(d, reloaded(d.config, a=None))
+    restart = d.replies()[0]
+    assert restart.refusal is AdminRefusal.UNKNOWN_MODEL
+    d.finish("a")
+    assert "a" not in d.core.models.slots
+    d.tick()
+    assert not d.ops
+
+
+def test_a_lease_released_after_shutdown_removed_its_model_is_forgotten() -> None:
+    """Shutdown's force stop drops leases, so a removed model may go while a request still
+    holds a lease on it; that request's release must not break the scheduler step."""
+    d = Driver(make_config(util=0.4))
+    d.submit(1, "a")
+    d.finish("a")
+    reload(d, reloaded(d.config, a=None))
+    d.send(BeginShutdown())
+    d.send(ForceStop())
+    while d.ops:
+        d.finish(next(iter(d.ops.values())).op.model)
+    assert "a" not in d.core.models.slots
+    d.release(1)
+    assert not d.core.queues.tickets
+
+
+def test_manual_mode_refuses_a_model_on_its_way_out() -> None:
+    """Pinning a removed model would queue a forced switch for a slot about to be deleted."""
+    d = Driver(make_config(util=0.4))
+    d.submit(1, "a")
+    d.finish("a")
+    reload(d, reloaded(d.config, a=None))
+    assert d.answer(AdminMode(Mode.MANUAL, "a")).refusal is AdminRefusal.UNKNOWN_MODEL
+    assert d.core.models.pinned is None
+    d.release(1)
+    d.finish("a")
+    assert "a" not in d.core.models.slots

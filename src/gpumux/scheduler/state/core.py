@@ -45,7 +45,7 @@ from gpumux.scheduler.inputs import (
     Submit,
     Tick,
 )
-from gpumux.scheduler.messages import AdminRefusal, Command, OpKind, OpOutcome, Reject
+from gpumux.scheduler.messages import AdminRefusal, Command, Mode, OpKind, OpOutcome, Reject
 from gpumux.scheduler.state.host_budget import HostBudget
 from gpumux.scheduler.state.models import STARTABLE, M, Models
 from gpumux.scheduler.state.moves import Moves
@@ -192,13 +192,16 @@ class SchedulerCore:
         match command:
             case Reload(config):
                 self._reload(config, reply, out)
+            case AdminMode(Mode.MANUAL, str() as model) if not self._in_force(model):
+                # Pinning a model on its way out would queue a switch for a slot about to go.
+                out.reply(reply, f"unknown model `{model}`", refusal=AdminRefusal.UNKNOWN_MODEL)
             case AdminMode():
                 self.operator.mode(command, reply, out)
             case AdminReset(model) if model in slots:
                 self.operator.reset(slots[model], reply, out)
             case AdminReset(model):
                 out.reply(reply, f"unknown model `{model}`", refusal=AdminRefusal.UNKNOWN_MODEL)
-            case _ if command.model not in slots or self.retirements.removing(command.model):
+            case _ if not self._in_force(command.model):
                 detail = f"unknown model `{command.model}`"
                 out.reply(reply, detail, refusal=AdminRefusal.UNKNOWN_MODEL)
             case _ if self.shutting_down:
@@ -209,6 +212,10 @@ class SchedulerCore:
                 self.operator.evict(slots[model], reply, now, out)
             case AdminRestart(model):
                 self.operator.restart(slots[model], reply, now, out)
+
+    def _in_force(self, model: str) -> bool:
+        """Configured and not on its way out of the config."""
+        return model in self.models.slots and not self.retirements.removing(model)
 
     # ---- config reload -----------------------------------------------------------------------
 

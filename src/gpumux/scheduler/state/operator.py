@@ -80,7 +80,7 @@ class Operator:
         target = command.model or next(
             (s.alias for s in slots.values() if s.state is M.READY), None
         )
-        if target is None or target not in slots:
+        if target is None:
             detail = "manual mode needs a model (none is ready)"
             out.reply(reply, detail, refusal=AdminRefusal.BAD_REQUEST)
             return
@@ -141,10 +141,15 @@ class Operator:
             out.reply(reply, detail, refusal=refusal)
 
     def forget(self, alias: str, out: Outbox) -> None:
-        """`alias` was removed from the config: its forced switches fail, its pin goes."""
+        """`alias` was removed from the config: its forced switches and a restart waiting
+        for its stop fail now (the restart would otherwise come back as a forced switch
+        for a model whose slot is gone), and its pin goes."""
+        detail = f"`{alias}` was removed from the config"
         for model, reply in [f for f in self._forced if f[0] == alias]:
             self._forced.remove((model, reply))
-            detail = f"`{model}` was removed from the config"
             out.reply(reply, detail, refusal=AdminRefusal.UNKNOWN_MODEL)
+        restart = self._restart_after_stop.pop(alias, None)
+        if restart is not None:
+            out.reply(restart, detail, refusal=AdminRefusal.UNKNOWN_MODEL)
         if self._models.pinned == alias:
             self._models.pin(None)

@@ -53,9 +53,12 @@ class Queues:
         entry = self.tickets.pop(ticket, None)
         if entry is not None and entry.state is RequestState.GRANTED:
             self._set(entry, RequestState.RELEASED)
-            slot = self._models.slots[entry.model]
-            slot.leases.discard(ticket)
-            slot.last_used_at = now
+            # Gone only if shutdown's force stop dropped this lease and a reload had removed
+            # the model: nothing is left to update.
+            slot = self._models.slots.get(entry.model)
+            if slot is not None:
+                slot.leases.discard(ticket)
+                slot.last_used_at = now
 
     def cancel(self, ticket: int, now: float) -> None:
         entry = self.tickets.get(ticket)
