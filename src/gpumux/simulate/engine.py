@@ -5,7 +5,8 @@ request completions, crashes, and the core's own deadlines), carrying out the co
 commands the way the async runner does (a grant starts service on the simulated backend,
 `StartOp` completes after the switch model's duration, a finished request is released),
 and the run's records. Optional `Faults` make operations fail and processes crash, and
-an observer sees every input's commands (the property tests check invariants there).
+an observer sees every input and the commands it caused (the property tests check
+invariants there).
 Does not: sleep, use asyncio, or decide anything; only the core and policy decide.
 """
 
