@@ -269,12 +269,13 @@ class SchedulerCore:
         for alias, new in self.retirements.pending():
             if self.retirements.advance(alias, now, out):
                 self._retired(alias, new, out)
+        slots = self.models.slots
         self.queues.expire(now, out)
-        for slot in self.models.slots.values():
+        for slot in slots.values():
             if slot.state is M.READY and slot.queue and not self.warmup.warming(slot.alias):
                 self.queues.grant_all(slot, now, out)
-        self.moves.call_off_needless(self.operator.targets(), now, out)
-        for slot in self.models.slots.values():
+        self.moves.call_off_needless(self.operator.forcing, now, out)
+        for slot in slots.values():
             if slot.state is M.DRAINING:
                 self.moves.finish_drain(slot, now, out)
         if self.shutting_down:
@@ -288,7 +289,7 @@ class SchedulerCore:
         if self.operator.busy:
             return  # an operator's switch goes first; the policy resumes after it
         self._recheck_at = None
-        if not any(slot.queue for slot in self.models.slots.values()):
+        if not any(slot.queue for slot in slots.values()):
             return  # policies only wake models with demand: nothing to ask
         decision = self._policy.decide(self.snapshot(now))
         self._recheck_at = decision.recheck_at

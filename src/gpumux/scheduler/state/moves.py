@@ -11,7 +11,7 @@ Does not: choose targets (the policy does, through `SchedulerCore`), count failu
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from gpumux.core.config import EvictionConfig, PolicyConfig, ProcessStrategy
@@ -114,15 +114,15 @@ class Moves:
             eviction=eviction,
         )
 
-    def call_off_needless(self, forced: Collection[str], now: float, out: Outbox) -> None:
+    def call_off_needless(self, forced: Callable[[str], bool], now: float, out: Outbox) -> None:
         """A switch whose target lost all demand before its wake began is called off.
 
         Victims still draining for it go back to serving; victims already evicting finish.
-        An operator's forced target (`forced`) keeps its switch without demand.
+        A target the operator forces (`forced(alias)`) keeps its switch without demand.
         """
         for switch in list(self._switches.active.values()):
             target = self._models.slots[switch.target]
-            if target.queue or target.alias in forced or target.state not in STARTABLE:
+            if target.queue or target.state not in STARTABLE or forced(target.alias):
                 continue
             for victim in switch.victims:
                 slot = self._models.slots[victim]

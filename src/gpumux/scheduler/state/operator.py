@@ -38,8 +38,9 @@ class Operator:
         """A forced switch is waiting or under way (the policy waits for it)."""
         return bool(self._forced)
 
-    def targets(self) -> set[str]:
-        return {model for model, _ in self._forced}
+    def forcing(self, alias: str) -> bool:
+        """An operator's switch to `alias` is waiting or under way."""
+        return any(model == alias for model, _ in self._forced)
 
     # ---- commands ------------------------------------------------------------------------
 

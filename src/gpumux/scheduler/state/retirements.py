@@ -72,7 +72,8 @@ class Retirements:
         slot.eviction = PLAIN_STOP  # its next eviction is a plain stop
 
     def pending(self) -> list[tuple[str, ModelConfig | None]]:
-        return list(self._retiring.items())
+        """The models on their way out (a copy: `advance` removes the finished ones)."""
+        return list(self._retiring.items()) if self._retiring else []
 
     def advance(self, alias: str, now: float, out: Outbox) -> bool:
         """Walk retiring `alias` one step toward `stopped`; True once it is done."""
