@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 from gpumux.core.config import Config
 from gpumux.core.placement import usage
 from gpumux.core.states import ModelState
+from gpumux.scheduler.inputs import Input, Release
 from gpumux.scheduler.messages import Command, Grant, Reject, StateChanged
 from gpumux.scheduler.state.core import SchedulerCore
 from gpumux.simulate.backend import SEQ_TPS
@@ -70,13 +71,18 @@ class Checker:
     """The observer: checks every step, and counts outcomes for the end of the run."""
 
     def __init__(self, core: SchedulerCore) -> None:
-        self.states = {alias: slot.state for alias, slot in core.slots.items()}
+        self.states = {alias: slot.state for alias, slot in core.models.slots.items()}
         self.outcomes: Counter[int] = Counter()
         self.granted: set[int] = set()
+        self.releases: Counter[int] = Counter()
         self.steps = 0
 
-    def __call__(self, core: SchedulerCore, now: float, commands: list[Command]) -> None:
+    def __call__(
+        self, core: SchedulerCore, now: float, message: Input, commands: list[Command]
+    ) -> None:
         self.steps += 1
+        if isinstance(message, Release):
+            self.releases[message.ticket] += 1
         for command in commands:
             if isinstance(command, StateChanged):
                 assert self.states[command.model] is command.before
@@ -87,9 +93,10 @@ class Checker:
                 self.granted.add(command.ticket)
             elif isinstance(command, Reject):
                 self.outcomes[command.ticket] += 1
-        assert self.states == {alias: slot.state for alias, slot in core.slots.items()}
-        capacity = core._capacity
-        tenants = [s.tenant(min_active_secs=0, wake_cost_secs=0) for s in core.slots.values()]
+        slots = core.models.slots
+        assert self.states == {alias: slot.state for alias, slot in slots.items()}
+        capacity = core.models.capacity
+        tenants = [s.tenant(min_active_secs=0, wake_cost_secs=0) for s in slots.values()]
         used = usage(tenants, capacity, after_evictions=False)
         assert all(used[gpu] <= capacity[gpu] for gpu in capacity), (now, used, capacity)
 
@@ -100,16 +107,8 @@ def run_checked(
     sim = Simulation(config, arrivals, SwitchModel(switch_secs), faults=faults)
     checker = Checker(sim.core)
     sim._observer = checker
-    releases: Counter[int] = Counter()
-    release = sim.core.release
-
-    def counted(ticket: int, now: float) -> list[Command]:
-        releases[ticket] += 1
-        return release(ticket, now)
-
-    sim.core.release = counted  # type: ignore[method-assign]
     sim.run()
-    return sim, checker, releases
+    return sim, checker, checker.releases
 
 
 @st.composite
@@ -160,11 +159,11 @@ def test_invariants_hold_under_load_disconnects_and_failures(
             assert answered == 1, record
         expected = 1 if ticket in checker.granted else 0
         assert releases[ticket] == expected, record
-    assert not sim.core.tickets
-    assert all(not s.queue and not s.leases for s in sim.core.slots.values())
+    assert not sim.core.queues.tickets
+    assert all(not s.queue and not s.leases for s in sim.core.models.slots.values())
     outcomes = Counter(r.outcome for r in records.values())
     event(f"rejected: {bool(outcomes['rejected'])}, cancelled: {bool(outcomes['cancelled'])}")
-    event(f"restarts: {sum(s.restarts for s in sim.core.slots.values()) > 0}")
+    event(f"restarts: {sum(s.restarts for s in sim.core.models.slots.values()) > 0}")
 
 
 @st.composite

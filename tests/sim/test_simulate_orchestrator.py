@@ -14,6 +14,7 @@ import pytest
 from gpumux.core.config import Config
 from gpumux.core.eviction import Step
 from gpumux.core.states import ModelState
+from gpumux.scheduler.inputs import Input
 from gpumux.scheduler.messages import Command, Grant, Restarted, StateChanged
 from gpumux.scheduler.state.core import SchedulerCore
 from gpumux.simulate.engine import Simulation
@@ -51,7 +52,9 @@ class Log:
         self.restarts: list[tuple[str, str]] = []
         self.states: dict[str, list[ModelState]] = {}
 
-    def __call__(self, _core: SchedulerCore, now: float, commands: list[Command]) -> None:
+    def __call__(
+        self, _core: SchedulerCore, now: float, _input: Input, commands: list[Command]
+    ) -> None:
         for command in commands:
             if isinstance(command, Grant):
                 self.granted.setdefault(command.model, now)

@@ -35,6 +35,7 @@ UNITS: tuple[tuple[str, int, tuple[str, ...]], ...] = (
             "gpumux.scheduler.state",
             "gpumux.scheduler.state.*",
             "gpumux.scheduler.messages",
+            "gpumux.scheduler.inputs",
             "gpumux.scheduler.view",
         ),
     ),

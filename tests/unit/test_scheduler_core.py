@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 
-from gpumux.core.config import Config
 from gpumux.core.errors import (
     ModelNotFound,
     ModelUnavailable,
@@ -16,81 +13,26 @@ from gpumux.core.errors import (
 )
 from gpumux.core.eviction import Step
 from gpumux.core.states import ModelState
-from gpumux.policy.registry import make_policy
+from gpumux.scheduler.inputs import (
+    AdminEvict,
+    AdminMode,
+    AdminReset,
+    AdminRestart,
+    AdminSwitch,
+    BeginShutdown,
+    ProcessExited,
+)
 from gpumux.scheduler.messages import (
-    Command,
-    Grant,
+    AdminRefusal,
+    Mode,
     OpKind,
-    OpOutcome,
     OpResult,
-    Reject,
     Restarted,
-    StartOp,
     SwitchFinished,
 )
-from gpumux.scheduler.state.core import SchedulerCore
+from tests.support.scheduler import Driver, make_config
 
 pytestmark = pytest.mark.unit
-GIB = 1024**3
-
-
-def make_config(util: float = 0.9, models: int = 2, **policy: Any) -> Config:
-    raw: dict[str, Any] = {
-        "models": {
-            name: {
-                "model_path": f"m/{name}",
-                "port": 8100 + i,
-                "extra_args": ["--gpu-memory-utilization", str(util)],
-                "max_queue": 3,
-            }
-            for i, name in enumerate("abcdefgh"[:models])
-        },
-        "policy": {"min_active_secs": 0, "request_timeout_secs": 30, **policy},
-        "gpu": {"probe": "fake", "fake_capacity_gib": [80]},
-        "supervision": {"max_start_failures": 2, "restart_backoff_secs": 1},
-    }
-    return Config.model_validate(raw)
-
-
-class Driver:
-    """Feeds the core and records commands, like the async runner does."""
-
-    def __init__(self, config: Config) -> None:
-        self.core = SchedulerCore(config, make_policy(config.policy), {0: 80 * GIB})
-        self.now = 0.0
-        self.ops: dict[int, StartOp] = {}
-        self.granted: list[int] = []
-        self.rejected: dict[int, Exception] = {}
-        self.log: list[Command] = []
-
-    def feed(self, commands: list[Command]) -> None:
-        for c in commands:
-            self.log.append(c)
-            if isinstance(c, StartOp):
-                self.ops[c.op.op_id] = c
-            elif isinstance(c, Grant):
-                self.granted.append(c.ticket)
-            elif isinstance(c, Reject):
-                self.rejected[c.ticket] = c.error
-
-    def submit(self, ticket: int, model: str) -> None:
-        self.feed(self.core.submit(ticket, model, self.now))
-
-    def pending_op(self, model: str) -> StartOp:
-        return next(s for s in self.ops.values() if s.op.model == model)
-
-    def finish(self, model: str, result: OpResult = OpResult.OK) -> StartOp:
-        start = self.pending_op(model)
-        del self.ops[start.op.op_id]
-        self.feed(
-            self.core.op_done(
-                OpOutcome(start.op.op_id, result, pid=1000 + start.op.op_id), self.now
-            )
-        )
-        return start
-
-    def state(self, model: str) -> ModelState:
-        return self.core.slots[model].state
 
 
 def test_first_request_cold_starts_then_is_granted() -> None:
@@ -110,7 +52,7 @@ def test_switch_drains_evicts_then_wakes() -> None:
     d.submit(2, "b")  # a holds lease 1 -> a drains, b waits
     assert d.state("a") is ModelState.DRAINING
     assert not d.ops
-    d.feed(d.core.release(1, d.now))  # drain complete -> evict
+    d.release(1)  # drain complete -> evict
     evict = d.pending_op("a")
     assert evict.op.kind is OpKind.EVICT
     assert evict.op.steps == (Step.SLEEP_OFFLOAD,)
@@ -126,7 +68,7 @@ def test_switch_drains_evicts_then_wakes() -> None:
     assert switch[-1].victims == ("a",)
     # Back to a: wakes from sleep with /wake_up, not a cold start.
     d.submit(3, "a")
-    d.feed(d.core.release(2, d.now))
+    d.release(2)
     d.finish("b")
     assert d.pending_op("a").op.steps == (Step.WAKE_ALL,)
 
@@ -145,7 +87,7 @@ def test_drain_timeout_evicts_with_abort() -> None:
     d.finish("a")
     d.submit(2, "b")
     d.now = 5.0
-    d.feed(d.core.tick(d.now))
+    d.tick()
     assert d.pending_op("a").op.abort_inflight
 
 
@@ -153,10 +95,10 @@ def test_queue_timeout_is_504_and_leaves_the_queue() -> None:
     d = Driver(make_config())
     d.submit(1, "a")
     d.now = 31.0
-    d.feed(d.core.tick(d.now))
+    d.tick()
     assert isinstance(d.rejected[1], QueueTimeout)
-    assert not d.core.slots["a"].queue
-    assert 1 not in d.core.tickets
+    assert not d.slot("a").queue
+    assert 1 not in d.core.queues.tickets
 
 
 def test_full_queue_is_429() -> None:
@@ -180,7 +122,7 @@ def test_cancel_while_queued_calls_off_the_switch() -> None:
     d.finish("a")
     d.submit(2, "b")
     assert d.state("a") is ModelState.DRAINING
-    d.feed(d.core.cancel(2, d.now))
+    d.cancel(2)
     assert d.state("a") is ModelState.READY  # the victim keeps serving
     assert any(isinstance(c, SwitchFinished) and c.outcome == "cancelled" for c in d.log)
 
@@ -192,7 +134,7 @@ def test_failed_starts_back_off_then_fail_the_model() -> None:
     assert d.state("a") is ModelState.STOPPED
     assert not d.ops
     d.now = 1.0
-    d.feed(d.core.tick(d.now))
+    d.tick()
     d.finish("a", OpResult.FAILED)  # second failure = max_start_failures
     assert d.state("a") is ModelState.FAILED
     assert isinstance(d.rejected[1], ModelUnavailable)
@@ -205,9 +147,9 @@ def test_crash_of_ready_model_is_restarted_on_demand() -> None:
     d = Driver(make_config())
     d.submit(1, "a")
     d.finish("a")
-    pid = d.core.slots["a"].pid
+    pid = d.slot("a").pid
     assert pid is not None
-    d.feed(d.core.process_exited("a", pid, -9, d.now))
+    d.send(ProcessExited("a", pid, -9))
     assert d.state("a") is ModelState.STOPPING  # orphans of the dead root are killed too
     assert d.pending_op("a").op.kind is OpKind.STOP
     d.finish("a")
@@ -216,7 +158,7 @@ def test_crash_of_ready_model_is_restarted_on_demand() -> None:
     d.submit(2, "a")
     assert not d.ops  # backoff first
     d.now = 1.0
-    d.feed(d.core.tick(d.now))
+    d.tick()
     assert d.state("a") is ModelState.STARTING
 
 
@@ -224,7 +166,7 @@ def test_exit_of_an_old_pid_is_ignored() -> None:
     d = Driver(make_config())
     d.submit(1, "a")
     d.finish("a")
-    d.feed(d.core.process_exited("a", 4242, 0, d.now))
+    d.send(ProcessExited("a", 4242, 0))
     assert d.state("a") is ModelState.READY
 
 
@@ -232,11 +174,11 @@ def test_wake_fallback_cold_counts_a_restart() -> None:
     d = Driver(make_config())
     d.submit(1, "a")
     d.finish("a")
-    d.feed(d.core.release(1, d.now))
+    d.release(1)
     d.submit(2, "b")
     d.finish("a")
     d.finish("b")
-    d.feed(d.core.release(2, d.now))
+    d.release(2)
     d.submit(3, "a")
     d.finish("b")
     d.finish("a", OpResult.FALLBACK_COLD)
@@ -249,7 +191,7 @@ def test_failed_eviction_step_leaves_model_stopped() -> None:
     d = Driver(make_config())
     d.submit(1, "a")
     d.finish("a")
-    d.feed(d.core.release(1, d.now))
+    d.release(1)
     d.submit(2, "b")
     d.finish("a", OpResult.FALLBACK_STOP)
     assert d.state("a") is ModelState.STOPPED
@@ -261,14 +203,14 @@ def test_shutdown_rejects_queue_and_stops_trees() -> None:
     d.submit(1, "a")
     d.finish("a")
     d.submit(2, "b")
-    d.feed(d.core.begin_shutdown(d.now))
+    d.send(BeginShutdown())
     assert isinstance(d.rejected[2], ShuttingDown)
-    d.feed(d.core.release(1, d.now))
+    d.release(1)
     assert d.pending_op("a").op.kind in (OpKind.EVICT, OpKind.STOP)
     while d.ops:
         model = next(iter(d.ops.values())).op.model
         d.finish(model)
-    assert d.core.all_stopped
+    assert d.core.models.all_stopped
     d.submit(3, "a")
     assert isinstance(d.rejected[3], ShuttingDown)
 
@@ -278,7 +220,7 @@ def test_warmup_starts_answers_and_evicts_each_model() -> None:
     config = config.model_copy(update={"warmup": True})
     d = Driver(config)
     first = d.pending_op("a") if d.ops else None
-    d.feed(d.core.tick(0))
+    d.tick()
     first = d.pending_op("a")
     assert first.op.steps == (Step.COLD_START, Step.WARMUP)
     d.finish("a")
@@ -295,65 +237,53 @@ def test_min_active_defers_the_switch() -> None:
     d = Driver(make_config(min_active_secs=5))
     d.submit(1, "a")
     d.finish("a")
-    d.feed(d.core.release(1, d.now))
+    d.release(1)
     d.submit(2, "b")
     assert d.state("a") is ModelState.READY
     assert d.core.next_deadline() == 5.0
     d.now = 5.0
-    d.feed(d.core.tick(d.now))
+    d.tick()
     assert d.state("a") is ModelState.EVICTING
-
-
-def admin(d: Driver, name: str, *args: Any) -> Any:
-    replies: list[Any] = []
-    method = getattr(d.core, f"admin_{name}")
-    for c in method(*args, 99, d.now):
-        d.feed([c])
-        if type(c).__name__ == "AdminReply":
-            replies.append(c)
-    return replies
-
-
-def replies_in(d: Driver) -> list[Any]:
-    return [c for c in d.log if type(c).__name__ == "AdminReply"]
 
 
 def test_forced_switch_ignores_min_active_and_replies_when_ready() -> None:
     d = Driver(make_config(min_active_secs=60))
     d.submit(1, "a")
     d.finish("a")
-    d.feed(d.core.release(1, d.now))
-    admin(d, "switch", "b")
+    d.release(1)
+    d.admin(AdminSwitch("b"))
     assert d.state("a") is ModelState.EVICTING  # min_active did not hold it
     d.finish("a")
     d.finish("b")
-    reply = replies_in(d)[-1]
+    reply = d.replies()[-1]
     assert reply.ok
     assert reply.data["victims"] == ["a"]
-    assert reply.data["duration_s"] >= 0
+    duration = reply.data["duration_s"]
+    assert isinstance(duration, float)
+    assert duration >= 0
 
 
 def test_concurrent_forced_switches_are_serialised() -> None:
     d = Driver(make_config())
-    admin(d, "switch", "a")
-    admin(d, "switch", "b")
+    d.admin(AdminSwitch("a"))
+    d.admin(AdminSwitch("b"))
     assert d.state("a") is ModelState.STARTING
     assert d.state("b") is ModelState.STOPPED  # waits for the first
     d.finish("a")
     assert d.state("a") is ModelState.EVICTING
     d.finish("a")
     d.finish("b")
-    assert [r.ok for r in replies_in(d)] == [True, True]
+    assert [r.ok for r in d.replies()] == [True, True]
 
 
 def test_manual_mode_pins_a_model_and_stops_automatic_switching() -> None:
     d = Driver(make_config())
-    admin(d, "mode", "manual", "a")
+    d.admin(AdminMode(Mode.MANUAL, "a"))
     d.finish("a")
     d.submit(1, "b")
     assert d.state("a") is ModelState.READY  # b waits: a is pinned
     assert d.state("b") is ModelState.STOPPED
-    admin(d, "mode", "auto", None)
+    d.admin(AdminMode(Mode.AUTO))
     assert d.state("a") is ModelState.EVICTING
 
 
@@ -361,18 +291,18 @@ def test_evict_restart_reset() -> None:
     d = Driver(make_config())
     d.submit(1, "a")
     d.finish("a")
-    d.feed(d.core.release(1, d.now))
-    assert admin(d, "evict", "a")[0].ok
+    d.release(1)
+    assert d.answer(AdminEvict("a")).ok
     d.finish("a")
     assert d.state("a") is ModelState.SLEEPING
-    assert not admin(d, "evict", "a")[0].ok  # not ready
-    admin(d, "restart", "a")
+    assert d.answer(AdminEvict("a")).refusal is AdminRefusal.BUSY  # not ready
+    d.admin(AdminRestart("a"))
     assert d.pending_op("a").op.kind is OpKind.STOP
     d.finish("a")
     assert d.pending_op("a").op.steps == (Step.COLD_START,)
     d.finish("a")
-    assert replies_in(d)[-1].ok
-    assert admin(d, "reset", "nope")[0].status == 404
+    assert d.replies()[-1].ok
+    assert d.answer(AdminReset("nope")).refusal is AdminRefusal.UNKNOWN_MODEL
 
 
 def test_backoff_deadline_is_not_reported_once_the_start_began() -> None:
@@ -382,7 +312,7 @@ def test_backoff_deadline_is_not_reported_once_the_start_began() -> None:
     d.finish("a", OpResult.FAILED)
     assert d.core.next_deadline() == 1.0  # backoff before the retry
     d.now = 1.0
-    d.feed(d.core.tick(d.now))
+    d.tick()
     assert d.state("a") is ModelState.STARTING
     d.now = 2.0
     deadline = d.core.next_deadline()

@@ -5,8 +5,9 @@ Owns: the routes — `GET /` (dashboard) and its static files, `GET /api/status`
 `POST /api/mode`, `GET /api/events` (SSE), `GET /api/logs/{model}`, `POST /api/chat`,
 `GET /api/openapi.json` — plus bearer-token auth on `/api/*`, OpenAI-shaped errors and
 security headers (a strict CSP: the page loads nothing from anywhere else).
-Does not: decide. Every command goes through the scheduler's owner task as an admin
-input and answers with its `AdminReply`; status is a read-only snapshot.
+Does not: decide. Every command goes to the scheduler's owner task as a typed admin
+input and answers with its `AdminReply` (a refusal maps to an HTTP status here); status
+is built from the scheduler's frozen view.
 
 Open without a token: the dashboard's static files and the OpenAPI document (neither
 holds data). Everything else under `/api/` needs the token when one is configured; the
@@ -37,9 +38,16 @@ from gpumux.core.errors import (
     openai_envelope,
 )
 from gpumux.http.errors import error_response
-from gpumux.scheduler.messages import AdminReply, Command, Note
+from gpumux.scheduler.inputs import (
+    AdminCommand,
+    AdminEvict,
+    AdminMode,
+    AdminReset,
+    AdminRestart,
+    AdminSwitch,
+)
+from gpumux.scheduler.messages import AdminRefusal, AdminReply, Mode, Note
 from gpumux.scheduler.runner import Scheduler
-from gpumux.scheduler.state.core import SchedulerCore
 
 log = structlog.get_logger(__name__)
 
@@ -61,14 +69,14 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-store",
 }
-#: AdminReply status -> OpenAI (type, code) for failures.
-_REPLY_ERRORS = {
-    400: ("invalid_request_error", "invalid_request"),
-    404: ("invalid_request_error", "model_not_found"),
-    409: ("invalid_request_error", "model_busy"),
-    503: ("server_error", "model_unavailable"),
+#: Why the scheduler refused -> HTTP status and OpenAI (type, code).
+_REFUSALS: dict[AdminRefusal, tuple[int, str, str]] = {
+    AdminRefusal.BAD_REQUEST: (400, "invalid_request_error", "invalid_request"),
+    AdminRefusal.UNKNOWN_MODEL: (404, "invalid_request_error", "model_not_found"),
+    AdminRefusal.BUSY: (409, "invalid_request_error", "model_busy"),
+    AdminRefusal.SHUTTING_DOWN: (503, "server_error", "model_unavailable"),
+    AdminRefusal.START_FAILED: (503, "server_error", "model_unavailable"),
 }
-AdminInput = Callable[[SchedulerCore, int, float], list[Command]]
 
 
 class AdminApi:
@@ -152,32 +160,17 @@ class AdminApi:
             raise InvalidJson("`model` (a string) is required.")
         model = self._known_model(model)
         return await self._run(
-            "switch",
-            model,
-            lambda core, reply, now: core.admin_switch(model, reply, now),
-            self._switch_timeout(model, body),
+            "switch", model, AdminSwitch(model), self._switch_timeout(model, body)
         )
 
     async def _model_action(self, request: web.Request) -> web.Response:
         model = self._known_model(request.match_info["model"])
         action = request.match_info["action"]
-        inputs: dict[str, tuple[AdminInput, float]] = {
-            "wake": (
-                lambda core, reply, now: core.admin_switch(model, reply, now),
-                self._switch_timeout(model, {}),
-            ),
-            "evict": (
-                lambda core, reply, now: core.admin_evict(model, reply, now),
-                QUICK_REPLY_SECS,
-            ),
-            "restart": (
-                lambda core, reply, now: core.admin_restart(model, reply, now),
-                self._switch_timeout(model, {}),
-            ),
-            "reset": (
-                lambda core, reply, now: core.admin_reset(model, reply, now),
-                QUICK_REPLY_SECS,
-            ),
+        inputs: dict[str, tuple[AdminCommand, float]] = {
+            "wake": (AdminSwitch(model), self._switch_timeout(model, {})),
+            "evict": (AdminEvict(model), QUICK_REPLY_SECS),
+            "restart": (AdminRestart(model), self._switch_timeout(model, {})),
+            "reset": (AdminReset(model), QUICK_REPLY_SECS),
         }
         if action not in inputs:
             raise RouteNotFound(f"Unknown action `{action}` (wake, evict, restart or reset).")
@@ -193,27 +186,22 @@ class AdminApi:
         if model is not None:
             model = self._known_model(model)
         timeout = self._switch_timeout(model, body) if mode == "manual" else QUICK_REPLY_SECS
-        return await self._run(
-            f"mode_{mode}",
-            model,
-            lambda core, reply, now: core.admin_mode(str(mode), model, reply, now),
-            timeout,
-        )
+        return await self._run(f"mode_{mode}", model, AdminMode(Mode(mode), model), timeout)
 
     async def _run(
-        self, command: str, model: str | None, fn: AdminInput, timeout: float
+        self, name: str, model: str | None, command: AdminCommand, timeout: float
     ) -> web.Response:
-        self._status.observer.note(Note("admin_command", {"command": command, "model": model}))
+        self._status.observer.note(Note("admin_command", {"command": name, "model": model}))
         try:
-            reply = await self._scheduler.admin(fn, timeout=timeout)
+            reply = await self._scheduler.admin(command, timeout=timeout)
         except TimeoutError:
             raise UpstreamTimeout(
-                f"`{command}` did not finish within {timeout:g}s; it goes on in the background."
+                f"`{name}` did not finish within {timeout:g}s; it goes on in the background."
             ) from None
         return _reply_response(reply)
 
     def _known_model(self, model: str) -> str:
-        if model not in self._status.core.slots:
+        if model not in self._scheduler.view.models:
             raise ModelNotFound(f"The model `{model}` does not exist.", param="model")
         return model
 
@@ -237,12 +225,10 @@ class AdminApi:
 
 
 def _reply_response(reply: AdminReply) -> web.Response:
-    if reply.ok:
+    if reply.refusal is None:
         return web.json_response({"ok": True, "detail": reply.detail, **reply.data}, dumps=_dumps)
-    error_type, code = _REPLY_ERRORS.get(reply.status, ("server_error", "admin_failed"))
-    return web.json_response(
-        openai_envelope(reply.detail, error_type, code), status=reply.status or 500
-    )
+    status, error_type, code = _REFUSALS[reply.refusal]
+    return web.json_response(openai_envelope(reply.detail, error_type, code), status=status)
 
 
 async def _json_body(request: web.Request) -> dict[str, object]:

@@ -57,7 +57,7 @@ def build_admin(
     sup = config().supervision
     status = StatusSources(
         config=config,
-        core=scheduler.core,
+        view=lambda: scheduler.view,
         observer=observer,
         metrics=metrics,
         resources=resources,

@@ -4,9 +4,9 @@ Owns: assembling, from read-only views, per-model state (queue depth, in-flight,
 switch with strategy, duration and phases, restarts, last error, pid, image location),
 the mode and pinned model, switches in progress, learned switch costs, GPU and host
 memory, and request/TTFT counters the dashboard turns into rates.
-Does not: change anything. It reads the scheduler core between awaits on the loop
-thread (the owner task mutates it only inside its own steps, so a read here sees a
-consistent state), and never reads a value to act on it.
+Does not: change anything. It reads the scheduler's frozen view (published after each
+step, so it is always one consistent state), never the core, and never reads a value to
+act on it.
 """
 
 from __future__ import annotations
@@ -17,8 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gpumux.core.config import Config
-from gpumux.scheduler.state.core import SchedulerCore
-from gpumux.scheduler.state.slots import Slot
+from gpumux.scheduler.view import ModelStatus, SchedulerView
 from gpumux.telemetry.metrics import Metrics
 from gpumux.telemetry.observer import DaemonObserver
 from gpumux.telemetry.resources import Resources
@@ -29,7 +28,7 @@ class StatusSources:
     """Everything the status page reads; each part is owned elsewhere."""
 
     config: Callable[[], Config]
-    core: SchedulerCore
+    view: Callable[[], SchedulerView]
     observer: DaemonObserver
     metrics: Metrics
     resources: Resources
@@ -43,15 +42,15 @@ class StatusSources:
 
 def build_status(src: StatusSources) -> dict[str, object]:
     now = src.clock()
-    core = src.core
+    view = src.view()
     config = src.config()
     requests, ttft = _request_counters(src.metrics)
     images = src.images()
     image_models = images.get("models", {})
     models = {
-        alias: _model_status(alias, slot, config, src, now, requests, ttft)
+        alias: _model_status(model, config, src, now, requests, ttft)
         | {"image": _image(config, alias, image_models.get(alias))}
-        for alias, slot in core.slots.items()
+        for alias, model in view.models.items()
     }
     switching = [
         {
@@ -60,60 +59,59 @@ def build_status(src: StatusSources) -> dict[str, object]:
             "victims": list(s.victims),
             "age_s": round(now - s.started_at, 3),
             "phases": dict(s.phases),
-            "target_state": core.slots[s.target].state.value if s.target in core.slots else None,
+            "target_state": (
+                view.models[s.target].state.value if s.target in view.models else None
+            ),
         }
-        for s in core.switches.values()
+        for s in view.switches
     ]
     return {
         "daemon": {"state": src.daemon_state(), "time": time.time()},
         "proxy_url": src.proxy_url,
-        "mode": core.mode,
-        "pinned": core.pinned,
+        "mode": view.mode.value,
+        "pinned": view.pinned,
         "policy": config.policy.policy_type,
         "models": models,
         "switches_in_progress": switching,
-        "costs": core.costs.to_dict(),
+        "costs": {name: dict(table) for name, table in view.costs.items()},
         "resources": src.resources.to_dict(),
         "host_budget": {
-            "reserve_bytes": int(config.host_memory.reserve_gib * 1024**3),
+            "reserve_bytes": view.host.reserve_bytes,
             # What each model pins in host RAM while asleep at level 1 or suspended.
-            "pin_estimate_bytes": {a: core.host_pin_estimate(s) for a, s in core.slots.items()},
+            "pin_estimate_bytes": {a: m.host_pin_bytes for a, m in view.models.items()},
         },
         "transfers": images.get("transfers", {}),
     }
 
 
 def _model_status(
-    alias: str,
-    slot: Slot,
+    model: ModelStatus,
     config: Config,
     src: StatusSources,
     now: float,
     requests: dict[str, float],
     ttft: dict[str, tuple[float, float]],
 ) -> dict[str, object]:
+    alias = model.alias
     ttft_sum, ttft_count = ttft.get(alias, (0.0, 0.0))
+    ready_since, retry_at = model.ready_since, model.retry_not_before
     return {
-        "state": slot.state.value,
-        "queue_depth": len(slot.queue),
-        "inflight": len(slot.leases),
-        "operation": slot.op.kind.value if slot.op is not None else None,
-        "switch_id": slot.switch_id,
-        "pinned": slot.pinned,
-        "pid": src.pid_of(alias) if alias in config.models else slot.pid,
-        "ready_for_s": round(now - slot.ready_since, 3) if slot.ready_since is not None else None,
-        "restarts": slot.restarts,
-        "start_failures": slot.start_failures,
-        "retry_in_s": (
-            round(max(0.0, slot.retry_not_before - now), 3)
-            if slot.retry_not_before is not None
-            else None
-        ),
-        "last_error": slot.last_error or None,
+        "state": model.state.value,
+        "queue_depth": model.queue_depth,
+        "inflight": model.inflight,
+        "operation": model.operation.value if model.operation is not None else None,
+        "switch_id": model.switch_id,
+        "pinned": model.pinned,
+        "pid": src.pid_of(alias) if alias in config.models else model.pid,
+        "ready_for_s": round(now - ready_since, 3) if ready_since is not None else None,
+        "restarts": model.restarts,
+        "start_failures": model.start_failures,
+        "retry_in_s": round(max(0.0, retry_at - now), 3) if retry_at is not None else None,
+        "last_error": model.last_error or None,
         "last_switch": src.observer.last_switch.get(alias),
-        "eviction": str(slot.eviction),
-        "gpus": list(slot.config.gpu_indices),
-        "gpu_memory_utilization": slot.config.gpu_memory_utilization,
+        "eviction": model.eviction,
+        "gpus": list(model.gpus),
+        "gpu_memory_utilization": model.gpu_memory_utilization,
         "requests_total": requests.get(alias, 0.0),
         "ttft_seconds_sum": ttft_sum,
         "ttft_seconds_count": ttft_count,

@@ -65,9 +65,9 @@ class HealthMonitor:
     async def probe_once(self) -> None:
         # A snapshot for choosing whom to probe; the scheduler re-checks any report.
         targets = [
-            (slot.alias, slot.pid, slot.state is ModelState.READY)
-            for slot in self._scheduler.core.slots.values()
-            if slot.state in PROBED_STATES and slot.op is None and slot.pid is not None
+            (model.alias, model.pid, model.state is ModelState.READY)
+            for model in self._scheduler.view.models.values()
+            if model.state in PROBED_STATES and model.operation is None and model.pid is not None
         ]
         results = await asyncio.gather(*(self._probe(alias, ready) for alias, _, ready in targets))
         live = set()
@@ -143,12 +143,12 @@ class HealthMonitor:
             self._confirming.discard(model)
 
     def _ready(self, model: str, pid: int) -> bool:
-        slot = self._scheduler.core.slots.get(model)
+        status = self._scheduler.view.models.get(model)
         return (
-            slot is not None
-            and slot.pid == pid
-            and slot.op is None
-            and slot.state is ModelState.READY
+            status is not None
+            and status.pid == pid
+            and status.operation is None
+            and status.state is ModelState.READY
         )
 
     async def _canary(self, model: str) -> bool:

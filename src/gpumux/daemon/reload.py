@@ -25,6 +25,7 @@ from gpumux.core.config import Config, ConfigProblems
 from gpumux.daemon.config_file import load_config
 from gpumux.daemon.sdnotify import Notifier
 from gpumux.http.proxy import Proxy
+from gpumux.scheduler.inputs import Reload
 from gpumux.scheduler.runner import Scheduler
 from gpumux.telemetry.metrics import Metrics
 
@@ -85,9 +86,7 @@ class Reloader:
         merged = self.config.model_copy(update={"models": dict(new.models)})
         self._notifier.reloading()
         try:
-            reply = await self._scheduler.admin(
-                lambda core, r, now: core.reload(merged, r, now), timeout=RELOAD_REPLY_SECS
-            )
+            reply = await self._scheduler.admin(Reload(merged), timeout=RELOAD_REPLY_SECS)
         except TimeoutError:
             log.error("config_reload_failed", errors=["the scheduler did not answer"])
             return False

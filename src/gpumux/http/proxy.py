@@ -242,7 +242,7 @@ class Proxy:
         url = f"http://127.0.0.1:{model.port}{request.raw_path}"
         headers = end_to_end_headers(request.headers)
         headers[REQUEST_ID] = request[REQUEST_ID]
-        pid = self._scheduler.core.slots[lease.model].pid  # the leased request's process
+        pid = lease.pid  # the process the lease was granted on
         upstream = await self._open_upstream(url, body, headers, lease.model)
         if self._streaks is not None:  # gpumux's own errors raised above; never counted
             self._streaks.record(lease.model, pid, upstream.status)

@@ -1,9 +1,11 @@
 """The vocabulary between the scheduler core and whoever runs it: operations and commands.
 
 Owns: `Operation` (one evict or wake of one model, as a step sequence), `OpOutcome`
-(what the orchestrator reports back), and the commands the core emits (grant, reject,
-start an operation, and observations for metrics and logs).
-Does not: do anything. Pure data shared by the core, the async runner and the simulator.
+(what the orchestrator reports back), the commands the core emits (grant, reject, start
+an operation, answer an admin command, and observations for metrics and logs), and the
+enums they carry (`Mode`, `AdminRefusal`). The inputs the core accepts are in `inputs`.
+Does not: do anything, or know HTTP (`admin/` maps an `AdminRefusal` to a status code).
+Pure data shared by the core, the async runner and the simulator.
 """
 
 from __future__ import annotations
@@ -56,8 +58,12 @@ class OpOutcome:
 
 @dataclass(frozen=True)
 class Grant:
+    """`ticket` may send its request to `model`'s backend, the process `pid` on `port`."""
+
     ticket: int
     model: str
+    pid: int | None = None
+    port: int | None = None
 
 
 @dataclass(frozen=True)
@@ -116,15 +122,33 @@ class Note:
     fields: dict[str, object] = field(default_factory=dict)
 
 
+class Mode(StrEnum):
+    AUTO = "auto"  # the policy chooses what to wake
+    MANUAL = "manual"  # one pinned model: never evicted, the only one woken
+
+
+class AdminRefusal(StrEnum):
+    """Why an admin command was not carried out (`admin/` maps each to an HTTP answer)."""
+
+    UNKNOWN_MODEL = "unknown_model"  # not configured, or removed by a reload
+    BUSY = "busy"  # the model's state does not allow it now (not ready, mid-operation)
+    BAD_REQUEST = "bad_request"  # the command cannot mean anything (manual with no model)
+    SHUTTING_DOWN = "shutting_down"
+    START_FAILED = "start_failed"  # the model did not come up
+
+
 @dataclass(frozen=True)
 class AdminReply:
     """The answer to an admin command (forced switch, evict, restart, ...)."""
 
     reply: int
-    ok: bool
     detail: str
-    status: int = 200  # HTTP status the admin API should answer with
+    refusal: AdminRefusal | None = None  # None: done
     data: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.refusal is None
 
 
 Command = (

@@ -1,8 +1,10 @@
 """The scheduler task: runs `SchedulerCore` in real time and carries out its commands.
 
-Owns: the inbox every other component sends to, the futures that requests await, the
-task group of running operations, and the timer that wakes the core at its next deadline.
-It is the only task that calls the core, so the core's state has exactly one owner.
+Owns: the inbox every other component sends typed inputs to (`scheduler.inputs`), the
+futures that requests and admin commands await, the running operations, the timer that
+wakes the core at its next deadline, and the frozen `SchedulerView` of the state after
+its last step. It is the only task that calls the core, so the core's state has exactly
+one owner; everyone else reads `view`.
 Does not: decide anything (the core does) or perform steps (the orchestrator does).
 Observations (state changes, switches, waits) go to a `SchedulerObserver` — metrics and
 logs in the daemon, statistics in tests.
@@ -20,6 +22,23 @@ import structlog
 
 from gpumux.core.errors import GpumuxError, ShuttingDown
 from gpumux.core.states import ModelState
+from gpumux.scheduler.inputs import (
+    Admin,
+    AdminCommand,
+    BeginShutdown,
+    Cancel,
+    ForceStop,
+    FoundAsleep,
+    HealthFailed,
+    HostMemory,
+    Input,
+    OpDone,
+    OpPhase,
+    ProcessExited,
+    Release,
+    Submit,
+    Tick,
+)
 from gpumux.scheduler.messages import (
     AdminReply,
     Command,
@@ -37,6 +56,7 @@ from gpumux.scheduler.messages import (
 )
 from gpumux.scheduler.orchestrator import Orchestrator
 from gpumux.scheduler.state.core import SchedulerCore
+from gpumux.scheduler.view import SchedulerView
 
 
 class SchedulerObserver(Protocol):
@@ -50,71 +70,16 @@ class SchedulerObserver(Protocol):
 
 @dataclass(frozen=True)
 class Lease:
-    """Permission to send one request to `model`'s backend; release it exactly once."""
+    """Permission to send one request to `model`'s backend; release it exactly once.
+
+    `pid` and `port` name the backend process the grant was made for, so the proxy never
+    asks the scheduler which process that is.
+    """
 
     ticket: int
     model: str
-
-
-# ---- inbox messages ------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Submit:
-    ticket: int
-    model: str
-
-
-@dataclass(frozen=True)
-class _Release:
-    ticket: int
-
-
-@dataclass(frozen=True)
-class _Cancel:
-    ticket: int
-
-
-@dataclass(frozen=True)
-class _OpDone:
-    outcome: OpOutcome
-
-
-@dataclass(frozen=True)
-class _OpState:
-    op_id: int
-    state: ModelState
-
-
-@dataclass(frozen=True)
-class _Exited:
-    model: str
-    pid: int
-    code: int
-
-
-@dataclass(frozen=True)
-class _Unhealthy:
-    model: str
-    pid: int
-
-
-@dataclass(frozen=True)
-class _Asleep:
-    model: str
-    pid: int
-
-
-@dataclass(frozen=True)
-class _Call:
-    """Run `fn(core, now)` inside the owner task (admin commands, shutdown)."""
-
-    fn: Callable[[SchedulerCore, float], list[Command]]
-
-
-_Message = (
-    _Submit | _Release | _Cancel | _OpDone | _OpState | _Exited | _Unhealthy | _Asleep | _Call
-)
+    pid: int | None = None
+    port: int | None = None
 
 
 class Scheduler:
@@ -125,11 +90,12 @@ class Scheduler:
         observer: SchedulerObserver,
         clock: Callable[[], float],
     ) -> None:
-        self.core = core
+        self._core = core
         self._orchestrator = orchestrator
         self._observer = observer
         self._clock = clock
-        self._inbox: asyncio.Queue[_Message] = asyncio.Queue()
+        self._view: SchedulerView | None = None  # built on first read after a step
+        self._inbox: asyncio.Queue[Input] = asyncio.Queue()
         self._waiters: dict[int, asyncio.Future[Lease]] = {}
         self._tickets = itertools.count(1)
         self._replies = itertools.count(1)
@@ -140,7 +106,19 @@ class Scheduler:
         self._stopped = asyncio.Event()  # set when every tree is stopped during shutdown
         self._closed = False
 
-    # ---- API for other components (they only send messages) ----------------------------
+    # ---- API for other components (they only send messages and read the view) ----------
+
+    @property
+    def view(self) -> SchedulerView:
+        """The state as of the last step: frozen, so a reader cannot see a half-made one.
+
+        A step runs without awaiting, so any read between steps sees exactly the state it
+        left. The copy is made on the first read after a step, not after every step: the
+        request path (two steps per request) never reads it, the monitors rarely do.
+        """
+        if self._view is None:
+            self._view = self._core.view()
+        return self._view
 
     async def acquire(self, model: str) -> Lease:
         """Wait until `model` may serve one request. Raises a GpumuxError when it may not."""
@@ -149,43 +127,38 @@ class Scheduler:
         ticket = next(self._tickets)
         future: asyncio.Future[Lease] = asyncio.get_running_loop().create_future()
         self._waiters[ticket] = future
-        self._inbox.put_nowait(_Submit(ticket, model))
+        self._inbox.put_nowait(Submit(ticket, model))
         try:
             return await future
         except asyncio.CancelledError:
             # The client left while queued (or just as it was granted): tell the owner.
-            self._inbox.put_nowait(_Cancel(ticket))
+            self._inbox.put_nowait(Cancel(ticket))
             raise
         finally:
             self._waiters.pop(ticket, None)
 
     def release(self, lease: Lease) -> None:
-        self._inbox.put_nowait(_Release(lease.ticket))
+        self._inbox.put_nowait(Release(lease.ticket))
 
     def process_exited(self, model: str, pid: int, code: int) -> None:
-        self._inbox.put_nowait(_Exited(model, pid, code))
+        self._inbox.put_nowait(ProcessExited(model, pid, code))
 
     def report_unhealthy(self, model: str, pid: int) -> None:
-        self._inbox.put_nowait(_Unhealthy(model, pid))
+        self._inbox.put_nowait(HealthFailed(model, pid))
 
     def report_asleep(self, model: str, pid: int) -> None:
-        self._inbox.put_nowait(_Asleep(model, pid))
+        self._inbox.put_nowait(FoundAsleep(model, pid))
 
     def report_host_memory(self, available_bytes: int) -> None:
         """A fresh host-RAM reading (the core keeps its budget with it)."""
-        self.call(lambda core, now: core.host_memory(available_bytes, now))
+        self._inbox.put_nowait(HostMemory(available_bytes))
 
-    def call(self, fn: Callable[[SchedulerCore, float], list[Command]]) -> None:
-        self._inbox.put_nowait(_Call(fn))
-
-    async def admin(
-        self, command: Callable[[SchedulerCore, int, float], list[Command]], *, timeout: float
-    ) -> AdminReply:
-        """Run an admin input in the owner task and wait (bounded) for its reply."""
+    async def admin(self, command: AdminCommand, *, timeout: float) -> AdminReply:
+        """Send an operator's command to the owner task and wait (bounded) for its reply."""
         reply = next(self._replies)
         future: asyncio.Future[AdminReply] = asyncio.get_running_loop().create_future()
         self._admin_waiters[reply] = future
-        self.call(lambda core, now: command(core, reply, now))
+        self._inbox.put_nowait(Admin(command, reply))
         try:
             async with asyncio.timeout(timeout):
                 return await future
@@ -200,10 +173,10 @@ class Scheduler:
 
     def begin_shutdown(self) -> None:
         self._closed = True
-        self.call(lambda core, now: core.begin_shutdown(now))
+        self._inbox.put_nowait(BeginShutdown())
 
     def force_stop(self) -> None:
-        self.call(lambda core, now: core.force_stop_all(now))
+        self._inbox.put_nowait(ForceStop())
 
     # ---- the owner task ------------------------------------------------------------------
 
@@ -212,17 +185,16 @@ class Scheduler:
         try:
             while True:
                 message = await self._next_message()
-                now = self._clock()
-                commands = self._apply(message, now) if message is not None else self.core.tick(now)
-                self._execute(commands)
+                self._execute(self._core.handle(message, self._clock()))
+                self._publish()
         finally:
             for task in list(self._ops):
                 task.cancel()
             if self._ops:
                 await asyncio.gather(*self._ops, return_exceptions=True)
 
-    async def _next_message(self) -> _Message | None:
-        deadline = self.core.next_deadline()
+    async def _next_message(self) -> Input:
+        deadline = self._core.next_deadline()
         if deadline is None:
             return await self._inbox.get()
         delay = max(0.0, deadline - self._clock())
@@ -230,35 +202,13 @@ class Scheduler:
             async with asyncio.timeout(delay):
                 return await self._inbox.get()
         except TimeoutError:
-            return None
-
-    def _apply(self, message: _Message, now: float) -> list[Command]:
-        core = self.core
-        match message:
-            case _Submit(ticket, model):
-                return core.submit(ticket, model, now)
-            case _Release(ticket):
-                return core.release(ticket, now)
-            case _Cancel(ticket):
-                return core.cancel(ticket, now)
-            case _OpDone(outcome):
-                return core.op_done(outcome, now)
-            case _OpState(op_id, state):
-                return core.op_phase(op_id, state, now)
-            case _Exited(model, pid, code):
-                return core.process_exited(model, pid, code, now)
-            case _Unhealthy(model, pid):
-                return core.health_failed(model, pid, now)
-            case _Asleep(model, pid):
-                return core.found_asleep(model, pid, now)
-            case _Call(fn):
-                return fn(core, now)
+            return Tick()
 
     def _execute(self, commands: list[Command]) -> None:
         for command in commands:
             match command:
-                case Grant(ticket, model):
-                    self._resolve(ticket, Lease(ticket, model))
+                case Grant(ticket, model, pid, port):
+                    self._resolve(ticket, Lease(ticket, model, pid, port))
                 case Reject(ticket, error):
                     self._resolve(ticket, error)
                 case StartOp(op):
@@ -279,18 +229,16 @@ class Scheduler:
                     waiter = self._admin_waiters.get(reply)
                     if waiter is not None and not waiter.done():
                         waiter.set_result(command)
-        self._after_commands()
 
-    def _after_commands(self) -> None:
-        slots = self.core.slots.values()
-        depths = {s.alias: len(s.queue) for s in slots}
-        inflight = {s.alias: len(s.leases) for s in slots}
+    def _publish(self) -> None:
+        self._view = None  # the next reader gets the state this step left
+        depths, inflight = self._core.load()
         self._observer.queues_changed(depths, inflight)
         if any(inflight.values()):
             self._idle.clear()
         else:
             self._idle.set()
-        if self.core.shutting_down and self.core.all_stopped:
+        if self._core.shutting_down and self._core.models.all_stopped:
             self._stopped.set()
 
     def _resolve(self, ticket: int, result: Lease | GpumuxError) -> None:
@@ -298,7 +246,7 @@ class Scheduler:
         if future is None or future.done():
             # The requester is gone; a grant must not leak its lease.
             if isinstance(result, Lease):
-                self._inbox.put_nowait(_Release(ticket))
+                self._inbox.put_nowait(Release(ticket))
             return
         if isinstance(result, Lease):
             future.set_result(result)
@@ -312,7 +260,7 @@ class Scheduler:
         )
 
         def report(state: ModelState) -> None:
-            self._inbox.put_nowait(_OpState(op.op_id, state))
+            self._inbox.put_nowait(OpPhase(op.op_id, state))
 
         try:
             outcome = await self._orchestrator.run(op, report)
@@ -320,4 +268,4 @@ class Scheduler:
             raise
         except Exception as exc:  # an effect broke its contract; the model must not hang
             outcome = OpOutcome(op.op_id, OpResult.FAILED, None, f"internal error: {exc!r}")
-        self._inbox.put_nowait(_OpDone(outcome))
+        self._inbox.put_nowait(OpDone(outcome))

@@ -23,6 +23,16 @@ from functools import partial
 from gpumux.core.config import Config
 from gpumux.core.states import ModelState
 from gpumux.policy.registry import make_policy
+from gpumux.scheduler.inputs import (
+    Cancel,
+    Input,
+    OpDone,
+    OpPhase,
+    ProcessExited,
+    Release,
+    Submit,
+    Tick,
+)
 from gpumux.scheduler.messages import Command, Grant, OpOutcome, Reject, StartOp
 from gpumux.scheduler.orchestrator import Orchestrator
 from gpumux.scheduler.state.core import SchedulerCore
@@ -34,7 +44,8 @@ from gpumux.simulate.scenario import capacity_bytes, resting_states
 from gpumux.simulate.switch_model import SwitchModel
 from gpumux.simulate.workloads import Arrival
 
-Observer = Callable[[SchedulerCore, float, list[Command]], None]
+#: Sees every input the core handled and the commands it returned, in order.
+Observer = Callable[[SchedulerCore, float, Input, list[Command]], None]
 Action = Callable[[float], None]
 
 
@@ -64,7 +75,7 @@ class Simulation:
         self._events: list[tuple[float, int, bool, Action]] = []  # (when, seq, is_tick, do)
         self._seq = itertools.count()
         self._ticks: set[float] = set()
-        self._calls: deque[Callable[[], list[Command]]] = deque()
+        self._inputs: deque[Input] = deque()
         self._ops_started = 0
         self._pending = 0  # requests and operations not finished yet
 
@@ -101,14 +112,14 @@ class Simulation:
 
     def _tick(self, now: float) -> None:
         self._ticks.discard(now)
-        self._call(now, lambda: self.core.tick(now))
+        self._send(now, Tick())
 
     def _arrive(self, ticket: int, arrival: Arrival, now: float) -> None:
         work = work_of(arrival.prompt_tokens, arrival.output_tokens)
         self.record.requests[ticket] = RequestRecord(ticket, arrival.model, now, work)
         if arrival.cancel_after is not None:
             self._push(now + arrival.cancel_after, partial(self._cancel, ticket))
-        self._call(now, lambda: self.core.submit(ticket, arrival.model, now))
+        self._send(now, Submit(ticket, arrival.model))
 
     def _cancel(self, ticket: int, now: float) -> None:
         request = self.record.requests[ticket]
@@ -120,7 +131,7 @@ class Simulation:
             return
         request.outcome, request.finished_at = "cancelled", now
         self._pending -= 1
-        self._call(now, lambda: self.core.cancel(ticket, now))
+        self._send(now, Cancel(ticket))
 
     def _served(self, model: str, version: int, now: float) -> None:
         if version == self._fleet.version[model]:
@@ -129,31 +140,32 @@ class Simulation:
 
     def _op_done(self, outcome: OpOutcome, now: float) -> None:
         self._pending -= 1
-        self._call(now, lambda: self.core.op_done(outcome, now))
+        self._send(now, OpDone(outcome))
 
     def _crash(self, model: str, now: float) -> None:
-        if self.core.slots[model].op is not None:
+        if self.core.models.slots[model].op is not None:
             return  # an operation owns the process right now and reports its fate itself
         pid = self._effects.crash(model)
         if pid is None:
             return
-        self._call(now, lambda: self.core.process_exited(model, pid, 137, now))
+        self._send(now, ProcessExited(model, pid, 137))
         self._finish(model, self._fleet.backends[model].abort_all(now), now, completed=False)
 
     # ---- the core's inputs and commands -----------------------------------------------
 
-    def _call(self, now: float, call: Callable[[], list[Command]]) -> None:
+    def _send(self, now: float, message: Input) -> None:
         """Feed the core one input; inputs its commands cause (releases) queue behind it."""
-        self._calls.append(call)
-        if len(self._calls) > 1:
+        self._inputs.append(message)
+        if len(self._inputs) > 1:
             return  # the loop below, further up the stack, will get to it
-        while self._calls:
-            commands = self._calls[0]()
+        while self._inputs:
+            message = self._inputs[0]
+            commands = self.core.handle(message, now)
             if self._observer is not None:
-                self._observer(self.core, now, commands)
+                self._observer(self.core, now, message, commands)
             for command in commands:
                 self._execute(command, now)
-            self._calls.popleft()
+            self._inputs.popleft()
 
     def _execute(self, command: Command, now: float) -> None:
         if isinstance(command, Grant):
@@ -188,7 +200,7 @@ class Simulation:
 
     def _op_state(self, op_id: int, state: ModelState) -> None:
         now = self._now
-        self._call(now, lambda: self.core.op_phase(op_id, state, now))
+        self._send(now, OpPhase(op_id, state))
 
     def _abort(self, model: str) -> None:
         """The backend dropped its in-flight requests (stopped, killed, or told to abort)."""
@@ -207,4 +219,4 @@ class Simulation:
             request = self.record.requests[ticket]
             request.finished_at, request.completed = now, completed
             self._pending -= 1
-            self._call(now, partial(self.core.release, ticket, now))
+            self._send(now, Release(ticket))

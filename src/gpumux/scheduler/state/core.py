@@ -1,211 +1,321 @@
-"""The scheduler's decision engine: the one owner of queues, leases and model states.
+"""The scheduler's state owner: one input in, the commands to carry out back.
 
-Owns: the inputs (a request, a release, a cancellation, an operation's outcome, a process
-exit, a health report, a tick, shutdown) and the reconcile pass that follows each one:
-expire deadlines, grant leases, finish drains, advance warm-up, forced switches and
-reloads, then ask the policy and bring its choices up through placement. Every input
-returns the commands to carry out (grant or reject requests, start an evict/wake
-operation, observations for metrics and logs).
-Does not: await, perform I/O or read the clock. The async runner (`scheduler`) and the
+Owns: the composition of the parts (each owns its own fields; see `design.md`), the
+dispatch of every input (`handle`), the inputs no single part owns (a finished
+operation, shutdown, reload, the refusals common to admin commands), and the reconcile
+pass after each input: walk retiring models, expire deadlines, grant ready queues, call
+off needless switches, finish drains, relieve host pressure, then the warm-up pass, the
+operator's forced switch, or the policy's choices brought up through placement. Also the
+policy's snapshot, the next deadline, and the frozen view the runner publishes.
+Does not: await, perform I/O or read the clock. The async runner (`runner`) and the
 simulator (`simulate`) feed it inputs with `now` and execute its commands, so the same
-logic runs in real and virtual time. The state and the switch mechanics live in the
-class chain `scheduler_base` → `scheduler_moves` → `scheduler_admin` → here.
+logic runs in real and virtual time. Not thread-safe by design: one task drives it.
 """
 
 from __future__ import annotations
 
-from gpumux.core.config import WeightStrategy
-from gpumux.core.errors import ModelNotFound, QueueFull, ShuttingDown
-from gpumux.core.eviction import Step
+from collections.abc import Mapping
+
+from gpumux.core.config import GIB, Config, ModelConfig, WeightStrategy
+from gpumux.core.errors import ModelNotFound, ShuttingDown
 from gpumux.core.placement import admit
-from gpumux.core.states import (
-    ModelState,
-    RequestState,
+from gpumux.core.states import ModelState
+from gpumux.policy.base import Policy, Snapshot
+from gpumux.policy.costs import SwitchCosts
+from gpumux.scheduler.inputs import (
+    Admin,
+    AdminCommand,
+    AdminEvict,
+    AdminMode,
+    AdminReset,
+    AdminRestart,
+    AdminSwitch,
+    BeginShutdown,
+    Cancel,
+    ForceStop,
+    FoundAsleep,
+    HealthFailed,
+    HostMemory,
+    Input,
+    OpDone,
+    OpPhase,
+    ProcessExited,
+    Release,
+    Reload,
+    Submit,
+    Tick,
 )
-from gpumux.policy.base import Snapshot
-from gpumux.scheduler.messages import (
-    Command,
-    Note,
-    OpKind,
-    OpOutcome,
-    Reject,
-    Restarted,
-)
-from gpumux.scheduler.state.admin import CoreAdmin
-from gpumux.scheduler.state.base import STARTABLE, M
-from gpumux.scheduler.state.slots import Ticket
+from gpumux.scheduler.messages import AdminRefusal, Command, Mode, OpKind, OpOutcome, Reject
+from gpumux.scheduler.state.host_budget import HostBudget
+from gpumux.scheduler.state.models import STARTABLE, M, Models
+from gpumux.scheduler.state.moves import Moves
+from gpumux.scheduler.state.operator import Operator
+from gpumux.scheduler.state.outbox import Outbox
+from gpumux.scheduler.state.publish import publish
+from gpumux.scheduler.state.queues import Queues
+from gpumux.scheduler.state.retirements import Retirements
+from gpumux.scheduler.state.slots import Slot
+from gpumux.scheduler.state.supervisor import Supervisor
+from gpumux.scheduler.state.switches import SwitchBook
+from gpumux.scheduler.state.warmup import Warmup
+from gpumux.scheduler.view import SchedulerView
+
+SHUTTING_DOWN = "gpumux is shutting down"
 
 
-class SchedulerCore(CoreAdmin):
-    """Single-owner state machine. Not thread-safe by design: one task drives it."""
+class SchedulerCore:
+    def __init__(
+        self,
+        config: Config,
+        policy: Policy,
+        capacity: Mapping[int, int],
+        *,
+        costs: SwitchCosts | None = None,
+        initial_states: Mapping[str, tuple[ModelState, WeightStrategy | None]] | None = None,
+    ) -> None:
+        self._config = config
+        self._policy = policy
+        self.costs = costs or SwitchCosts()
+        self.shutting_down = False
+        self._recheck_at: float | None = None
+        self.models = Models(capacity, self.costs, config.policy)
+        for alias, model in config.models.items():
+            self._add(alias, model, config)
+        for alias, (state, weights) in (initial_states or {}).items():
+            self.models.slots[alias].state = state
+            self.models.slots[alias].evicted_weights = weights
+        timeout = config.policy.request_timeout_secs
+        self.queues = Queues(self.models, self.costs, timeout)
+        self.supervisor = Supervisor(self.models, self.queues, config.supervision)
+        self.host = HostBudget(self.models, int(config.host_memory.reserve_gib * GIB))
+        self.switches = SwitchBook(self.costs)
+        self.moves = Moves(
+            self.models, self.queues, self.host, self.switches, self.costs, config.policy
+        )
+        self.warmup = Warmup(self.models, self.moves, config.models if config.warmup else ())
+        self.operator = Operator(self.models, self.moves, self.supervisor, self.switches)
+        self.retirements = Retirements(self.models, self.moves)
 
-    def submit(self, ticket: int, model: str, now: float) -> list[Command]:
-        """A request for `model` arrived; it is granted, queued or rejected."""
-        slot = self.slots.get(model)
-        if slot is None or self._removing(model):
-            self._out.append(
-                Reject(ticket, ModelNotFound(f"The model `{model}` does not exist.", param="model"))
-            )
-            return self._flush(now)
-        if self.shutting_down:
-            self._out.append(Reject(ticket, ShuttingDown("gpumux is shutting down", retry_after=5)))
-            return self._flush(now)
-        if slot.state is M.FAILED:
-            if slot.retry_not_before is not None and now >= slot.retry_not_before:
-                # Half-open: one more start attempt after the cool-down.
-                self._set_state(slot, M.STOPPED)
-                slot.start_failures = self._supervision.max_start_failures - 1
-            else:
-                self._out.append(Reject(ticket, self._unavailable(slot, now)))
-                return self._flush(now)
-        if len(slot.queue) >= slot.config.max_queue:
-            retry = max(1.0, self.costs.op_cost(model, "wake", str(slot.eviction)))
-            self._out.append(
-                Reject(ticket, QueueFull(f"The queue for `{model}` is full.", retry_after=retry))
-            )
-            return self._flush(now)
-        entry = Ticket(ticket, model, now, now + self._policy_config.request_timeout_secs)
-        self.tickets[ticket] = entry
-        slot.queue.append(entry)
-        return self._flush(now)
+    def handle(self, message: Input, now: float) -> list[Command]:
+        """Apply one input, bring every decision up to date, return what to carry out."""
+        out = Outbox()
+        self._apply(message, now, out)
+        self._reconcile(now, out)
+        return out.take()
 
-    def release(self, ticket: int, now: float) -> list[Command]:
-        """A granted request finished (or its client left mid-response)."""
-        entry = self.tickets.pop(ticket, None)
-        if entry is not None and entry.state is RequestState.GRANTED:
-            self._ticket_state(entry, RequestState.RELEASED)
-            slot = self.slots[entry.model]
-            slot.leases.discard(ticket)
-            slot.last_used_at = now
-        return self._flush(now)
+    def _apply(self, message: Input, now: float, out: Outbox) -> None:
+        match message:
+            case Submit(ticket, model):
+                self._submit(ticket, model, now, out)
+            case Release(ticket):
+                self.queues.release(ticket, now)
+            case Cancel(ticket):
+                self.queues.cancel(ticket, now)
+            case OpPhase(op_id, state):
+                slot = self.models.slot_of_op(op_id)
+                if slot is not None and slot.state is not state:
+                    self.models.set_state(slot, state, out)
+            case OpDone(outcome):
+                self._op_done(outcome, now, out)
+            case ProcessExited(model, pid, code):
+                self.supervisor.exited(model, pid, code, now, out)
+            case HealthFailed(model, pid):
+                self.supervisor.unhealthy(model, pid, now, out)
+            case FoundAsleep(model, pid):
+                self.supervisor.asleep(model, pid, out)
+            case HostMemory(available):
+                self.host.reading(available, now)
+            case Tick():
+                pass  # the reconcile pass below is the point
+            case BeginShutdown():
+                self._begin_shutdown(out)
+            case ForceStop():
+                self.queues.drop_leases()
+            case Admin(command, reply):
+                self._admin(command, reply, now, out)
 
-    def cancel(self, ticket: int, now: float) -> list[Command]:
-        """The client left while queued; if it was granted meanwhile, this releases it."""
-        entry = self.tickets.get(ticket)
-        if entry is None:
-            return self._flush(now)
-        if entry.state is RequestState.GRANTED:
-            return self.release(ticket, now)
-        self._ticket_state(entry, RequestState.CANCELLED)
-        self._drop_ticket(entry)
-        return self._flush(now)
+    # ---- inputs no single part owns ----------------------------------------------------------
 
-    def op_phase(self, op_id: int, state: ModelState, now: float) -> list[Command]:
-        """An operation moved its model to an intermediate state (a wake fell back to cold)."""
-        slot = self._slot_of_op(op_id)
-        if slot is not None and slot.state is not state:
-            self._set_state(slot, state)
-        return self._flush(now)
+    def _submit(self, ticket: int, model: str, now: float, out: Outbox) -> None:
+        slot = self.models.slots.get(model)
+        if slot is None or self.retirements.removing(model):
+            error = ModelNotFound(f"The model `{model}` does not exist.", param="model")
+            out.add(Reject(ticket, error))
+        elif self.shutting_down:
+            out.add(Reject(ticket, ShuttingDown(SHUTTING_DOWN, retry_after=5)))
+        elif slot.state is M.FAILED and not self.supervisor.retry_failed(slot, now, out):
+            out.add(Reject(ticket, self.supervisor.unavailable(slot, now)))
+        else:
+            self.queues.enqueue(ticket, slot, now, out)
 
-    def op_done(self, outcome: OpOutcome, now: float) -> list[Command]:
-        slot = self._slot_of_op(outcome.op_id)
+    def _op_done(self, outcome: OpOutcome, now: float, out: Outbox) -> None:
+        slot = self.models.slot_of_op(outcome.op_id)
         if slot is None or slot.op is None:
-            return self._flush(now)
+            return
         op, slot.op = slot.op, None
         secs = now - slot.op_started_at
-        if op.kind is OpKind.WAKE:
-            self._wake_done(slot, op, outcome, secs, now)
-        elif op.kind is OpKind.EVICT:
-            self._evict_done(slot, op, outcome, secs, now)
+        if op.kind is OpKind.EVICT:
+            self.moves.evict_done(slot, op, outcome, secs, now, out)
+        elif op.kind is OpKind.WAKE:
+            ready = self.moves.wake_done(slot, op, outcome, secs, now, out)
+            warming = self.warmup.warming(slot.alias)
+            if warming:
+                self.warmup.finished(slot.alias)
+            if ready and warming:
+                self.moves.start_drain(slot, None, now, out)  # warmed: evict it again
+            elif not ready:
+                # A failed wake already tried a cold start; count it like a failed start.
+                self.supervisor.count_failure(slot, now, out)
+                self.operator.start_failed(slot, outcome.error, out)
         else:
-            slot.pid = None
-            self._set_state(slot, M.STOPPED)
-            reply = self._restart_after_stop.pop(slot.alias, None)
-            if reply is not None and not self.shutting_down:
-                self._forced.append((slot.alias, reply))
-            elif slot.start_failures and not self.shutting_down:
-                self._judge_failures(slot, now)  # stopped because it was unhealthy
-        return self._flush(now)
+            self._stopped(slot, now, out)
 
-    def process_exited(self, model: str, pid: int, code: int, now: float) -> list[Command]:
-        """A supervised tree's root exited. Expected exits (during an op) are the op's business."""
-        slot = self.slots.get(model)
-        if slot is None or slot.pid != pid:
-            return self._flush(now)
+    def _stopped(self, slot: Slot, now: float, out: Outbox) -> None:
         slot.pid = None
-        if slot.op is not None:
-            return self._flush(now)  # the running operation sees the failure itself
-        self._out.append(Note("backend_crashed", {"model": model, "pid": pid, "code": code}))
-        if slot.state in (M.READY, M.DRAINING, M.SLEEPING, M.SUSPENDED):
-            was_ready_for = now - slot.ready_since if slot.ready_since is not None else 0.0
-            slot.ready_since = None
-            slot.drain_deadline = None
-            slot.last_error = f"process exited with code {code}"
-            slot.restarts += 1
-            self._out.append(Restarted(model, "crash"))
-            # A crash soon after becoming ready counts toward the crash-loop breaker
-            # (judged when the stop below completes).
-            if was_ready_for < self._supervision.restart_backoff_max_secs:
-                slot.start_failures += 1
-            else:
-                slot.start_failures = 0
-            slot.retry_not_before = now + self._backoff(slot) if slot.start_failures else now
-            # The root is gone, but its EngineCore and workers may not be (they would keep
-            # GPU memory and the image's PIDs): stop the whole tree before anything else.
-            self._set_state(slot, M.STOPPING)
-            self._start_op(slot, OpKind.STOP, (Step.STOP,), M.STOPPED, None, abort=True, now=now)
-        return self._flush(now)
+        self.models.set_state(slot, M.STOPPED, out)
+        restart = self.operator.take_restart(slot.alias)
+        if self.shutting_down:
+            return
+        if restart is not None:
+            self.operator.switch(slot.alias, restart)
+        elif slot.start_failures:
+            self.supervisor.judge(slot, now, out)  # stopped because it was unhealthy
 
-    def found_asleep(self, model: str, pid: int, now: float) -> list[Command]:
-        """A ready backend reports it is asleep (someone called its /sleep): believe it.
-
-        The level is unknown, so it wakes with the level-2 sequence, which is correct after
-        either level (reload_weights after level 1 only re-reads the weights).
-        """
-        slot = self.slots.get(model)
-        if slot is None or slot.pid != pid or slot.op is not None or slot.state is not M.READY:
-            return self._flush(now)
-        self._out.append(Note("backend_found_asleep", {"model": model, "pid": pid}))
-        slot.ready_since = None
-        slot.evicted_weights = WeightStrategy.DISCARD
-        self._set_state(slot, M.SLEEPING)
-        return self._flush(now)
-
-    def health_failed(self, model: str, pid: int, now: float) -> list[Command]:
-        """A live backend failed its health probes repeatedly: kill it (it restarts on demand)."""
-        slot = self.slots.get(model)
-        alive = (M.READY, M.SLEEPING, M.SUSPENDED)
-        if slot is None or slot.pid != pid or slot.op is not None or slot.state not in alive:
-            return self._flush(now)  # stale report: the owner's view wins
-        slot.last_error = "failed its health checks"
-        slot.restarts += 1
-        self._out.append(Restarted(model, "unhealthy"))
-        self._set_state(slot, M.STOPPING)
-        self._start_op(slot, OpKind.STOP, (Step.STOP,), M.STOPPED, None, abort=True, now=now)
-        slot.start_failures += 1  # judged when the stop completes (STOPPING cannot fail)
-        slot.retry_not_before = now + self._backoff(slot)
-        return self._flush(now)
-
-    def tick(self, now: float) -> list[Command]:
-        return self._flush(now)
-
-    def begin_shutdown(self, now: float) -> list[Command]:
-        """Refuse new work, fail the queues, and stop every tree once in-flight requests end."""
+    def _begin_shutdown(self, out: Outbox) -> None:
         self.shutting_down = True
-        while self._forced:
-            _, reply = self._forced.popleft()
-            self._reply(reply, False, "gpumux is shutting down", 503)
-        for slot in self.slots.values():
-            while slot.queue:
-                entry = slot.queue[0]
-                self._ticket_state(entry, RequestState.REJECTED)
-                self._drop_ticket(entry)
-                self._out.append(
-                    Reject(entry.ticket, ShuttingDown("gpumux is shutting down", retry_after=5))
-                )
-        return self._flush(now)
+        self.operator.refuse_all(SHUTTING_DOWN, AdminRefusal.SHUTTING_DOWN, out)
+        for slot in self.models.slots.values():
+            self.queues.reject_all(slot, lambda: ShuttingDown(SHUTTING_DOWN, retry_after=5), out)
 
-    def force_stop_all(self, now: float) -> list[Command]:
-        """Shutdown's drain deadline passed: stop trees even with requests in flight."""
-        for slot in self.slots.values():
-            slot.leases.clear()
-        return self._flush(now)
+    def _admin(self, command: AdminCommand, reply: int, now: float, out: Outbox) -> None:
+        slots = self.models.slots
+        match command:
+            case Reload(config):
+                self._reload(config, reply, out)
+            case AdminMode(Mode.MANUAL, str() as model) if not self._in_force(model):
+                # Pinning a model on its way out would queue a switch for a slot about to go.
+                out.reply(reply, f"unknown model `{model}`", refusal=AdminRefusal.UNKNOWN_MODEL)
+            case AdminMode():
+                self.operator.mode(command, reply, out)
+            case AdminReset(model) if model in slots:
+                self.operator.reset(slots[model], reply, out)
+            case AdminReset(model):
+                out.reply(reply, f"unknown model `{model}`", refusal=AdminRefusal.UNKNOWN_MODEL)
+            case _ if not self._in_force(command.model):
+                detail = f"unknown model `{command.model}`"
+                out.reply(reply, detail, refusal=AdminRefusal.UNKNOWN_MODEL)
+            case _ if self.shutting_down:
+                out.reply(reply, SHUTTING_DOWN, refusal=AdminRefusal.SHUTTING_DOWN)
+            case AdminSwitch(model):
+                self.operator.switch(model, reply)
+            case AdminEvict(model):
+                self.operator.evict(slots[model], reply, now, out)
+            case AdminRestart(model):
+                self.operator.restart(slots[model], reply, now, out)
+
+    def _in_force(self, model: str) -> bool:
+        """Configured and not on its way out of the config."""
+        return model in self.models.slots and not self.retirements.removing(model)
+
+    # ---- config reload -----------------------------------------------------------------------
+
+    def _reload(self, config: Config, reply: int, out: Outbox) -> None:
+        """Add new models, drain and stop removed ones, restart changed ones with their new
+        config. Untouched models keep slot, queue and process."""
+        if self.shutting_down:
+            out.reply(reply, SHUTTING_DOWN, refusal=AdminRefusal.SHUTTING_DOWN)
+            return
+        slots = self.models.slots
+        diff = self.retirements.diff(config)
+        self._config = config
+        for alias in diff.added:
+            self._add(alias, config.models[alias], config)
+        for alias in diff.removed + diff.changed:
+            self._retire(slots[alias], config.models.get(alias), out)
+        out.note("config_reloaded", diff.as_dict())
+        out.reply(reply, "config reloaded", data=diff.as_dict())
+
+    def _add(self, alias: str, model: ModelConfig, config: Config) -> None:
+        residual = int(config.gpu.sleeping_residual_gib * GIB)
+        self.models.add(alias, model, config.eviction_for(alias), residual)
+
+    def _retire(self, slot: Slot, new: ModelConfig | None, out: Outbox) -> None:
+        self.retirements.retire(slot, new)
+        if new is not None:
+            return  # a changed model keeps its queue: those requests wait for the restart
+        gone = f"The model `{slot.alias}` was removed from the config."
+        self.queues.reject_all(slot, lambda: ModelNotFound(gone), out)
+        self.operator.forget(slot.alias, out)
+        self.warmup.drop(slot.alias)
+
+    def _retired(self, alias: str, new: ModelConfig | None, out: Outbox) -> None:
+        """`alias` finished its way out: drop its slot, or re-create it with `new`."""
+        if new is None:
+            del self.models.slots[alias]
+            self.switches.forget(alias)
+            self.host.forget(alias)
+            out.note("model_removed", {"model": alias})
+            return
+        slot = self.models.slots[alias]
+        slot.config = new
+        slot.eviction = self._config.eviction_for(alias)
+        slot.evicted_weights = None
+        self.supervisor.reset(slot, out)
+        out.note("model_reconfigured", {"model": alias})
+
+    # ---- the reconcile pass ------------------------------------------------------------------
+
+    def _reconcile(self, now: float, out: Outbox) -> None:
+        for alias, new in self.retirements.pending():
+            if self.retirements.advance(alias, now, out):
+                self._retired(alias, new, out)
+        slots = self.models.slots
+        self.queues.expire(now, out)
+        for slot in slots.values():
+            if slot.state is M.READY and slot.queue and not self.warmup.warming(slot.alias):
+                self.queues.grant_all(slot, now, out)
+        self.moves.call_off_needless(self.operator.forcing, now, out)
+        for slot in slots.values():
+            if slot.state is M.DRAINING:
+                self.moves.finish_drain(slot, now, out)
+        if self.shutting_down:
+            self.models.stop_idle_trees(now, out)
+            return
+        self.host.relieve_pressure(now, out)
+        if self.warmup.active:
+            self.warmup.advance(now, out)
+            return
+        self._recheck(self.operator.advance(now, out))
+        if self.operator.busy:
+            return  # an operator's switch goes first; the policy resumes after it
+        self._recheck_at = None
+        if not any(slot.queue for slot in slots.values()):
+            return  # policies only wake models with demand: nothing to ask
+        decision = self._policy.decide(self.snapshot(now))
+        self._recheck_at = decision.recheck_at
+        pinned = self.models.pinned
+        blocked_gpus: set[int] = set()
+        for target in decision.wake:
+            if (pinned is not None and target != pinned) or self.retirements.retiring(target):
+                continue
+            slot = self.models.slots[target]
+            gpus = slot.config.gpu_indices
+            if slot.state not in STARTABLE or blocked_gpus.intersection(gpus):
+                continue
+            attempt = self.moves.bring_up(slot, now, out)
+            self._recheck(attempt.wait_until)
+            if not attempt.settled:
+                blocked_gpus.update(gpus)
+
+    def _recheck(self, when: float | None) -> None:
+        if when is not None:
+            self._recheck_at = when if self._recheck_at is None else min(self._recheck_at, when)
+
+    # ---- what the runner and the policy read ------------------------------------------------
 
     def next_deadline(self) -> float | None:
-        times: list[float] = [
-            t.deadline for t in self.tickets.values() if t.state is RequestState.QUEUED
-        ]
-        for slot in self.slots.values():
+        times = self.queues.deadlines()
+        for slot in self.models.slots.values():
             if slot.drain_deadline is not None and slot.state is M.DRAINING:
                 times.append(slot.drain_deadline)
             # Backoff gates only a start that has not begun: a STARTING slot keeps its
@@ -217,56 +327,32 @@ class SchedulerCore(CoreAdmin):
         return min(times, default=None)
 
     def snapshot(self, now: float) -> Snapshot:
-        tenants = self._tenants()
+        """What the policy sees."""
+        tenants = self.models.tenants()
+        capacity = self.models.capacity
         views = {
             alias: slot.view(
-                wake_cost_secs=self._wake_cost(slot),
+                wake_cost_secs=self.models.wake_cost(slot),
                 evict_cost_secs=self.costs.op_cost(alias, "evict", str(slot.eviction)),
                 drain_cost_secs=self.costs.op_cost(alias, "drain", str(slot.eviction)),
                 # Only models with demand can be woken, so only they need placement.
                 fits_now=bool(slot.queue)
                 and slot.state in STARTABLE
-                and admit(alias, tenants, self._capacity, now).fits_now,
+                and admit(alias, tenants, capacity, now).fits_now,
             )
-            for alias, slot in self.slots.items()
+            for alias, slot in self.models.slots.items()
         }
-        switching = any(s.op is not None or s.state is M.DRAINING for s in self.slots.values())
-        return Snapshot(now=now, models=views, switching=switching, pinned=self.pinned)
+        return Snapshot(
+            now=now, models=views, switching=self.models.busy, pinned=self.models.pinned
+        )
 
-    def _reconcile(self, now: float) -> None:
-        self._advance_retiring(now)
-        self._expire_tickets(now)
-        for slot in self.slots.values():
-            if slot.state is M.READY and slot.queue and not slot.warming:
-                self._grant_queue(slot, now)
-        self._cancel_needless_drains(now)
-        for slot in self.slots.values():
-            if slot.state is M.DRAINING:
-                self._maybe_finish_drain(slot, now)
-        if self.shutting_down:
-            self._stop_idle_trees(now)
-            return
-        self._relieve_host_pressure(now)
-        if self._warmup:
-            self._advance_warmup(now)
-            return
-        self._advance_forced(now)
-        if self._forced:
-            return  # an operator's switch goes first; the policy resumes after it
-        self._recheck_at = None
-        if not any(slot.queue for slot in self.slots.values()):
-            return  # policies only wake models with demand: nothing to ask
-        decision = self._policy.decide(self.snapshot(now))
-        self._recheck_at = decision.recheck_at
-        wake = [
-            m
-            for m in decision.wake
-            if (self.pinned is None or m == self.pinned) and m not in self._retiring
-        ]
-        blocked_gpus: set[int] = set()
-        for target in wake:
-            slot = self.slots[target]
-            if slot.state not in STARTABLE or blocked_gpus.intersection(slot.config.gpu_indices):
-                continue
-            if not self._try_bring_up(slot, now):
-                blocked_gpus.update(slot.config.gpu_indices)
+    def load(self) -> tuple[dict[str, int], dict[str, int]]:
+        """Requests queued and in flight per model (cheap: the runner reports it every step)."""
+        slots = self.models.slots.values()
+        return {s.alias: len(s.queue) for s in slots}, {s.alias: len(s.leases) for s in slots}
+
+    def view(self) -> SchedulerView:
+        """The frozen view of everything above, for readers outside the owner task."""
+        return publish(
+            self.models, self.host, self.switches, self.costs, shutting_down=self.shutting_down
+        )

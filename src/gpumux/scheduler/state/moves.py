@@ -1,120 +1,95 @@
-"""How the scheduler core moves models: switches, drains, evictions, wakes, warm-up.
+"""How models move on and off the GPUs: admission, drains, evictions, wakes.
 
-Owns: the mechanics of one switch (admission through placement, draining victims,
-starting evict and wake operations, judging their outcomes, failure backoff, the switch
-record and its learned costs), the warm-up pass and the stops of a shutdown.
-Does not: choose targets (the policy does, through `SchedulerCore._reconcile`) or handle
-inputs. Pure: `now` is always passed in.
+Owns: the mechanics of one switch — admission through placement (wake now, drain these
+victims first, wait, or refuse the queue), draining a victim (bounded by
+`drain_timeout_secs`), starting its eviction with the host-safe strategy, starting a
+wake with the right step plan, judging both outcomes into the slot (and the costs they
+teach), and calling off a switch whose target lost all demand before its wake began.
+Does not: choose targets (the policy does, through `SchedulerCore`), count failures
+(`Supervisor`) or answer anyone (the core routes a wake's outcome). Pure: `now` is passed.
 """
 
 from __future__ import annotations
 
-from gpumux.core.config import EvictionConfig, ProcessStrategy
-from gpumux.core.errors import ModelUnavailable, QueueTimeout
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from gpumux.core.config import EvictionConfig, PolicyConfig, ProcessStrategy
+from gpumux.core.errors import ModelUnavailable
 from gpumux.core.eviction import Step, evict_plan, wake_plan
-from gpumux.core.placement import admit
-from gpumux.core.states import (
-    ModelState,
-    RequestState,
-)
-from gpumux.scheduler.messages import (
-    Grant,
-    Note,
-    Operation,
-    OpKind,
-    OpOutcome,
-    OpResult,
-    QueueWait,
-    Reject,
-    Restarted,
-    SwitchFinished,
-)
-from gpumux.scheduler.state.base import STARTABLE, M
-from gpumux.scheduler.state.host_budget import CoreHost
+from gpumux.core.states import ModelState
+from gpumux.policy.costs import SwitchCosts
+from gpumux.scheduler.messages import Operation, OpKind, OpOutcome, OpResult, Restarted
+from gpumux.scheduler.state.host_budget import HostBudget
+from gpumux.scheduler.state.models import STARTABLE, M, Models
+from gpumux.scheduler.state.outbox import Outbox
+from gpumux.scheduler.state.queues import Queues
 from gpumux.scheduler.state.slots import Slot, Switch
+from gpumux.scheduler.state.switches import SwitchBook
 
 
-class CoreMoves(CoreHost):
-    """Switch mechanics of the scheduler core (see `scheduler_base` for the state)."""
+@dataclass(frozen=True)
+class BringUp:
+    """What an attempt to bring a model up did."""
 
-    def _try_bring_up(self, slot: Slot, now: float, *, force: bool = False) -> bool:
-        """Start waking `slot` or evicting for it; False when its GPUs must wait.
+    settled: bool  # a wake started, or the queue was refused; False: its GPUs must wait
+    wait_until: float | None = None  # a victim becomes evictable then (re-ask)
 
-        `force` (an operator's switch) ignores min_active_secs.
-        """
-        admission = admit(slot.alias, self._tenants(force=force), self._capacity, now)
+
+class Moves:
+    def __init__(
+        self,
+        models: Models,
+        queues: Queues,
+        host: HostBudget,
+        switches: SwitchBook,
+        costs: SwitchCosts,
+        policy: PolicyConfig,
+    ) -> None:
+        self._models = models
+        self._queues = queues
+        self._host = host
+        self._switches = switches
+        self._costs = costs
+        self._policy = policy
+
+    def bring_up(self, slot: Slot, now: float, out: Outbox, *, force: bool = False) -> BringUp:
+        """Start waking `slot` or draining for it; `force` ignores min_active_secs."""
+        admission = self._models.admit(slot.alias, now, force=force)
         if admission.impossible:
-            self._reject_queue(
-                slot, ModelUnavailable(f"`{slot.alias}` cannot be placed: {admission.impossible}")
-            )
-            return True
+            detail = f"`{slot.alias}` cannot be placed: {admission.impossible}"
+            self._queues.reject_all(slot, lambda: ModelUnavailable(detail), out)
+            return BringUp(settled=True)
         if admission.fits_now:
-            self._start_wake(slot, self._switch_for(slot, now), now)
-            return True
+            self.start_wake(slot, self._switches.for_target(slot, now, out), now, out)
+            return BringUp(settled=True)
         if admission.victims:
             # The switch starts when it is committed, not while it waits for min_active.
-            switch = self._switch_for(slot, now)
+            switch = self._switches.for_target(slot, now, out)
             for victim in admission.victims:
-                self._start_drain(self.slots[victim], switch, now)
-        if admission.wait_until is not None:
-            self._recheck_at = min(self._recheck_at or admission.wait_until, admission.wait_until)
-        return False
+                self.start_drain(self._models.slots[victim], switch, now, out)
+        return BringUp(settled=False, wait_until=admission.wait_until)
 
-    def _switch_for(self, slot: Slot, now: float) -> Switch:
-        if slot.switch_id is None or slot.switch_id not in self.switches:
-            switch = Switch(self._next_switch, slot.alias, now)
-            self._next_switch += 1
-            self.switches[switch.switch_id] = switch
-            slot.switch_id = switch.switch_id
-            self._out.append(
-                Note("switch_started", {"switch_id": switch.switch_id, "target": slot.alias})
-            )
-        return self.switches[slot.switch_id]
+    # ---- leaving the GPU ------------------------------------------------------------------
 
-    def _grant_queue(self, slot: Slot, now: float) -> None:
-        while slot.queue:
-            entry = slot.queue.popleft()
-            self._ticket_state(entry, RequestState.GRANTED)
-            slot.leases.add(entry.ticket)
-            slot.last_used_at = now
-            self._out.append(QueueWait(slot.alias, now - entry.enqueued_at))
-            self._out.append(Grant(entry.ticket, slot.alias))
-
-    def _expire_tickets(self, now: float) -> None:
-        for slot in self.slots.values():
-            expired = [t for t in slot.queue if t.deadline <= now]
-            for entry in expired:
-                self._ticket_state(entry, RequestState.TIMED_OUT)
-                self._drop_ticket(entry)
-                self._out.append(
-                    Reject(
-                        entry.ticket,
-                        QueueTimeout(
-                            f"Timed out after {self._policy_config.request_timeout_secs:g}s "
-                            f"waiting for `{slot.alias}`."
-                        ),
-                    )
-                )
-
-    def _start_drain(self, slot: Slot, switch: Switch | None, now: float) -> None:
-        self._set_state(slot, M.DRAINING)
+    def start_drain(self, slot: Slot, switch: Switch | None, now: float, out: Outbox) -> None:
+        """No new leases for `slot`; it evicts when in-flight requests end or time runs out."""
+        self._models.set_state(slot, M.DRAINING, out)
         slot.drain_for = switch.switch_id if switch else None
         if switch is not None and slot.alias not in switch.victims:
             switch.victims.append(slot.alias)
-        drain = (
-            self._policy_config.drain_timeout_secs
-            if self._policy_config.drain_before_switch
-            else 0.0
-        )
+        policy = self._policy
+        drain = policy.drain_timeout_secs if policy.drain_before_switch else 0.0
         slot.drain_deadline = now + drain
         slot.drain_started_at = now
-        self._maybe_finish_drain(slot, now)
+        self.finish_drain(slot, now, out)
 
-    def _maybe_finish_drain(self, slot: Slot, now: float) -> None:
+    def finish_drain(self, slot: Slot, now: float, out: Outbox) -> None:
+        """Start the eviction of a draining `slot` once it is idle or its deadline passed."""
         deadline_passed = slot.drain_deadline is not None and now >= slot.drain_deadline
         if slot.leases and not deadline_passed:
             return
-        eviction = self._host_safe_eviction(slot, now)
+        eviction = self._host.safe_eviction(slot, now, out)
         if eviction is None:
             return  # host RAM is being freed first; the next reading resumes this
         steps, resting = evict_plan(eviction)
@@ -122,12 +97,12 @@ class CoreMoves(CoreHost):
         if slot.drain_for is not None and secs > 0:
             # How long a busy model takes to let go: policies plan tours of models with it
             # (an idle model lets go at once, which says nothing). Not a switch cost.
-            self.costs.observe_op(slot.alias, "drain", str(slot.eviction), secs)
-        self._set_state(slot, M.EVICTING)
+            self._costs.observe_op(slot.alias, "drain", str(slot.eviction), secs)
+        self._models.set_state(slot, M.EVICTING, out)
         slot.drain_deadline = None
         slot.drain_started_at = None
-        self._host_evicting(slot, eviction)
-        self._start_op(
+        self._host.evicting(slot, eviction)
+        self._models.start_op(
             slot,
             OpKind.EVICT,
             steps,
@@ -135,61 +110,67 @@ class CoreMoves(CoreHost):
             slot.drain_for,
             abort=bool(slot.leases),
             now=now,
+            out=out,
             eviction=eviction,
         )
 
-    def _cancel_needless_drains(self, now: float) -> None:
+    def call_off_needless(self, forced: Callable[[str], bool], now: float, out: Outbox) -> None:
         """A switch whose target lost all demand before its wake began is called off.
 
         Victims still draining for it go back to serving; victims already evicting finish.
+        A target the operator forces (`forced(alias)`) keeps its switch without demand.
         """
-        for switch in list(self.switches.values()):
-            target = self.slots[switch.target]
-            forced = any(model == target.alias for model, _ in self._forced)
-            if target.queue or forced or target.state not in STARTABLE:
+        for switch in list(self._switches.active.values()):
+            target = self._models.slots[switch.target]
+            if target.queue or target.state not in STARTABLE or forced(target.alias):
                 continue
             for victim in switch.victims:
-                slot = self.slots[victim]
+                slot = self._models.slots[victim]
                 if slot.state is M.DRAINING and slot.drain_for == switch.switch_id:
-                    self._set_state(slot, M.READY)
+                    self._models.set_state(slot, M.READY, out)
                     slot.drain_deadline = None
                     slot.drain_started_at = None
                     slot.drain_for = None
-            self._finish_switch(switch, target, "cancelled", now)
+            self._switches.finish(switch, target, "cancelled", now, out)
 
-    def _evict_done(
-        self, slot: Slot, op: Operation, outcome: OpOutcome, secs: float, now: float
+    def evict_done(
+        self, slot: Slot, op: Operation, outcome: OpOutcome, secs: float, now: float, out: Outbox
     ) -> None:
         slot.ready_since = None
         if outcome.result is OpResult.OK:
-            self.costs.observe_op(slot.alias, "evict", str(op.eviction), secs)
+            self._costs.observe_op(slot.alias, "evict", str(op.eviction), secs)
             slot.evicted_weights = op.eviction.weights
             slot.pid = outcome.pid if op.resting_state in (M.SLEEPING, M.SUSPENDED) else None
-            self._set_state(slot, op.resting_state)
+            self._models.set_state(slot, op.resting_state, out)
         else:
             slot.pid = None
             slot.last_error = outcome.error
-            self._set_state(slot, M.STOPPED)
-        self._host_evicted(slot, now)
-        switch = self.switches.get(op.switch_id) if op.switch_id is not None else None
+            self._models.set_state(slot, M.STOPPED, out)
+        self._host.evicted(slot, now)
+        switch = self._switches.get(op.switch_id)
         if switch is not None:
             switch.phases.extend(outcome.phase_secs)
         slot.drain_for = None
 
-    def _start_wake(self, slot: Slot, switch: Switch | None, now: float) -> None:
+    # ---- coming up ----------------------------------------------------------------------
+
+    def start_wake(
+        self, slot: Slot, switch: Switch | None, now: float, out: Outbox, *, warmup: bool = False
+    ) -> None:
+        """Wake, resume, restore or cold-start `slot`; `warmup` adds a 1-token request."""
         weights = slot.evicted_weights or slot.eviction.weights
         from_state = slot.state
-        steps = wake_plan(weights, from_state, warmup=slot.warming)
+        steps = wake_plan(weights, from_state, warmup=warmup)
         if from_state is M.STOPPED:
-            self._set_state(slot, M.STARTING)
+            self._models.set_state(slot, M.STARTING, out)
             if switch is not None:
                 switch.cold = True
         else:
-            self._set_state(slot, M.WAKING)
+            self._models.set_state(slot, M.WAKING, out)
         evicted_with = EvictionConfig(
             weights=weights, process=_process_for(from_state, slot.eviction)
         )
-        self._start_op(
+        self._models.start_op(
             slot,
             OpKind.WAKE,
             steps,
@@ -197,103 +178,43 @@ class CoreMoves(CoreHost):
             switch.switch_id if switch else None,
             abort=False,
             now=now,
+            out=out,
             eviction=evicted_with,
         )
 
-    def _wake_done(
-        self, slot: Slot, op: Operation, outcome: OpOutcome, secs: float, now: float
-    ) -> None:
-        switch = self.switches.get(op.switch_id) if op.switch_id is not None else None
+    def wake_done(
+        self, slot: Slot, op: Operation, outcome: OpOutcome, secs: float, now: float, out: Outbox
+    ) -> bool:
+        """Judge a finished wake; True when `slot` is ready (False: it is stopped again)."""
+        switch = self._switches.get(op.switch_id)
         if switch is not None:
             switch.phases.extend(outcome.phase_secs)
-        cold = Step.COLD_START in op.steps or outcome.result is OpResult.FALLBACK_COLD
         if outcome.result in (OpResult.OK, OpResult.FALLBACK_COLD):
-            self.costs.observe_op(
-                slot.alias, "cold_start" if cold else "wake", str(op.eviction), secs
-            )
+            cold = Step.COLD_START in op.steps or outcome.result is OpResult.FALLBACK_COLD
+            op_name = "cold_start" if cold else "wake"
+            self._costs.observe_op(slot.alias, op_name, str(op.eviction), secs)
             slot.pid = outcome.pid
             slot.ready_since = now
             slot.last_used_at = now
             slot.start_failures = 0
             slot.retry_not_before = None
             slot.evicted_weights = None
-            self._set_state(slot, M.READY)
+            self._models.set_state(slot, M.READY, out)
             if outcome.result is OpResult.FALLBACK_COLD:
                 slot.restarts += 1
-                self._out.append(Restarted(slot.alias, "wake_failed"))
+                out.add(Restarted(slot.alias, "wake_failed"))
             if switch is not None:
-                self._finish_switch(switch, slot, outcome.result.value, now)
-            if slot.warming:
-                slot.warming = False
-                self._warmup.remove(slot.alias)
-                self._start_drain(slot, None, now)
-            return
+                self._switches.finish(switch, slot, outcome.result.value, now, out)
+            return True
         slot.pid = None
         slot.ready_since = None
         slot.last_error = outcome.error
         slot.restarts += 1
-        self._out.append(Restarted(slot.alias, "start_failed"))
+        out.add(Restarted(slot.alias, "start_failed"))
         if switch is not None:
-            self._finish_switch(switch, slot, "failed", now)
-        if slot.warming:
-            slot.warming = False
-            self._warmup.remove(slot.alias)
-        # A failed wake already tried a cold start; count it like a failed start.
-        self._set_state(slot, M.STOPPED)
-        self._count_failure(slot, now)
-        if self._forced and self._forced[0][0] == slot.alias and slot.state is not M.FAILED:
-            _, reply = self._forced.popleft()
-            self._reply(reply, False, f"`{slot.alias}` did not start: {outcome.error}", 503)
-
-    def _finish_switch(self, switch: Switch, target: Slot, outcome: str, now: float) -> None:
-        self.switches.pop(switch.switch_id, None)
-        target.switch_id = None
-        source = switch.victims[0] if switch.victims else None
-        strategy = str(target.eviction)
-        duration = now - switch.started_at
-        if outcome == "ok" and not switch.cold:
-            evict = sum(
-                secs
-                for phase, secs in switch.phases
-                if phase in ("sleep", "suspend", "dump", "stop")
-            )
-            wake = sum(
-                secs
-                for phase, secs in switch.phases
-                if phase not in ("sleep", "suspend", "dump", "stop", "drain")
-            )
-            self.costs.observe_switch(source, target.alias, strategy, evict + wake)
-        finished = SwitchFinished(
-            switch.switch_id,
-            target.alias,
-            tuple(switch.victims),
-            strategy,
-            outcome,
-            duration,
-            tuple(switch.phases),
-        )
-        self.last_switch[target.alias] = finished
-        self._out.append(finished)
-
-    def _advance_warmup(self, now: float) -> None:
-        """Bring each model up once (answering a 1-token request) and evict it again."""
-        if any(s.op is not None or s.state is M.DRAINING for s in self.slots.values()):
-            return
-        slot = self.slots[self._warmup[0]]
-        if slot.state in STARTABLE:
-            slot.warming = True
-            self._start_wake(slot, None, now)
-        elif slot.state is M.FAILED:
-            self._warmup.pop(0)
-
-    def _stop_idle_trees(self, now: float) -> None:
-        for slot in self.slots.values():
-            if slot.op is not None or not slot.process_alive or slot.leases:
-                continue
-            if slot.state is M.DRAINING:
-                continue  # _maybe_finish_drain evicts it; the stop follows
-            self._set_state(slot, M.STOPPING)
-            self._start_op(slot, OpKind.STOP, (Step.STOP,), M.STOPPED, None, abort=True, now=now)
+            self._switches.finish(switch, slot, "failed", now, out)
+        self._models.set_state(slot, M.STOPPED, out)
+        return False
 
 
 def _process_for(state: ModelState, eviction: EvictionConfig) -> ProcessStrategy:

@@ -1,9 +1,10 @@
 """The scheduler's mutable records: one `Slot` per model, one `Ticket` per request, switches.
 
-Owns: the shape of the state the scheduler core owns, and the helpers that derive
-placement tenants and policy views from it.
-Does not: change state on its own; only `SchedulerCore` mutates these records, always
-through `states.transition()` for lifecycles. Pure.
+Owns: the shape of the per-model, per-request and per-switch records the core's parts
+share, and the helpers that derive placement tenants and policy views from a slot.
+Does not: change state on its own; the core's parts mutate these records, lifecycles
+always through `Models.set_state` (`states.transition()`). What only one part needs
+(host-RAM pins, the warm-up pass, the forced-switch queue) lives in that part. Pure.
 """
 
 from __future__ import annotations
@@ -64,11 +65,6 @@ class Slot:
     last_error: str = ""
     restarts: int = 0
     residual_bytes: int = 0
-    pinned: bool = False
-    warming: bool = False  # the warm-up pass brought it up and will evict it again
-    pinned_since: float | None = None  # asleep at level 1 / suspended since (host RAM held)
-    host_measure_from: int | None = None  # host RAM available when its pinning eviction began
-    host_learned_bytes: int | None = None  # measured host RAM its last pin took
 
     @property
     def resting_state(self) -> ModelState:
@@ -82,7 +78,9 @@ class Slot:
     def idle(self) -> bool:
         return not self.leases and not self.queue
 
-    def tenant(self, *, min_active_secs: float, wake_cost_secs: float) -> Tenant:
+    def tenant(
+        self, *, min_active_secs: float, wake_cost_secs: float, pinned: bool = False
+    ) -> Tenant:
         ready_since = self.ready_since if self.ready_since is not None else 0.0
         return Tenant(
             alias=self.alias,
@@ -96,7 +94,7 @@ class Slot:
             last_used_at=self.last_used_at,
             evictable_at=ready_since + min_active_secs,
             wake_cost_secs=wake_cost_secs,
-            pinned=self.pinned,
+            pinned=pinned,
         )
 
     def view(

@@ -1,0 +1,138 @@
+"""The model table: one `Slot` per model, and the guarded ways a slot's lifecycle moves.
+
+Owns: the slots, the operation ids, the pinned model of manual mode, every lifecycle
+transition (through `states.transition()`, announced as `StateChanged`), starting an
+operation, stopping a whole tree, and how placement sees the table (tenants, admission).
+Does not: decide when a model moves (the other parts do) or touch queues. Pure.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from gpumux.core.config import EvictionConfig, ModelConfig, PolicyConfig
+from gpumux.core.eviction import Step
+from gpumux.core.placement import Admission, Tenant, admit
+from gpumux.core.states import MODEL_TRANSITIONS, WAKEABLE_STATES, ModelState, transition
+from gpumux.policy.costs import SwitchCosts
+from gpumux.scheduler.messages import Mode, Operation, OpKind, StartOp, StateChanged
+from gpumux.scheduler.state.outbox import Outbox
+from gpumux.scheduler.state.slots import Slot
+
+M = ModelState
+#: States from which a model can be brought up (woken, restored, resumed or cold-started).
+STARTABLE = WAKEABLE_STATES | {M.STOPPED}
+
+
+class Models:
+    def __init__(self, capacity: Mapping[int, int], costs: SwitchCosts, policy: PolicyConfig):
+        self.slots: dict[str, Slot] = {}
+        self.pinned: str | None = None
+        self._capacity = dict(capacity)
+        self._costs = costs
+        self._min_active_secs = policy.min_active_secs
+        self._next_op = 1
+
+    def add(
+        self, alias: str, config: ModelConfig, eviction: EvictionConfig, residual_bytes: int
+    ) -> None:
+        self.slots[alias] = Slot(alias, config, eviction, residual_bytes=residual_bytes)
+
+    @property
+    def capacity(self) -> Mapping[int, int]:
+        return self._capacity
+
+    @property
+    def mode(self) -> Mode:
+        return Mode.MANUAL if self.pinned else Mode.AUTO
+
+    @property
+    def busy(self) -> bool:
+        """An operation runs or a model drains: a switch is under way."""
+        return any(s.op is not None or s.state is M.DRAINING for s in self.slots.values())
+
+    @property
+    def all_stopped(self) -> bool:
+        return all(not s.process_alive and s.op is None for s in self.slots.values())
+
+    def pin(self, alias: str | None) -> None:
+        self.pinned = alias
+
+    # ---- lifecycle ---------------------------------------------------------------------
+
+    def set_state(self, slot: Slot, target: ModelState, out: Outbox) -> None:
+        before = slot.state
+        slot.state = transition(MODEL_TRANSITIONS, before, target, what=f"model {slot.alias}")
+        # A stopping tree holds what it held before (a crashed sleeper: its residual only).
+        slot.stopping_from = before if target is M.STOPPING else None
+        out.add(StateChanged(slot.alias, before, target))
+
+    def start_op(
+        self,
+        slot: Slot,
+        kind: OpKind,
+        steps: tuple[Step, ...],
+        resting: ModelState,
+        switch_id: int | None,
+        *,
+        abort: bool,
+        now: float,
+        out: Outbox,
+        eviction: EvictionConfig | None = None,
+    ) -> None:
+        op = Operation(
+            op_id=self._next_op,
+            model=slot.alias,
+            kind=kind,
+            steps=steps,
+            eviction=eviction or slot.eviction,
+            switch_id=switch_id,
+            abort_inflight=abort,
+            resting_state=resting,
+        )
+        self._next_op += 1
+        slot.op = op
+        slot.op_started_at = now
+        out.add(StartOp(op))
+
+    def stop_tree(self, slot: Slot, now: float, out: Outbox) -> None:
+        """Kill `slot`'s whole process tree now; requests in flight on it end with it."""
+        self.set_state(slot, M.STOPPING, out)
+        self.start_op(
+            slot, OpKind.STOP, (Step.STOP,), M.STOPPED, None, abort=True, now=now, out=out
+        )
+
+    def stop_idle_trees(self, now: float, out: Outbox) -> None:
+        """Shutdown: stop every live tree nobody uses and no operation holds."""
+        for slot in self.slots.values():
+            if slot.op is not None or not slot.process_alive or slot.leases:
+                continue
+            if slot.state is M.DRAINING:
+                continue  # its drain evicts it first; the stop follows
+            self.stop_tree(slot, now, out)
+
+    def slot_of_op(self, op_id: int) -> Slot | None:
+        for slot in self.slots.values():
+            if slot.op is not None and slot.op.op_id == op_id:
+                return slot
+        return None
+
+    # ---- placement -----------------------------------------------------------------------
+
+    def wake_cost(self, slot: Slot) -> float:
+        op = "cold_start" if slot.state is M.STOPPED else "wake"
+        return self._costs.op_cost(slot.alias, op, str(slot.eviction))
+
+    def tenants(self, *, force: bool = False) -> dict[str, Tenant]:
+        """The table as placement sees it; `force` (an operator's switch) ignores min_active."""
+        return {
+            alias: s.tenant(
+                min_active_secs=0.0 if force else self._min_active_secs,
+                wake_cost_secs=self.wake_cost(s),
+                pinned=alias == self.pinned,
+            )
+            for alias, s in self.slots.items()
+        }
+
+    def admit(self, alias: str, now: float, *, force: bool = False) -> Admission:
+        return admit(alias, self.tenants(force=force), self._capacity, now)

@@ -1,0 +1,68 @@
+"""Turns the core's mutable parts into the frozen `SchedulerView` edges read.
+
+Owns: the copy — every field of the view is taken from the parts at one moment (between
+two inputs) into immutable values, so nothing outside the owner task holds a reference
+into the core's records.
+Does not: decide, or keep anything between calls. Pure.
+"""
+
+from __future__ import annotations
+
+from types import MappingProxyType
+
+from gpumux.policy.costs import SwitchCosts
+from gpumux.scheduler.state.host_budget import HostBudget
+from gpumux.scheduler.state.models import Models
+from gpumux.scheduler.state.slots import Slot
+from gpumux.scheduler.state.switches import SwitchBook
+from gpumux.scheduler.view import HostBudgetStatus, ModelStatus, SchedulerView, SwitchStatus
+
+
+def publish(
+    models: Models,
+    host: HostBudget,
+    switches: SwitchBook,
+    costs: SwitchCosts,
+    *,
+    shutting_down: bool,
+) -> SchedulerView:
+    return SchedulerView(
+        models=MappingProxyType(
+            {alias: _model(slot, models, host) for alias, slot in models.slots.items()}
+        ),
+        switches=tuple(
+            SwitchStatus(s.switch_id, s.target, tuple(s.victims), s.started_at, tuple(s.phases))
+            for s in switches.active.values()
+        ),
+        mode=models.mode,
+        pinned=models.pinned,
+        shutting_down=shutting_down,
+        all_stopped=models.all_stopped,
+        costs=MappingProxyType(
+            {name: MappingProxyType(table) for name, table in costs.to_dict().items()}
+        ),
+        host=HostBudgetStatus(host.reserve_bytes, host.available),
+    )
+
+
+def _model(slot: Slot, models: Models, host: HostBudget) -> ModelStatus:
+    return ModelStatus(
+        alias=slot.alias,
+        state=slot.state,
+        pid=slot.pid,
+        port=slot.config.port,
+        queue_depth=len(slot.queue),
+        inflight=len(slot.leases),
+        operation=slot.op.kind if slot.op is not None else None,
+        switch_id=slot.switch_id,
+        pinned=slot.alias == models.pinned,
+        ready_since=slot.ready_since,
+        restarts=slot.restarts,
+        start_failures=slot.start_failures,
+        retry_not_before=slot.retry_not_before,
+        last_error=slot.last_error,
+        eviction=str(slot.eviction),
+        gpus=tuple(slot.config.gpu_indices),
+        gpu_memory_utilization=slot.config.gpu_memory_utilization,
+        host_pin_bytes=host.pin_estimate(slot),
+    )
