@@ -92,7 +92,7 @@ def test_the_stack_is_gpumux_prometheus_grafana(parsed: dict[str, Any]) -> None:
 
 def test_gpumux_gets_the_gpus_and_what_checkpointing_needs(parsed: dict[str, Any]) -> None:
     """The GPU device request, root + CAP_CHECKPOINT_RESTORE + CAP_SYS_PTRACE for CRIU,
-    ipc: host, and no init process (CRIU cannot dump a tree under an init's stdin)."""
+    ipc: host, no init process (gpumux reaps its own tree), not privileged."""
     gpumux = parsed["services"]["gpumux"]
     devices = gpumux["deploy"]["resources"]["reservations"]["devices"]
     assert any(
