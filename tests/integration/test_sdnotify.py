@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from gpumux.daemon.sdnotify import Notifier, extend_timeout, watchdog
-from tests.integration.test_daemon_proxy import chat_body, raw_post
-from tests.support.daemon import daemon_config, http_status, mock_model, start_daemon
+from tests.support.client import CHAT, chat_body, http_status, post
+from tests.support.daemon import daemon_config, mock_model, start_daemon
 
 pytestmark = pytest.mark.integration
 
@@ -76,8 +76,8 @@ def test_ready_after_listeners_watchdog_pings_stopping_and_extend(tmp_path: Path
         try:
             systemd.wait_for("READY=1")
             assert http_status(daemon.url + "/health") == 200  # bound before READY
-            status = raw_post(daemon, "/v1/chat/completions", chat_body("a"), method="POST")
-            assert status[0] == 200  # served after the warm-up start, READY came first
+            served = post(daemon, CHAT, chat_body("a"))
+            assert served.status == 200  # served after the warm-up start, READY came first
             systemd.pump(2.0)
             pings = systemd.times_of("WATCHDOG=1")
             assert len(pings) >= 4
@@ -87,7 +87,7 @@ def test_ready_after_listeners_watchdog_pings_stopping_and_extend(tmp_path: Path
             stream: list[int] = []
             thread = threading.Thread(
                 target=lambda: stream.append(
-                    raw_post(daemon, "/v1/chat/completions", chat_body("a", max_tokens=25))[0]
+                    post(daemon, "/v1/chat/completions", chat_body("a", max_tokens=25)).status
                 )
             )
             thread.start()

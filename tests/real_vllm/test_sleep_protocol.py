@@ -25,7 +25,7 @@ import aiohttp
 import pytest
 
 from gpumux.backends.vllm_client import BackendControlError, VllmClient
-from tests.real_vllm.support import (
+from tests.support.cpu_vllm import (
     STARTUP_TIMEOUT_SECS,
     RealVllm,
     access_log,
@@ -34,7 +34,8 @@ from tests.real_vllm.support import (
     vllm_daemon,
     vllm_model,
 )
-from tests.support.daemon import RunningDaemon, metric_value
+from tests.support.daemon import RunningDaemon
+from tests.support.metrics import metric_value
 
 pytestmark = pytest.mark.real_vllm
 
