@@ -20,7 +20,7 @@ seconds (`criu_restored`), request → first token after a restore and after a c
 and their ratio. Images live on the same local disk as /tmp and are read back from the
 page cache, as they would be right after a dump.
 
-Run as root from the repository root: `.venv/bin/python bench/checkpoint.py [--quick]`.
+Run as root from the repository root: `.venv/bin/python -m bench.checkpoint [--quick]`.
 """
 
 from __future__ import annotations
@@ -34,9 +34,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):  # run as a script: make `bench` and `tests` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 import aiohttp
 
 from bench.common import (
@@ -45,10 +42,10 @@ from bench.common import (
     environment_lines,
     fmt,
     markdown_table,
+    publish,
     ratio,
     summarize,
     timed_post,
-    write_results,
 )
 from tests.support.daemon import RunningDaemon, mock_model, running_daemon
 
@@ -149,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         results[f"{size:g}"] = {"checkpoint": ckpt, "cold": cold, "cold_init": init}
         print(f"{size:g} GiB: done", flush=True)
     rows = []
-    for size, run in results.items():
+    for size_label, run in results.items():
         ckpt, cold, init = run["checkpoint"], run["cold"], run["cold_init"]
         restore_ttft = _p50(ckpt["return_request_secs"])
         cold_ttft = _p50([cold["first_request_secs"], *cold["return_request_secs"]])
@@ -157,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         image_mib = _p50([b / 2**20 for b in ckpt["image_bytes"]])
         rows.append(
             [
-                size,
+                size_label,
                 fmt(image_mib, 0),
                 fmt(_p50(ckpt["dump_secs"])),
                 fmt(_p50(ckpt["finalize_secs"])),
@@ -204,9 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         "sizes_gib": list(SIZES_GIB),
         "results": results,
     }
-    json_path, md_path = write_results(NAME, payload, markdown)
-    print(markdown)
-    print(f"\nwrote {json_path} and {md_path}")
+    publish(NAME, payload, markdown)
     return 0
 
 

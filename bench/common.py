@@ -190,25 +190,18 @@ def mock_args(**knobs: float | int | str) -> list[str]:
 def git_commit(root: Path = REPO_ROOT) -> str:
     """The checked-out commit, with `-dirty` when the working tree differs; "unknown" if no git."""
     try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short=12", "HEAD"],
-            cwd=root,
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=10,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=root,
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=10,
-        ).stdout.strip()
+        commit = _git(root, "rev-parse", "--short=12", "HEAD")
+        dirty = _git(root, "status", "--porcelain", "--untracked-files=no")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return f"{commit}-dirty" if dirty else commit
+
+
+def _git(root: Path, *args: str) -> str:
+    done = subprocess.run(
+        ["git", *args], cwd=root, capture_output=True, text=True, check=True, timeout=10
+    )
+    return done.stdout.strip()
 
 
 def source_digest(root: Path = REPO_ROOT, parts: Sequence[str] = ("src", "mock_vllm")) -> str:
@@ -298,6 +291,14 @@ def write_results(
     md_path = directory / f"{name}.md"
     json_path.write_text(json.dumps(_clean(payload), indent=2, allow_nan=False) + "\n")
     md_path.write_text(markdown.rstrip() + "\n")
+    return json_path, md_path
+
+
+def publish(name: str, payload: Mapping[str, Any], markdown: str) -> tuple[Path, Path]:
+    """`write_results`, then print the Markdown report and where both files went."""
+    json_path, md_path = write_results(name, payload, markdown)
+    print(markdown)
+    print(f"\nwrote {json_path} and {md_path}")
     return json_path, md_path
 
 

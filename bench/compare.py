@@ -13,7 +13,7 @@ errors, and CPU ms per request of the proxy in front (its whole process tree). D
 latency each proxy adds over direct, and its throughput as a fraction of direct.
 
 Needs `bench/setup-compare.sh` first (nginx, and LiteLLM in its own venv). Loopback only.
-Run from the repository root: `.venv/bin/python bench/compare.py [--quick]`.
+Run from the repository root: `.venv/bin/python -m bench.compare [--quick]`.
 """
 
 from __future__ import annotations
@@ -37,9 +37,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):  # run as a script: make `bench` and `tests` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 import psutil
 
 from bench.common import (
@@ -50,13 +47,14 @@ from bench.common import (
     get_json_async,
     markdown_table,
     mock_args,
+    publish,
     ratio,
     summarize_ms,
     timed_post,
-    write_results,
 )
 from bench.proxy_overhead import Cell, new_session, run_phase
-from tests.support.daemon import RunningDaemon, free_port, mock_model, running_daemon
+from tests.support.daemon import RunningDaemon, mock_model, running_daemon
+from tests.support.ports import free_port
 
 NAME = "compare"
 MODEL = "m"
@@ -561,9 +559,7 @@ def main(argv: list[str] | None = None) -> int:
         "derived": derive(cells),
     }
     markdown = render(payload)
-    json_path, md_path = write_results(name, payload, markdown)
-    print(markdown)
-    print(f"\nwrote {json_path} and {md_path}")
+    publish(name, payload, markdown)
     print(json.dumps({"wall_s": payload["wall_s"]}))
     return 0
 

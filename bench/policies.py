@@ -17,20 +17,16 @@ max_wait_secs plus one switch. A second grid repeats the 5 s and 20 s cells with
 max_wait_secs 60, to show what the policies do with a looser bound. Writes
 `bench/results/policies.{json,md,png}`.
 
-Run from the repository root: `.venv/bin/python bench/policies.py [--quick]`.
+Run from the repository root: `.venv/bin/python -m bench.policies [--quick]`.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
-
-if __package__ in (None, ""):  # run as a script: make `bench` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import RESULTS_DIR, environment, environment_lines, markdown_table, write_results
 from gpumux.core.config import Config

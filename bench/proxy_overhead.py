@@ -16,7 +16,7 @@ gpumux adds (p50/p99 difference) and the throughput ratio gpumux/direct. Targets
 the core-daemon issue: ≤ 1 ms added p50 at 1 client; ≥ 80 % of direct throughput at 64
 streaming clients.
 
-Run from the repository root: `.venv/bin/python bench/proxy_overhead.py [--quick]`.
+Run from the repository root: `.venv/bin/python -m bench.proxy_overhead [--quick]`.
 """
 
 from __future__ import annotations
@@ -32,9 +32,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):  # run as a script: make `bench` and `tests` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 import aiohttp
 import psutil
 
@@ -47,10 +44,10 @@ from bench.common import (
     get_json_async,
     markdown_table,
     mock_args,
+    publish,
     ratio,
     summarize_ms,
     timed_post,
-    write_results,
 )
 from tests.support.daemon import RunningDaemon, mock_model, running_daemon
 
@@ -490,9 +487,7 @@ def main(argv: list[str] | None = None) -> int:
         "targets": check_targets(derived),
     }
     markdown = render(payload)
-    json_path, md_path = write_results(name, payload, markdown)
-    print(markdown)
-    print(f"\nwrote {json_path} and {md_path}")
+    publish(name, payload, markdown)
     return 0
 
 

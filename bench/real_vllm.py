@@ -21,7 +21,7 @@ or the `vllm-path` file in `${GPUMUX_REAL_VLLM_HOME:-/opt/gpumux-real-vllm}`); t
 path also needs root, `criu` >= 4.2 and `kernel.io_uring_disabled=2` (scripts/test sets
 both up). Without them the report says why and gives the cold path alone.
 
-Run from the repository root: `.venv/bin/python bench/real_vllm.py [--rounds N] [--quick]`.
+Run from the repository root: `.venv/bin/python -m bench.real_vllm [--rounds N] [--quick]`.
 """
 
 from __future__ import annotations
@@ -32,15 +32,11 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-if __package__ in (None, ""):  # run as a script: make `bench` and `tests` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import aiohttp
 
@@ -49,11 +45,11 @@ from bench.common import (
     environment_lines,
     fmt,
     markdown_table,
+    publish,
     ratio,
     summarize,
-    write_results,
 )
-from tests.real_vllm.support import (
+from tests.support.cpu_vllm import (
     CPU_FLAGS,
     ENV_VAR,
     STARTUP_TIMEOUT_SECS,
@@ -333,9 +329,7 @@ def main(argv: list[str] | None = None) -> int:
                 Path(name).unlink(missing_ok=True)
     routes = [cold, restore] if restore.samples else [cold]
     payload, markdown = report(routes, running, note, rounds, prebake_s)
-    json_path, md_path = write_results(args.name, payload, markdown)
-    print(markdown)
-    print(f"\nwrote {json_path} and {md_path}")
+    publish(args.name, payload, markdown)
     return 0
 
 

@@ -17,7 +17,7 @@ the daemon's RSS and open file descriptors over the run (psutil; the first sampl
 taken after a warm-up), the highest fake-GPU booking per GPU (never above capacity), and
 processes left after the daemon's SIGTERM (must be 0).
 
-Run from the repository root: `.venv/bin/python bench/soak.py [--quick | --minutes N]`.
+Run from the repository root: `.venv/bin/python -m bench.soak [--quick | --minutes N]`.
 Writes `bench/results/soak.{json,md}` (`soak_quick.*` with `--quick`).
 """
 
@@ -39,9 +39,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):  # run as a script: make `bench` and `tests` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 import aiohttp
 import psutil
 
@@ -52,7 +49,7 @@ from bench.common import (
     fmt,
     markdown_table,
     mock_args,
-    write_results,
+    publish,
 )
 from tests.support.daemon import RunningDaemon, daemon_config, mock_model, start_daemon
 
@@ -616,9 +613,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{NAME}: {plan.seconds:.0f} s, {plan.clients} clients; results → bench/results/{name}.*")
     payload = run(plan)
     markdown = render(payload)
-    json_path, md_path = write_results(name, payload, markdown)
-    print(markdown)
-    print(f"\nwrote {json_path} and {md_path}")
+    publish(name, payload, markdown)
     return 0 if all(payload["verdict"].values()) else 1
 
 

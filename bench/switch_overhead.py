@@ -20,7 +20,7 @@ Overhead per alternation = switch TTFB − (direct sleep+wake + baseline TTFB), 
 p50/p99 over the alternations. gpumux's own `switch_finished` log events give its view of
 each switch (duration and phases) alongside. Target from the core-daemon issue: ≤ 10 ms.
 
-Run from the repository root: `.venv/bin/python bench/switch_overhead.py [--quick]`.
+Run from the repository root: `.venv/bin/python -m bench.switch_overhead [--quick]`.
 """
 
 from __future__ import annotations
@@ -36,9 +36,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):  # run as a script: make `bench` and `tests` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 import aiohttp
 
 from bench.common import (
@@ -48,9 +45,9 @@ from bench.common import (
     fmt,
     markdown_table,
     mock_args,
+    publish,
     summarize_ms,
     timed_post,
-    write_results,
 )
 from tests.support.daemon import RunningDaemon, mock_model, running_daemon
 
@@ -350,9 +347,7 @@ def main(argv: list[str] | None = None) -> int:
         "variants": variants,
     }
     markdown = render(payload)
-    json_path, md_path = write_results(name, payload, markdown)
-    print(markdown)
-    print(f"\nwrote {json_path} and {md_path}")
+    publish(name, payload, markdown)
     return 0
 
 

@@ -17,20 +17,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.container.support import IMAGE_ENV_VAR, Container, build_image, working_container
-
-
-def _in_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
-
-
-def require(ok: bool, reason: str) -> None:
-    """Fail in CI, skip elsewhere, when a prerequisite of the tier is missing."""
-    if ok:
-        return
-    if _in_ci():
-        pytest.fail(f"container tier cannot run in CI: {reason}", pytrace=False)
-    pytest.skip(reason)
+from tests.support.container import (
+    IMAGE_ENV_VAR,
+    Container,
+    build_image,
+    require,
+    working_container,
+)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -20,8 +20,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.container.conftest import require
-from tests.container.support import ROOT
+from tests.support.container import ROOT, require
 
 DEPLOY = ROOT / "deploy"
 COMPOSE = DEPLOY / "compose.yaml"

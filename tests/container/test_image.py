@@ -19,8 +19,10 @@ import openai
 import psutil
 import pytest
 
-from tests.container.support import ROOT, Container, image_config
-from tests.support.daemon import free_port, http_status, wait_until
+from tests.support.client import http_status
+from tests.support.container import ROOT, Container, image_config
+from tests.support.ports import free_port
+from tests.support.waits import wait_until
 
 # The first test builds the image when scripts/test has not (base cached: ~1 min).
 pytestmark = pytest.mark.timeout(600)

@@ -18,36 +18,31 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults.support import (
-    Reply,
-    alive,
-    assert_failed_stream,
-    assert_openai_error,
+from tests.support.admin import Admin
+from tests.support.backend import (
     backend_events,
     backend_state,
-    chat,
     event_names,
-    post,
-    request,
     set_faults,
     spawn_count,
-    stopped,
-    tree_pids,
 )
-from tests.support.admin import Admin
-from tests.support.daemon import (
-    RunningDaemon,
-    free_port,
-    metric_value,
-    mock_model,
+from tests.support.client import (
+    CHAT,
+    Reply,
+    assert_failed_stream,
+    assert_openai_error,
+    chat_body,
+    post,
     post_json,
-    running_daemon,
-    wait_until,
+    request,
 )
+from tests.support.daemon import RunningDaemon, mock_model, running_daemon
+from tests.support.metrics import metric_value
+from tests.support.ports import free_port
+from tests.support.procs import alive, stopped, tree_pids
+from tests.support.waits import wait_until
 
 pytestmark = pytest.mark.integration
-
-CHAT = "/v1/chat/completions"
 
 
 def in_thread(target: object) -> tuple[threading.Thread, list[Reply]]:
@@ -75,10 +70,12 @@ def test_backend_sigkilled_mid_stream_ends_with_error_event_and_restarts(tmp_pat
     """
     slow = ["--mock-tokens-per-sec", "10"]
     with running_daemon(tmp_path, {"a": mock_model(extra_args=slow)}) as daemon:
-        assert post(daemon, CHAT, chat()).status == 200
+        assert post(daemon, CHAT, chat_body()).status == 200
         root = backend_state(daemon, "a")["pid"]
         old_tree = tree_pids(root)
-        thread, replies = in_thread(lambda: post(daemon, CHAT, chat(stream=True, max_tokens=40)))
+        thread, replies = in_thread(
+            lambda: post(daemon, CHAT, chat_body(stream=True, max_tokens=40))
+        )
         wait_until(lambda: backend_state(daemon, "a")["running"] == 1, what="stream running")
         time.sleep(0.3)  # a few chunks are out
         os.kill(root, signal.SIGKILL)
@@ -94,7 +91,7 @@ def test_backend_sigkilled_mid_stream_ends_with_error_event_and_restarts(tmp_pat
             ),
             what="the crash counted",
         )
-        assert post(daemon, CHAT, chat()).status == 200
+        assert post(daemon, CHAT, chat_body()).status == 200
         assert backend_state(daemon, "a")["pid"] != root
         wait_until(lambda: not [p for p in old_tree if alive(p)], what="the old tree gone")
 
@@ -106,10 +103,10 @@ def test_backend_killed_before_response_headers_is_502_with_retry_hints(tmp_path
     `Retry-After` and a deliberate `x-should-retry`; the backend saw the request once.
     """
     with running_daemon(tmp_path, {"a": mock_model()}) as daemon:
-        assert post(daemon, CHAT, chat()).status == 200
+        assert post(daemon, CHAT, chat_body()).status == 200
         set_faults(daemon, "a", slow_first_byte_secs=10)
         root = backend_state(daemon, "a")["pid"]
-        thread, replies = in_thread(lambda: post(daemon, CHAT, chat()))
+        thread, replies = in_thread(lambda: post(daemon, CHAT, chat_body()))
         wait_until(
             lambda: event_names(daemon, "a").count("request") == 2, what="request at the backend"
         )
@@ -140,15 +137,15 @@ def test_backend_sigstopped_mid_request_gives_504_and_an_error_event(tmp_path: P
     with running_daemon(
         tmp_path, {"a": mock_model(extra_args=slow)}, supervision=supervision
     ) as daemon:
-        assert post(daemon, CHAT, chat(max_tokens=2)).status == 200
+        assert post(daemon, CHAT, chat_body(max_tokens=2)).status == 200
         root = backend_state(daemon, "a")["pid"]
         stream_thread, streams = in_thread(
-            lambda: post(daemon, CHAT, chat(stream=True, max_tokens=60))
+            lambda: post(daemon, CHAT, chat_body(stream=True, max_tokens=60))
         )
         wait_until(lambda: backend_state(daemon, "a")["running"] == 1, what="stream running")
         time.sleep(0.3)
         with stopped(root):
-            plain = post(daemon, CHAT, chat(max_tokens=2), timeout=20)
+            plain = post(daemon, CHAT, chat_body(max_tokens=2), timeout=20)
             stream_thread.join(timeout=20)
         assert_openai_error(plain, 504, "upstream_timeout")
         assert plain.elapsed < 8
@@ -161,8 +158,8 @@ def test_backend_5xx_json_is_passed_through_byte_for_byte(tmp_path: Path) -> Non
     """Case 14 (pass-through half): a backend's 500 reaches the client unchanged."""
     model = mock_model(env={"MOCK_VLLM_HTTP_ERROR_STATUS": "500"})
     with running_daemon(tmp_path, {"a": model}) as daemon:
-        proxied = post(daemon, CHAT, chat())
-        direct = request(daemon.config["models"]["a"]["port"], CHAT, chat())
+        proxied = post(daemon, CHAT, chat_body())
+        direct = request(daemon.config["models"]["a"]["port"], CHAT, chat_body())
         assert proxied.status == direct.status == 500
         assert proxied.body == direct.body
         assert proxied.headers["content-type"] == direct.headers["content-type"]
@@ -198,19 +195,19 @@ def test_backend_5xx_streak_confirmed_by_the_canary_restarts_the_backend(tmp_pat
     fresh process serves. The fault is set at runtime, so the new process starts clean."""
     supervision = {"passive_5xx_threshold": STREAK}
     with running_daemon(tmp_path, {"a": mock_model()}, supervision=supervision) as daemon:
-        assert post(daemon, CHAT, chat()).status == 200
+        assert post(daemon, CHAT, chat_body()).status == 200
         root = backend_state(daemon, "a")["pid"]
         set_faults(daemon, "a", http_error_status=500)
-        direct = request(daemon.config["models"]["a"]["port"], CHAT, chat())
+        direct = request(daemon.config["models"]["a"]["port"], CHAT, chat_body())
         assert direct.status == 500
         for i in range(STREAK):
-            reply = post(daemon, CHAT, chat(stream=i == 0))
+            reply = post(daemon, CHAT, chat_body(stream=i == 0))
             assert reply.status == 500
             assert reply.body == direct.body
         wait_until(lambda: unhealthy_restarts(daemon) == 1, timeout=20, what="unhealthy restart")
         assert streak_checks(daemon, "unhealthy") == 1
         assert streak_checks(daemon, "healthy") == 0
-        assert post(daemon, CHAT, chat()).status == 200
+        assert post(daemon, CHAT, chat_body()).status == 200
         assert backend_state(daemon, "a")["pid"] != root
         assert unhealthy_restarts(daemon) == 1
         assert streak_log_events(daemon) == ["backend_5xx_streak_confirmed"]
@@ -227,13 +224,13 @@ def test_poisoned_request_streak_passes_the_canary_and_restarts_nothing(tmp_path
     # A long interval: any second confirmation would wait past the end of the test.
     supervision = {"passive_5xx_threshold": STREAK, "health_interval_secs": 30}
     with running_daemon(tmp_path, {"a": poisoned}, supervision=supervision) as daemon:
-        assert post(daemon, CHAT, chat()).status == 200
+        assert post(daemon, CHAT, chat_body()).status == 200
         root = backend_state(daemon, "a")["pid"]
         for _ in range(STREAK * 4):
-            reply = post(daemon, CHAT, chat(messages=[{"role": "user", "content": POISON}]))
+            reply = post(daemon, CHAT, chat_body(messages=[{"role": "user", "content": POISON}]))
             assert_openai_error(reply, 500)
         wait_until(lambda: streak_checks(daemon, "healthy") >= 1, timeout=20, what="a verdict")
-        assert post(daemon, CHAT, chat()).status == 200
+        assert post(daemon, CHAT, chat_body()).status == 200
         assert backend_state(daemon, "a")["pid"] == root
         assert streak_checks(daemon, "healthy") == 1
         assert streak_checks(daemon, "unhealthy") == 0
@@ -255,7 +252,7 @@ def test_passive_5xx_threshold_zero_disables_the_breaker(tmp_path: Path) -> None
     supervision = {"passive_5xx_threshold": 0}
     with running_daemon(tmp_path, {"a": broken}, supervision=supervision) as daemon:
         for _ in range(STREAK * 3):
-            assert post(daemon, CHAT, chat()).status == 500
+            assert post(daemon, CHAT, chat_body()).status == 500
         root = backend_state(daemon, "a")["pid"]
         time.sleep(1.0)  # a confirmation, had one been started, runs at once
         assert streak_checks(daemon, "healthy") == streak_checks(daemon, "unhealthy") == 0
@@ -270,14 +267,14 @@ def test_interleaved_5xx_never_trip_the_breaker(tmp_path: Path) -> None:
     poisoned = mock_model(
         env={"MOCK_VLLM_HTTP_ERROR_STATUS": "500", "MOCK_VLLM_HTTP_ERROR_MARKER": POISON}
     )
-    bad = chat(messages=[{"role": "user", "content": POISON}])
+    bad = chat_body(messages=[{"role": "user", "content": POISON}])
     supervision = {"passive_5xx_threshold": STREAK}
     with running_daemon(tmp_path, {"a": poisoned}, supervision=supervision) as daemon:
         root = None
         for _ in range(4):
             for _ in range(STREAK - 1):
                 assert post(daemon, CHAT, bad).status == 500
-            assert post(daemon, CHAT, chat(stream=True)).status == 200
+            assert post(daemon, CHAT, chat_body(stream=True)).status == 200
             root = root or backend_state(daemon, "a")["pid"]
         time.sleep(1.0)  # a confirmation, had one been started, runs at once
         assert streak_checks(daemon, "healthy") == streak_checks(daemon, "unhealthy") == 0
@@ -309,25 +306,25 @@ def test_start_failures_open_the_breaker_until_half_open_probe_or_admin_reset(
         admin_port=free_port(),
         admin_token_env="GPUMUX_FAULTS_ADMIN",
     ) as daemon:
-        first = post(daemon, CHAT, chat())
+        first = post(daemon, CHAT, chat_body())
         assert_openai_error(first, 503, "model_unavailable")
         assert int(first.headers["retry-after"]) >= 1
         assert spawn_count(daemon, "a") == 2
         assert metric_value(daemon, "gpumux_model_state", model="a", state="failed") == 1
         for _ in range(3):
-            fast = post(daemon, CHAT, chat())
+            fast = post(daemon, CHAT, chat_body())
             assert_openai_error(fast, 503, "model_unavailable")
             assert fast.elapsed < 1.0
         assert spawn_count(daemon, "a") == 2  # the breaker is open: no spawn
-        assert post(daemon, CHAT, chat("b")).status == 200  # the other model is unaffected
+        assert post(daemon, CHAT, chat_body("b")).status == 200  # the other model is unaffected
         time.sleep(2.2)
-        assert_openai_error(post(daemon, CHAT, chat()), 503, "model_unavailable")
+        assert_openai_error(post(daemon, CHAT, chat_body()), 503, "model_unavailable")
         assert spawn_count(daemon, "a") == 3  # exactly one half-open attempt
-        assert_openai_error(post(daemon, CHAT, chat()), 503, "model_unavailable")
+        assert_openai_error(post(daemon, CHAT, chat_body()), 503, "model_unavailable")
         assert spawn_count(daemon, "a") == 3
         admin = Admin(daemon, token)
         assert admin.post("/api/models/a/reset")[0] == 200
-        assert_openai_error(post(daemon, CHAT, chat()), 503, "model_unavailable")
+        assert_openai_error(post(daemon, CHAT, chat_body()), 503, "model_unavailable")
         assert spawn_count(daemon, "a") >= 4  # a reset allows new attempts
 
 
@@ -339,7 +336,7 @@ def test_backend_never_healthy_is_killed_at_startup_timeout_leaving_no_process(
     hopeless = mock_model(env={"MOCK_VLLM_NEVER_HEALTHY": "1"}, startup_timeout_secs=1.5)
     with running_daemon(tmp_path, {"a": hopeless}, supervision={"max_start_failures": 1}) as daemon:
         seen: set[int] = set()
-        thread, replies = in_thread(lambda: post(daemon, CHAT, chat()))
+        thread, replies = in_thread(lambda: post(daemon, CHAT, chat_body()))
         while thread.is_alive():
             seen.update(p.pid for p in daemon.descendants())
             time.sleep(0.05)
@@ -359,10 +356,10 @@ def test_stale_keepalive_connections_never_surface_as_client_errors(tmp_path: Pa
     """Case 17: the backend closes idle connections after 1 s; requests 1.1 s apart all pass."""
     short = ["--mock-keepalive-timeout-secs", "1"]
     with running_daemon(tmp_path, {"a": mock_model(extra_args=short)}) as daemon:
-        assert post(daemon, CHAT, chat()).status == 200
+        assert post(daemon, CHAT, chat_body()).status == 200
         for i in range(4):
             time.sleep(1.1)
-            reply = post(daemon, CHAT, chat(stream=i % 2 == 1))
+            reply = post(daemon, CHAT, chat_body(stream=i % 2 == 1))
             assert reply.status == 200, reply.body
             if i % 2 == 1:
                 assert reply.body.endswith(b"data: [DONE]\n\n")
@@ -374,11 +371,11 @@ def test_backend_found_asleep_is_woken_before_routing(tmp_path: Path) -> None:
     notices, the model is marked asleep and woken, and gpumux still serves."""
     supervision = {"health_interval_secs": 0.2, "health_timeout_secs": 0.5}
     with running_daemon(tmp_path, {"a": mock_model()}, supervision=supervision) as daemon:
-        assert post(daemon, CHAT, chat()).status == 200
+        assert post(daemon, CHAT, chat_body()).status == 200
         post_json(daemon.backend_url("a") + "/sleep?level=1&mode=wait", {})
         assert backend_state(daemon, "a")["asleep"]
         time.sleep(0.5)
-        reply = post(daemon, CHAT, chat(), timeout=5)
+        reply = post(daemon, CHAT, chat_body(), timeout=5)
         assert reply.status == 200
 
 
@@ -386,7 +383,7 @@ def test_backend_health_503_without_cause_is_restarted_before_routing(tmp_path: 
     """Case 18 (/health 503): a live backend whose /health turns 503 is restarted."""
     supervision = {"health_interval_secs": 0.2, "health_timeout_secs": 0.5}
     with running_daemon(tmp_path, {"a": mock_model()}, supervision=supervision) as daemon:
-        assert post(daemon, CHAT, chat()).status == 200
+        assert post(daemon, CHAT, chat_body()).status == 200
         root = backend_state(daemon, "a")["pid"]
         set_faults(daemon, "a", never_healthy=True)
         wait_until(
@@ -397,7 +394,7 @@ def test_backend_health_503_without_cause_is_restarted_before_routing(tmp_path: 
             timeout=10,
             what="unhealthy restart",
         )
-        assert post(daemon, CHAT, chat()).status == 200
+        assert post(daemon, CHAT, chat_body()).status == 200
         assert backend_state(daemon, "a")["pid"] != root
 
 
@@ -413,7 +410,7 @@ def test_backend_port_taken_by_a_foreign_process_fails_fast_and_others_serve(
     squatter.listen(1)
     try:
         with running_daemon(tmp_path, models, supervision={"max_start_failures": 1}) as daemon:
-            reply = post(daemon, CHAT, chat())
+            reply = post(daemon, CHAT, chat_body())
             assert_openai_error(reply, 503, "model_unavailable")
             assert reply.elapsed < 10
             lines = [
@@ -422,6 +419,6 @@ def test_backend_port_taken_by_a_foreign_process_fails_fast_and_others_serve(
                 if e.get("model") == "a" and "Address already in use" in str(e)
             ]
             assert lines, "no log line names the port conflict"
-            assert post(daemon, CHAT, chat("b")).status == 200
+            assert post(daemon, CHAT, chat_body("b")).status == 200
     finally:
         squatter.close()

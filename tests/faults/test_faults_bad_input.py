@@ -14,7 +14,6 @@ import json
 import re
 import select
 import socket
-import sys
 import threading
 import time
 from pathlib import Path
@@ -22,31 +21,26 @@ from typing import Any
 
 import pytest
 
-from tests.faults.support import (
+from tests.support.admin import Admin, EventStream
+from tests.support.backend import backend_state, event_names
+from tests.support.client import (
+    CHAT,
     Reply,
     assert_openai_error,
-    backend_state,
-    chat,
-    event_names,
+    chat_body,
+    get_json,
     post,
+    post_json,
     request,
 )
-from tests.support.admin import Admin, EventStream
-from tests.support.daemon import (
-    RunningDaemon,
-    free_port,
-    get_json,
-    metric_value,
-    mock_model,
-    post_json,
-    running_daemon,
-    wait_until,
-)
+from tests.support.daemon import RunningDaemon, mock_model, running_daemon
+from tests.support.echo_backend import ECHO_COMMAND
+from tests.support.metrics import metric_value
+from tests.support.ports import free_port
+from tests.support.waits import wait_until
 
 pytestmark = pytest.mark.integration
 
-CHAT = "/v1/chat/completions"
-ECHO_BACKEND = Path(__file__).with_name("echo_backend.py")
 _CREATED = re.compile(rb'"created": ?\d+')
 
 
@@ -60,7 +54,7 @@ def test_rejected_requests_never_reach_a_backend_or_start_a_switch(tmp_path: Pat
     answered by gpumux alone: no backend sees them, no model starts, no switch begins."""
     models = {"a": mock_model(), "b": mock_model()}
     with running_daemon(tmp_path, models) as daemon:
-        assert post(daemon, CHAT, chat("a")).status == 200
+        assert post(daemon, CHAT, chat_body("a")).status == 200
         models_before = get_json(daemon.url + "/v1/models")["data"]
         seen_before = event_names(daemon, "a").count("request")
         cases: list[tuple[bytes, dict[str, str], int, str]] = [
@@ -68,8 +62,8 @@ def test_rejected_requests_never_reach_a_backend_or_start_a_switch(tmp_path: Pat
             (b'["model", "b"]', {}, 400, "invalid_json"),
             (b'{"model": ["b"]}', {}, 400, "missing_model"),
             (b'{"model": ""}', {}, 400, "missing_model"),
-            (chat("nope"), {}, 404, "model_not_found"),
-            (chat("b"), {"Content-Type": "text/plain"}, 415, "unsupported_media_type"),
+            (chat_body("nope"), {}, 404, "model_not_found"),
+            (chat_body("b"), {"Content-Type": "text/plain"}, 415, "unsupported_media_type"),
             (b'{"model": "b"}', {"Content-Type": "application/x-www-form-urlencoded"}, 415, ""),
         ]
         for body, headers, status, code in cases:
@@ -104,7 +98,7 @@ def test_oversized_or_too_many_headers_are_refused_and_the_daemon_keeps_serving(
     with a 4xx (or the connection is closed); the daemon keeps serving."""
     with running_daemon(tmp_path, {"a": mock_model()}) as daemon:
         port = daemon.config["port"]
-        body = chat()
+        body = chat_body()
         length = f"Content-Length: {len(body)}\r\n".encode()
         big_header = b"X-Big: " + b"x" * 65536 + b"\r\n"
         many = b"".join(f"X-H{i}: v\r\n".encode() for i in range(300))
@@ -119,7 +113,7 @@ def test_oversized_or_too_many_headers_are_refused_and_the_daemon_keeps_serving(
             )
             status = int(answer.split(b" ", 2)[1]) if answer.startswith(b"HTTP/1.1 ") else None
             assert status is None or status in (400, 413, 414, 431), (name, answer[:200])
-        assert post(daemon, CHAT, chat()).status == 200
+        assert post(daemon, CHAT, chat_body()).status == 200
 
 
 #: `header_timeout_secs` for the slowloris tests: short, so the suite stays quick.
@@ -217,22 +211,24 @@ def test_slowloris_connections_are_closed_after_the_header_timeout_and_others_ar
     models = {"a": mock_model()}
     with running_daemon(tmp_path, models, header_timeout_secs=HEAD_TIMEOUT) as daemon:
         port = daemon.config["port"]
-        assert post(daemon, CHAT, chat()).status == 200
+        assert post(daemon, CHAT, chat_body()).status == 200
         served = 0
         with Lorises(port, 20) as lorises:
             deadline = time.monotonic() + HEAD_TIMEOUT + CLOSE_SLACK + 5
             while not lorises.all_closed() and time.monotonic() < deadline:
-                reply = post(daemon, CHAT, chat(), timeout=5)
+                reply = post(daemon, CHAT, chat_body(), timeout=5)
                 assert reply.status == 200
                 assert reply.elapsed < 1.0, reply.elapsed
                 served += 1
         _assert_closed_in_time(lorises)
         assert served >= 3, served  # ordinary requests were served while the lorises hung on
-        assert post(daemon, CHAT, chat()).status == 200
-        closed = wait_until(
-            lambda: len(_closed_lines(daemon)) >= 20 and _closed_lines(daemon),
-            what="one log line per closed connection",
-        )
+        assert post(daemon, CHAT, chat_body()).status == 200
+
+        def all_closed() -> list[dict[str, Any]]:
+            lines = _closed_lines(daemon)
+            return lines if len(lines) >= 20 else []
+
+        closed = wait_until(all_closed, what="one log line per closed connection")
         assert len(closed) == 20, closed
         assert all(e["peer"].startswith("127.0.0.1:") for e in closed), closed
         assert {e["head_bytes"] > len(SLOW_HEAD) for e in closed} == {True}, closed
@@ -252,14 +248,14 @@ def test_header_timeout_spares_streams_slow_bodies_queued_requests_and_idle_keep
     }
     with running_daemon(tmp_path, models, header_timeout_secs=HEAD_TIMEOUT) as daemon:
         port = daemon.config["port"]
-        assert post(daemon, CHAT, chat(max_tokens=1)).status == 200
+        assert post(daemon, CHAT, chat_body(max_tokens=1)).status == 200
 
-        stream = post(daemon, CHAT, chat(stream=True, max_tokens=20))
+        stream = post(daemon, CHAT, chat_body(stream=True, max_tokens=20))
         assert stream.status == 200
         assert stream.body.endswith(b"data: [DONE]\n\n"), stream.body[-200:]
         assert stream.elapsed > HEAD_TIMEOUT * 1.5, stream.elapsed
 
-        body = chat(max_tokens=1)
+        body = chat_body(max_tokens=1)
         head = (
             f"POST {CHAT} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
             f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
@@ -295,7 +291,7 @@ def test_header_timeout_spares_streams_slow_bodies_queued_requests_and_idle_keep
         finally:
             kept.close()
 
-        queued = post(daemon, CHAT, chat("b", max_tokens=1))  # evicts a, cold-starts b
+        queued = post(daemon, CHAT, chat_body("b", max_tokens=1))  # evicts a, cold-starts b
         assert queued.status == 200, queued.body[:300]
         assert queued.elapsed > HEAD_TIMEOUT * 2, queued.elapsed
         assert not _closed_lines(daemon)
@@ -327,7 +323,7 @@ def test_admin_and_metrics_ports_close_slowloris_connections_too(tmp_path: Path)
                 assert admin.status()["models"]["a"]["state"] in ("stopped", "ready")
             _assert_closed_in_time(on_admin)
             _assert_closed_in_time(on_metrics)
-            assert post(daemon, CHAT, chat()).status == 200  # starts a: events on the stream
+            assert post(daemon, CHAT, chat_body()).status == 200  # starts a: events on the stream
             stream.wait_for(lambda e: e["event"] == "state_changed" and e["model"] == "a")
         finally:
             stream.close()
@@ -339,9 +335,9 @@ def test_stream_bytes_keepalive_comments_usage_and_done_pass_through_unchanged(
     """Case 9: a proxied stream is the backend's stream byte for byte (same request id, so
     only `created` may differ), `: keep-alive` comments and the usage chunk included."""
     model = mock_model(extra_args=["--mock-sse-keepalive-secs", "0.1"])
-    body = chat(stream=True, max_tokens=5, stream_options={"include_usage": True})
+    body = chat_body(stream=True, max_tokens=5, stream_options={"include_usage": True})
     with running_daemon(tmp_path, {"a": model}) as daemon:
-        assert post(daemon, CHAT, chat()).status == 200
+        assert post(daemon, CHAT, chat_body()).status == 200
         rid = {"X-Request-Id": "fault-suite-9"}
         proxied = post(daemon, CHAT, body, headers=rid)
         direct = request(daemon.config["models"]["a"]["port"], CHAT, body, headers=rid)
@@ -376,7 +372,7 @@ def _echo_daemon(tmp_path: Path, **top: Any) -> Any:
     return running_daemon(
         tmp_path,
         {"e": model},
-        vllm_command=[sys.executable, str(ECHO_BACKEND)],
+        vllm_command=list(ECHO_COMMAND),
         **top,
     )
 
@@ -388,10 +384,10 @@ def test_non_streaming_body_status_and_type_pass_through_and_hop_by_hop_headers_
     request id is forwarded and echoed; hop-by-hop headers (RFC 9110 §7.6.1, including
     those a `Connection` header names) are dropped in both directions."""
     with running_daemon(tmp_path, {"a": mock_model()}) as daemon:
-        assert post(daemon, CHAT, chat()).status == 200
+        assert post(daemon, CHAT, chat_body()).status == 200
         rid = {"X-Request-Id": "fault-suite-10"}
         for path, body in (
-            (CHAT, chat(max_tokens=6)),
+            (CHAT, chat_body(max_tokens=6)),
             ("/v1/completions", json.dumps({"model": "a", "prompt": "x y", "max_tokens": 4})),
             ("/v1/embeddings", json.dumps({"model": "a", "input": "hello"})),
         ):
@@ -414,7 +410,7 @@ def test_non_streaming_body_status_and_type_pass_through_and_hop_by_hop_headers_
             "X-Request-Id": "echo-1",
             "X-Client-Public": "kept",
         }
-        reply = post(daemon, CHAT, chat("e"), headers=sent)
+        reply = post(daemon, CHAT, chat_body("e"), headers=sent)
         assert reply.status == 200, reply.body
         mirror = reply.json()
         forwarded = {k.lower(): v for k, v in mirror["headers"]}

@@ -15,31 +15,16 @@ from pathlib import Path
 import openai
 import pytest
 
-from tests.faults.support import (
-    Reply,
-    alive,
-    assert_openai_error,
-    backend_events,
-    chat,
-    event_names,
-    open_stream,
-    post,
-    tree_pids,
-)
-from tests.support.criu import CHECKPOINT, checkpoint_section, require_criu, wait_event, wait_image
+from tests.support.backend import backend_events, event_names
+from tests.support.client import CHAT, Reply, assert_openai_error, chat_body, open_stream, post
+from tests.support.criu import CHECKPOINT, checkpoint_section, require_criu, wait_image
 from tests.support.criu import chat as criu_chat
-from tests.support.daemon import (
-    daemon_config,
-    metric_value,
-    mock_model,
-    running_daemon,
-    start_daemon,
-    wait_until,
-)
+from tests.support.daemon import daemon_config, mock_model, running_daemon, start_daemon, wait_event
+from tests.support.metrics import metric_value
+from tests.support.procs import alive, tree_pids
+from tests.support.waits import wait_until
 
 pytestmark = pytest.mark.integration
-
-CHAT = "/v1/chat/completions"
 
 
 def test_sdk_retries_a_full_queue_and_succeeds_once_capacity_returns(tmp_path: Path) -> None:
@@ -48,12 +33,12 @@ def test_sdk_retries_a_full_queue_and_succeeds_once_capacity_returns(tmp_path: P
     model = mock_model(extra_args=["--mock-startup-secs", "1.5"], max_queue=1)
     with running_daemon(tmp_path, {"a": model}) as daemon:
         holder: list[Reply] = []
-        first = threading.Thread(target=lambda: holder.append(post(daemon, CHAT, chat())))
+        first = threading.Thread(target=lambda: holder.append(post(daemon, CHAT, chat_body())))
         first.start()
         wait_until(
             lambda: metric_value(daemon, "gpumux_queue_depth", model="a") == 1, what="queued"
         )
-        rejected = post(daemon, CHAT, chat())
+        rejected = post(daemon, CHAT, chat_body())
         assert_openai_error(rejected, 429, "queue_full")
         assert rejected.headers["retry-after"].isdigit()
         assert rejected.headers.get("x-should-retry") == "true"
@@ -77,7 +62,7 @@ def test_request_timed_out_in_queue_is_never_dispatched_later(tmp_path: Path) ->
     comes up later it never reaches the backend."""
     model = mock_model(extra_args=["--mock-startup-secs", "1.5"])
     with running_daemon(tmp_path, {"a": model}, policy={"request_timeout_secs": 0.4}) as daemon:
-        reply = post(daemon, CHAT, chat())
+        reply = post(daemon, CHAT, chat_body())
         assert_openai_error(reply, 504, "queue_timeout")
         wait_until(
             lambda: metric_value(daemon, "gpumux_model_state", model="a", state="ready") == 1,
@@ -96,14 +81,16 @@ def test_client_leaving_the_queue_calls_off_the_switch_it_caused(tmp_path: Path)
     with running_daemon(tmp_path, models) as daemon:
         stream: list[Reply] = []
         streaming = threading.Thread(
-            target=lambda: stream.append(post(daemon, CHAT, chat("a", stream=True, max_tokens=24)))
+            target=lambda: stream.append(
+                post(daemon, CHAT, chat_body("a", stream=True, max_tokens=24))
+            )
         )
         streaming.start()
         wait_until(
             lambda: metric_value(daemon, "gpumux_inflight_requests", model="a") == 1,
             what="a streaming",
         )
-        waiting = open_stream(daemon, chat("b"))
+        waiting = open_stream(daemon, chat_body("b"))
         wait_until(
             lambda: metric_value(daemon, "gpumux_model_state", model="a", state="draining") == 1,
             what="a draining for b",
@@ -134,7 +121,7 @@ def test_daemon_sigkilled_takes_its_backends_with_it(tmp_path: Path) -> None:
     (parent-death signal) within seconds, before any new gpumux runs a sweep."""
     with running_daemon(tmp_path, {"a": mock_model(), "b": mock_model()}) as daemon:
         for model in "ab":
-            assert post(daemon, CHAT, chat(model)).status == 200
+            assert post(daemon, CHAT, chat_body(model)).status == 200
         family = [p.pid for p in daemon.descendants()]
         assert len(family) >= 4  # two API servers and their engine cores
         daemon.process.send_signal(signal.SIGKILL)
@@ -170,7 +157,7 @@ def test_daemon_sigkilled_with_a_criu_restored_tree_leaves_nothing_after_the_nex
         second = start_daemon(tmp_path / "two", config)
         second.wait_ready()
         wait_until(lambda: not [p for p in family if alive(p)], timeout=10, what="no process left")
-        assert post(second, CHAT, chat("a")).status == 200
+        assert post(second, CHAT, chat_body("a")).status == 200
     finally:
         for daemon in (first, second):
             if daemon is not None and daemon.process.poll() is None:

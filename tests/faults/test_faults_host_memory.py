@@ -16,9 +16,11 @@ from typing import Any
 import pytest
 
 from gpumux.gpu.fake_ledger import book, release
-from tests.faults.support import LedgerWatch, backend_events, ledger_host_bytes
-from tests.faults.test_faults_switching import sdk_chat
-from tests.support.daemon import RunningDaemon, metric_value, mock_model, running_daemon, wait_until
+from tests.support.backend import backend_events
+from tests.support.daemon import RunningDaemon, chat, mock_model, running_daemon
+from tests.support.ledger import LedgerWatch, ledger_host_bytes
+from tests.support.metrics import metric_value
+from tests.support.waits import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -65,7 +67,7 @@ def test_oldest_level1_sleeper_is_stopped_before_a_new_pin_breaks_the_reserve(
     with running_daemon(tmp_path, models, **host_top()) as daemon:
         with LedgerWatch(daemon) as watch:
             for model in "abca":
-                assert sdk_chat(daemon, model)
+                assert chat(daemon, model)
         assert watch.samples > 0
         assert watch.peak_host <= (HOST_GIB - RESERVE_GIB) * GIB, watch.peak_host / GIB
         assert watch.peak_host == 2 * GIB  # two sleepers at most, never three
@@ -73,7 +75,7 @@ def test_oldest_level1_sleeper_is_stopped_before_a_new_pin_breaks_the_reserve(
         assert state_of(daemon, "b", "stopped")
         assert state_of(daemon, "c", "sleeping")
         assert [e["model"] for e in pressure_events(daemon)] == ["b"]
-        assert sdk_chat(daemon, "b")  # and b comes back with a cold start
+        assert chat(daemon, "b")  # and b comes back with a cold start
         assert daemon.process.poll() is None
 
 
@@ -85,15 +87,15 @@ def test_a_victim_sleeps_at_level_2_when_no_older_sleeper_can_make_room(tmp_path
     top = host_top()
     top["gpu"]["fake_host_memory_gib"] = 1.8
     with running_daemon(tmp_path, models, **top) as daemon:
-        assert sdk_chat(daemon, "a")
-        assert sdk_chat(daemon, "b")
+        assert chat(daemon, "a")
+        assert chat(daemon, "b")
         assert state_of(daemon, "a", "sleeping")
         assert ledger_host_bytes(daemon) == 0
         downgrades = [e for e in daemon.log_events() if e.get("event") == "host_memory_downgrade"]
         assert [e["model"] for e in downgrades] == ["a"]
         sleeps = [e["level"] for e in backend_events(daemon, "a") if e["event"] == "sleep"]
         assert sleeps == [2]
-        assert sdk_chat(daemon, "a")
+        assert chat(daemon, "a")
         rpcs = [e["method"] for e in backend_events(daemon, "a") if e["event"] == "collective_rpc"]
         assert rpcs == ["reload_weights"]
 
@@ -105,7 +107,7 @@ def test_host_memory_taken_by_someone_else_stops_the_oldest_sleeper(tmp_path: Pa
     models = {m: pinning_model() for m in "abc"}
     with running_daemon(tmp_path, models, **host_top()) as daemon:
         for model in "abc":
-            assert sdk_chat(daemon, model)
+            assert chat(daemon, model)
         wait_until(lambda: ledger_host_bytes(daemon) == 2 * GIB, what="two level-1 sleepers")
         # A foreign process (this test) takes 1 GiB: 3.5 - 2 - 1 = 0.5 GiB < the reserve.
         book(daemon.ledger_path, os.getpid(), {}, model="foreign", state="awake", host_bytes=GIB)
@@ -118,5 +120,5 @@ def test_host_memory_taken_by_someone_else_stops_the_oldest_sleeper(tmp_path: Pa
             assert events[0]["why"] == "host memory below the reserve"
         finally:
             release(daemon.ledger_path, os.getpid())
-        assert sdk_chat(daemon, "c")
+        assert chat(daemon, "c")
         assert daemon.process.poll() is None

@@ -12,35 +12,17 @@ import concurrent.futures
 import time
 from pathlib import Path
 
-import openai
 import pytest
 
-from tests.faults.support import (
-    LedgerWatch,
-    backend_state,
-    chat,
-    event_names,
-    post,
-    set_faults,
-)
-from tests.support.daemon import RunningDaemon, metric_value, mock_model, running_daemon
+from tests.support.backend import backend_state, event_names, set_faults
+from tests.support.client import CHAT, chat_body, post
+from tests.support.daemon import chat, mock_model, running_daemon
+from tests.support.ledger import LedgerWatch
+from tests.support.metrics import metric_value
 
 pytestmark = pytest.mark.integration
 
-CHAT = "/v1/chat/completions"
 CAPACITY = 80 * 1024**3
-
-
-def sdk_chat(daemon: RunningDaemon, model: str) -> str:
-    with openai.OpenAI(
-        base_url=daemon.url + "/v1", api_key="unused", max_retries=0, timeout=30
-    ) as sdk:
-        reply = sdk.chat.completions.create(
-            model=model, messages=[{"role": "user", "content": "hello"}], max_tokens=3
-        )
-    content = reply.choices[0].message.content
-    assert content
-    return content
 
 
 def test_wake_that_times_out_falls_back_to_a_cold_start(tmp_path: Path) -> None:
@@ -48,13 +30,13 @@ def test_wake_that_times_out_falls_back_to_a_cold_start(tmp_path: Path) -> None:
     backend is killed and cold-started, and the request still succeeds."""
     models = {"a": mock_model(), "b": mock_model()}
     with running_daemon(tmp_path, models, supervision={"wake_timeout_secs": 1.0}) as daemon:
-        sdk_chat(daemon, "a")
-        sdk_chat(daemon, "b")  # a sleeps
+        chat(daemon, "a")
+        chat(daemon, "b")  # a sleeps
         asleep_pid = backend_state(daemon, "a")["pid"]
         set_faults(daemon, "a", wake_delay_secs=30)
         with LedgerWatch(daemon) as watch:
             started = time.monotonic()
-            assert sdk_chat(daemon, "a")
+            assert chat(daemon, "a")
             elapsed = time.monotonic() - started
         assert elapsed < 15
         assert backend_state(daemon, "a")["pid"] != asleep_pid
@@ -72,14 +54,14 @@ def test_sleep_that_times_out_kills_the_victim_before_the_target_starts(tmp_path
     killed, and the target starts only after; the ledger never exceeds the GPU."""
     models = {"a": mock_model(), "b": mock_model()}
     with running_daemon(tmp_path, models, supervision={"sleep_timeout_secs": 1.0}) as daemon:
-        sdk_chat(daemon, "a")
+        chat(daemon, "a")
         set_faults(daemon, "a", sleep_delay_secs=30)
         with LedgerWatch(daemon) as watch:
-            assert sdk_chat(daemon, "b")
+            assert chat(daemon, "b")
         assert metric_value(daemon, "gpumux_model_state", model="a", state="stopped") == 1
         assert watch.samples > 0
         assert watch.peak.get("0", 0) <= CAPACITY
-        assert sdk_chat(daemon, "a")  # and a comes back with a cold start
+        assert chat(daemon, "a")  # and a comes back with a cold start
 
 
 def test_alternating_demand_switches_no_faster_than_min_residency(tmp_path: Path) -> None:
@@ -98,7 +80,7 @@ def test_alternating_demand_switches_no_faster_than_min_residency(tmp_path: Path
         def client(model: str) -> list[int]:
             statuses = []
             while time.monotonic() < deadline:
-                statuses.append(post(daemon, CHAT, chat(model)).status)
+                statuses.append(post(daemon, CHAT, chat_body(model)).status)
             return statuses
 
         with concurrent.futures.ThreadPoolExecutor(4) as pool:

@@ -14,16 +14,10 @@ from typing import Any
 import pytest
 
 from gpumux.admin.openapi import openapi_document
-from tests.integration.test_daemon_proxy import assert_openai_error, chat_body
 from tests.support.admin import Admin, EventStream
-from tests.support.daemon import (
-    daemon_config,
-    free_port,
-    http_status,
-    mock_model,
-    running_daemon,
-    start_daemon,
-)
+from tests.support.client import assert_error_shape, chat_body, http_status
+from tests.support.daemon import daemon_config, mock_model, running_daemon, start_daemon
+from tests.support.ports import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -51,10 +45,10 @@ def test_auth_401_403_and_api_keys_do_not_open_it(tmp_path: Path) -> None:
         admin = Admin(daemon, TOKEN)
         code, body = admin.get("/api/status", token=None)
         assert code == 401
-        assert_openai_error(body, "missing_admin_token")
+        assert_error_shape(body, "missing_admin_token")
         code, body = admin.get("/api/status", token="wrong")
         assert code == 403
-        assert_openai_error(body, "invalid_admin_token")
+        assert_error_shape(body, "invalid_admin_token")
         assert admin.get("/api/status", token=API_KEY)[0] == 403
         assert admin.post("/api/switch", {"model": "a"}, token=None)[0] == 401
         assert admin.get("/api/status")[0] == 200
@@ -97,7 +91,7 @@ def test_status_switch_phases_and_model_actions(tmp_path: Path) -> None:
 
         code, body = admin.post("/api/models/a/evict")
         assert code == 409
-        assert_openai_error(body, "model_busy")
+        assert_error_shape(body, "model_busy")
         assert admin.post("/api/models/a/wake")[0] == 200
         assert admin.status()["models"]["a"]["state"] == "ready"
         assert admin.post("/api/models/a/evict")[0] == 200
@@ -106,10 +100,10 @@ def test_status_switch_phases_and_model_actions(tmp_path: Path) -> None:
         assert admin.post("/api/models/b/explode")[0] == 404
         code, body = admin.post("/api/models/nope/wake")
         assert code == 404
-        assert_openai_error(body, "model_not_found")
+        assert_error_shape(body, "model_not_found")
         code, body = admin.call("POST", "/api/switch", b"{not json")
         assert code == 400
-        assert_openai_error(body, "invalid_json")
+        assert_error_shape(body, "invalid_json")
 
         code, reply = admin.post("/api/mode", {"mode": "manual", "model": "a"})
         assert code == 200, reply
@@ -184,7 +178,7 @@ def test_chat_route_streams_through_the_proxy_with_the_api_key(tmp_path: Path) -
         body = json.loads(chat_body("a", stream=True, max_tokens=6))
         code, payload = admin.post("/api/chat", body)
         assert code == 401  # no API key: the proxy refused, and we see its answer
-        assert_openai_error(payload, "invalid_api_key")
+        assert_error_shape(payload, "invalid_api_key")
         code, payload = admin.post("/api/chat", body, headers={"X-Gpumux-Api-Key": API_KEY})
         assert code == 200
         assert payload.count(b"data: ") >= 6

@@ -18,8 +18,7 @@ from gpumux.checkpoint.checkpoints import Checkpoints
 from gpumux.checkpoint.identity import ModelIdentity
 from gpumux.core.config import CheckpointConfig
 from gpumux.procs import Reaper, kill_tree, spawn_backend
-from tests.support.criu import require_criu
-from tests.support.daemon import free_port
+from tests.support.ports import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -44,9 +43,11 @@ def _unlink(path: Path) -> None:
     path.unlink(missing_ok=True)
 
 
-async def test_shm_files_are_kept_in_the_image_and_put_back(tmp_path: Path, reaper: Reaper) -> None:
+async def test_shm_files_are_kept_in_the_image_and_put_back(
+    tmp_path: Path, reaper: Reaper, criu: str
+) -> None:
     config = CheckpointConfig(
-        criu_path=require_criu(), images_dir=str(tmp_path / "images"), cuda_plugin_dir=None
+        criu_path=criu, images_dir=str(tmp_path / "images"), cuda_plugin_dir=None
     )
     shm = Path(f"/dev/shm/psm_gpumux_test_{os.getpid()}")
     log_path = tmp_path / "logs" / "t.log"

@@ -13,9 +13,11 @@ from typing import Any
 
 import pytest
 
-from tests.integration.test_daemon_proxy import chat_body, raw_post
 from tests.support.admin import Admin
-from tests.support.daemon import free_port, get_json, mock_model, running_daemon, wait_until
+from tests.support.client import CHAT, assert_openai_error, chat_body, get_json, post
+from tests.support.daemon import mock_model, running_daemon
+from tests.support.ports import free_port
+from tests.support.waits import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -47,7 +49,7 @@ def test_sighup_adds_removes_restarts_and_leaves_the_rest_serving(tmp_path: Path
     with running_daemon(tmp_path, models, admin_port=free_port()) as daemon:
         admin = Admin(daemon)
         for model in models:
-            assert raw_post(daemon, "/v1/chat/completions", chat_body(model))[0] == 200
+            assert post(daemon, "/v1/chat/completions", chat_body(model)).status == 200
         before = admin.status()["models"]
         assert {m["state"] for m in before.values()} == {"ready"}
 
@@ -68,12 +70,10 @@ def test_sighup_adds_removes_restarts_and_leaves_the_rest_serving(tmp_path: Path
         daemon.process.send_signal(signal.SIGHUP)
 
         wait_until(lambda: model_ids(daemon) == {"keep", "change", "add"}, what="/v1/models")
-        status, _, body = raw_post(daemon, "/v1/chat/completions", chat_body("drop"))
-        assert status == 404
-        assert body["error"]["code"] == "model_not_found"
+        assert_openai_error(post(daemon, CHAT, chat_body("drop")), 404, "model_not_found")
         wait_until(lambda: "drop" not in admin.status()["models"], what="drop's slot dropped")
-        assert raw_post(daemon, "/v1/chat/completions", chat_body("add"))[0] == 200
-        assert raw_post(daemon, "/v1/chat/completions", chat_body("change"))[0] == 200
+        assert post(daemon, "/v1/chat/completions", chat_body("add")).status == 200
+        assert post(daemon, "/v1/chat/completions", chat_body("change")).status == 200
         after = admin.status()["models"]
         assert after["change"]["pid"] != before["change"]["pid"]  # restarted
         assert after["keep"]["pid"] == before["keep"]["pid"]  # untouched
@@ -99,5 +99,5 @@ def test_an_invalid_config_is_refused_and_the_old_one_keeps_serving(tmp_path: Pa
             lambda: any(e["event"] == "config_reload_failed" for e in daemon.log_events()),
             what="config_reload_failed",
         )
-        assert raw_post(daemon, "/v1/chat/completions", chat_body("a"))[0] == 200
+        assert post(daemon, "/v1/chat/completions", chat_body("a")).status == 200
         assert model_ids(daemon) == {"a"}

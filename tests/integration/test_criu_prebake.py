@@ -6,50 +6,23 @@ Needs root and CRIU >= 4.2 (scripts/test installs it); without them these tests 
 from __future__ import annotations
 
 import json
-import re
-import subprocess
 from pathlib import Path
-from typing import Any
 
 import pytest
 
+from tests.support.client import get_json
 from tests.support.criu import (
+    baked_image,
     chat,
     checkpoint_section,
-    events,
+    prebake,
     quarantined,
-    require_criu,
-    run_prebake,
 )
-from tests.support.daemon import (
-    daemon_config,
-    free_port,
-    get_json,
-    metric_value,
-    mock_model,
-    running_daemon,
-    start_daemon,
-)
+from tests.support.daemon import daemon_config, events, mock_model, running_daemon, start_daemon
+from tests.support.metrics import metric_value
+from tests.support.ports import free_port
 
-pytestmark = pytest.mark.integration
-
-PREBAKE_TIMEOUT_SECS = 60
-
-
-@pytest.fixture(autouse=True)
-def _criu_present() -> None:
-    require_criu()
-
-
-def prebake(tmp: Path, config: dict[str, Any], *extra: str) -> subprocess.CompletedProcess[str]:
-    return run_prebake(tmp, config, *extra, timeout=PREBAKE_TIMEOUT_SECS).result
-
-
-def baked_image(result: subprocess.CompletedProcess[str]) -> Path:
-    assert result.returncode == 0, result.stderr[-3000:]
-    match = re.search(r"^image: (\S+)", result.stdout, re.MULTILINE)
-    assert match, result.stdout
-    return Path(match[1])
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("criu")]
 
 
 def test_prebake_then_restore_on_first_request_twice(tmp_path: Path) -> None:

@@ -27,27 +27,21 @@ from gpumux.checkpoint.identity import ModelIdentity
 from gpumux.checkpoint.images import Image
 from gpumux.core.config import CheckpointConfig
 from gpumux.procs import Reaper, kill_tree, spawn_backend
-from tests.integration.test_criu_prebake import baked_image, prebake
-from tests.integration.test_metrics_export import promtool_lint, scrape
 from tests.support.criu import (
+    baked_image,
     chat,
     checkpoint_section,
-    events,
     pid_taken,
-    require_criu,
-    wait_event,
+    prebake,
 )
-from tests.support.daemon import daemon_config, free_port, metric_value, mock_model, running_daemon
+from tests.support.daemon import daemon_config, events, mock_model, running_daemon, wait_event
+from tests.support.metrics import metric_value, promtool_lint, scrape
+from tests.support.ports import free_port
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("criu")]
 
 FAILURES = "gpumux_checkpoint_restore_failures_total"
 SLEEPER = "import time\nprint('ready', flush=True)\nwhile True:\n    time.sleep(0.2)\n"
-
-
-@pytest.fixture(autouse=True)
-def _criu_present() -> None:
-    require_criu()
 
 
 def baked(tmp: Path) -> tuple[dict[str, dict[str, Any]], dict[str, Any], Path]:
@@ -155,11 +149,11 @@ def test_prebaked_image_of_another_launch_or_host_is_never_restored(tmp_path: Pa
 
 
 async def test_port_busy_and_identity_are_refused_before_criu_runs(
-    tmp_path: Path, reaper: Reaper
+    tmp_path: Path, reaper: Reaper, criu: str
 ) -> None:
     """After a dump, the image's port is taken, then the config moves on under it."""
     config = CheckpointConfig(
-        criu_path=require_criu(), images_dir=str(tmp_path / "images"), cuda_plugin_dir=None
+        criu_path=criu, images_dir=str(tmp_path / "images"), cuda_plugin_dir=None
     )
     reported: list[tuple[str, str]] = []
     checkpoints = Checkpoints(

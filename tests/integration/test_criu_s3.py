@@ -24,37 +24,32 @@ from typing import Any
 
 import pytest
 
-from tests.integration.test_criu_prebake import baked_image, prebake
+from tests.support.client import http_status
 from tests.support.criu import (
     CHECKPOINT,
+    baked_image,
     chat,
     checkpoint_section,
-    events,
-    require_criu,
-    wait_event,
+    prebake,
     wait_image,
 )
 from tests.support.daemon import (
     daemon_config,
-    http_status,
-    metric_value,
+    events,
     mock_model,
     running_daemon,
     start_daemon,
-    wait_until,
+    wait_event,
 )
+from tests.support.metrics import metric_value
 from tests.support.s3 import AWS_ENV, BUCKET, PREFIX, S3Server, moto_server
+from tests.support.waits import wait_until
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("criu")]
 
 #: The variable `manifest_key_env` names in these tests.
 KEY_ENV = "GPUMUX_TEST_IMAGE_KEY"
 SIGNATURE = "manifest.json.hmac"
-
-
-@pytest.fixture(autouse=True)
-def _criu_present() -> None:
-    require_criu()
 
 
 @pytest.fixture

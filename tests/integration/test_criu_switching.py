@@ -13,31 +13,21 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.backend import event_names
 from tests.support.criu import (
     CHECKPOINT,
     chat,
     checkpoint_section,
-    events,
     quarantined,
-    require_criu,
-    wait_event,
     wait_image,
 )
-from tests.support.daemon import get_json, metric_value, mock_model, running_daemon, wait_until
+from tests.support.daemon import events, mock_model, running_daemon, wait_event
+from tests.support.metrics import metric_value
+from tests.support.waits import wait_until
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("criu")]
 
 OFFLOAD_CHECKPOINT = {"weights": "offload", "process": "checkpoint"}
-
-
-@pytest.fixture(autouse=True)
-def _criu_present() -> None:
-    require_criu()
-
-
-def backend_events(daemon: object, model: str) -> list[str]:
-    url = daemon.backend_url(model)  # type: ignore[attr-defined]
-    return [e["event"] for e in get_json(url + "/mock/events")["events"]]
 
 
 def test_discard_checkpoint_round_trip_restores_the_same_process(tmp_path: Path) -> None:
@@ -60,7 +50,7 @@ def test_discard_checkpoint_round_trip_restores_the_same_process(tmp_path: Path)
         assert not events(daemon, "criu_dump_failed")
         assert wait_event(daemon, "criu_dumped", model="a")["secs"] < 5
         # The restored process remembers what happened before the dump, then wakes.
-        calls = backend_events(daemon, "a")
+        calls = event_names(daemon, "a")
         assert calls[:4] == ["request", "request_done", "sleep", "sleep_done"]
         assert "collective_rpc" in calls  # discard: reload_weights after the restore
         assert metric_value(daemon, "gpumux_switches_total", to="a", outcome="ok") >= 1
@@ -78,7 +68,7 @@ def test_offload_checkpoint_wakes_everything_after_restore(tmp_path: Path) -> No
         image = wait_image(tmp_path / "images", "a")
         assert '"eviction": "offload+checkpoint"' in (image / "manifest.json").read_text()
         assert chat(daemon, "a") == first
-        calls = backend_events(daemon, "a")
+        calls = event_names(daemon, "a")
         assert calls.count("sleep") == 1
         assert "wake_up" in calls
         assert "collective_rpc" not in calls  # offload keeps the weights: no reload

@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +26,8 @@ from gpumux.cuda.driver import DriverApiCheckpointer
 from gpumux.cuda.suspend import CudaSuspender, CudaSuspendFailed, SuspendSettings
 from gpumux.gpu.fake_ledger import Allocation, allocations, book, create_ledger, release
 from gpumux.procs import BackendProcess, Reaper, kill_tree, spawn_backend
+from tests.support.backend import mock_chat, wait_backend_healthy
+from tests.support.ports import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -154,12 +154,6 @@ class MockTree:
         return f"http://127.0.0.1:{self.port}"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture
 async def session() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession() as s:
@@ -182,17 +176,13 @@ async def start_mock(
         argv, model="tiny", env=env, log_path=tmp_path / f"mock-{port}.log", reaper=reaper
     )
     tree = MockTree(process, port)
-    deadline = time.monotonic() + DEADLINE_SECS
-    while time.monotonic() < deadline:
-        assert not process.exited.done(), (tmp_path / f"mock-{port}.log").read_text()
-        try:
-            async with session.get(tree.base + "/health") as resp:
-                if resp.status == 200:
-                    return tree
-        except aiohttp.ClientConnectionError:
-            pass
-        await asyncio.sleep(0.05)
-    raise AssertionError("mock_vllm did not become healthy")
+
+    def gone() -> str | None:
+        log = tmp_path / f"mock-{port}.log"
+        return log.read_text(errors="replace") if process.exited.done() else None
+
+    await wait_backend_healthy(session, tree.base, gone=gone, timeout=DEADLINE_SECS)
+    return tree
 
 
 @pytest.fixture
@@ -212,10 +202,8 @@ async def state(session: aiohttp.ClientSession, tree: MockTree) -> dict[str, Any
 
 
 async def chat(session: aiohttp.ClientSession, tree: MockTree) -> str:
-    body = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
-    async with session.post(tree.base + "/v1/chat/completions", json=body) as resp:
-        assert resp.status == 200
-        reply: dict[str, Any] = await resp.json()
+    status, reply = await mock_chat(session, tree.base, max_tokens=4)
+    assert status == 200
     return str(reply["choices"][0]["message"]["content"])
 
 

@@ -14,14 +14,10 @@ from typing import Any
 
 import pytest
 
-from tests.support.daemon import (
-    RunningDaemon,
-    chat,
-    get_json,
-    metric_value,
-    mock_model,
-    running_daemon,
-)
+from tests.support.backend import backend_state, control_calls
+from tests.support.daemon import RunningDaemon, chat, mock_model, running_daemon
+from tests.support.ledger import gpu_used
+from tests.support.metrics import metric_value
 
 pytestmark = pytest.mark.integration
 
@@ -44,32 +40,13 @@ def checkpoint_section(tmp: Path) -> dict[str, Any]:
 
 
 def worker_pids(daemon: RunningDaemon, model: str) -> list[int]:
-    pids: list[int] = get_json(daemon.backend_url(model) + "/mock/state")["worker_pids"]
+    pids: list[int] = backend_state(daemon, model)["worker_pids"]
     return pids
 
 
 def bookings(daemon: RunningDaemon, pids: list[int]) -> list[dict[str, Any]]:
     data: dict[str, Any] = json.loads(daemon.ledger_path.read_text())
     return [data["allocations"][str(pid)] for pid in pids]
-
-
-def used(daemon: RunningDaemon, gpu: int = 0) -> int:
-    data: dict[str, Any] = json.loads(daemon.ledger_path.read_text())
-    return sum(int(a["gpus"].get(str(gpu), 0)) for a in data["allocations"].values())
-
-
-def control_calls(daemon: RunningDaemon, model: str) -> list[str]:
-    calls = []
-    for e in get_json(daemon.backend_url(model) + "/mock/events")["events"]:
-        if e["event"] == "sleep":
-            calls.append(f"sleep:{e['level']}")
-        elif e["event"] == "wake_up":
-            calls.append("wake_up:" + ",".join(e.get("tags") or ["all"]))
-        elif e["event"] == "collective_rpc":
-            calls.append(f"rpc:{e['method']}")
-        elif e["event"] in ("reset_prefix_cache", "cuda_suspended", "cuda_resumed"):
-            calls.append(e["event"])
-    return calls
 
 
 def test_retain_suspend_moves_the_whole_reservation_to_host_and_back(tmp_path: Path) -> None:
@@ -85,7 +62,7 @@ def test_retain_suspend_moves_the_whole_reservation_to_host_and_back(tmp_path: P
         assert suspended["host_bytes"] == reserved
         assert suspended["cuda"]["state"] == "checkpointed"
         assert metric_value(daemon, "gpumux_model_state", model="a", state="suspended") == 1
-        assert used(daemon) <= CAPACITY
+        assert gpu_used(daemon) <= CAPACITY
 
         assert chat(daemon, "a") == first
         assert worker_pids(daemon, "a") == [worker]  # the same process, resumed
@@ -112,7 +89,7 @@ def test_discard_suspend_parks_only_the_residual_and_reloads_weights(tmp_path: P
         assert again == first
         assert "!!!" not in again
         assert control_calls(daemon, "a") == [
-            "sleep:2",
+            "sleep:2:wait",
             "cuda_suspended",
             "cuda_resumed",
             "wake_up:weights",
@@ -122,7 +99,7 @@ def test_discard_suspend_parks_only_the_residual_and_reloads_weights(tmp_path: P
         ]
         (back,) = bookings(daemon, [worker])
         assert back["state"] == "awake"
-        assert used(daemon) <= CAPACITY
+        assert gpu_used(daemon) <= CAPACITY
 
 
 def test_tensor_parallel_model_suspends_and_resumes_every_worker(tmp_path: Path) -> None:
@@ -145,8 +122,8 @@ def test_tensor_parallel_model_suspends_and_resumes_every_worker(tmp_path: Path)
         suspended = bookings(daemon, pids)
         assert [b["gpus"] for b in suspended] == [{"0": 0}, {"1": 0}]
         assert all(b["cuda"]["state"] == "checkpointed" for b in suspended)
-        assert used(daemon, 0) <= CAPACITY
-        assert used(daemon, 1) <= CAPACITY
+        assert gpu_used(daemon, 0) <= CAPACITY
+        assert gpu_used(daemon, 1) <= CAPACITY
 
         assert chat(daemon, "a") == first
         back = bookings(daemon, pids)
@@ -176,5 +153,5 @@ def test_a_failed_resume_falls_back_to_a_cold_start(tmp_path: Path) -> None:
             daemon, "gpumux_backend_restarts_total", model="a", reason="wake_failed"
         )
         assert restarts == 1
-        assert used(daemon) <= CAPACITY
+        assert gpu_used(daemon) <= CAPACITY
         assert "cuda_resume" in daemon.log_text()

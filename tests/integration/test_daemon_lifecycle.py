@@ -6,21 +6,14 @@ import json
 import signal
 import threading
 from pathlib import Path
-from typing import Any
 
-import psutil
 import pytest
 
-from tests.integration.test_daemon_proxy import chat_body, raw_post
-from tests.support.daemon import (
-    daemon_config,
-    http_status,
-    metric_value,
-    mock_model,
-    running_daemon,
-    start_daemon,
-    wait_until,
-)
+from tests.support.client import Reply, assert_openai_error, chat_body, http_status, post
+from tests.support.daemon import daemon_config, mock_model, running_daemon, start_daemon
+from tests.support.metrics import metric_value
+from tests.support.procs import alive
+from tests.support.waits import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -28,11 +21,11 @@ pytestmark = pytest.mark.integration
 def test_sigterm_drains_in_flight_refuses_new_and_leaves_no_process(tmp_path: Path) -> None:
     slow = ["--mock-tokens-per-sec", "10"]
     with running_daemon(tmp_path, {"a": mock_model(extra_args=slow), "b": mock_model()}) as daemon:
-        assert raw_post(daemon, "/v1/chat/completions", chat_body("b"))[0] == 200
-        results: list[tuple[int, dict[str, str], Any]] = []
+        assert post(daemon, "/v1/chat/completions", chat_body("b")).status == 200
+        results: list[Reply] = []
         streaming = threading.Thread(
             target=lambda: results.append(
-                raw_post(daemon, "/v1/chat/completions", chat_body("a", stream=True, max_tokens=15))
+                post(daemon, "/v1/chat/completions", chat_body("a", stream=True, max_tokens=15))
             )
         )
         streaming.start()
@@ -42,14 +35,13 @@ def test_sigterm_drains_in_flight_refuses_new_and_leaves_no_process(tmp_path: Pa
         )
         daemon.process.send_signal(signal.SIGTERM)
         wait_until(lambda: http_status(daemon.url + "/health") == 503, what="503 while draining")
-        status, headers, body = raw_post(daemon, "/v1/chat/completions", chat_body("b"))
-        assert status == 503
-        assert body["error"]["code"] == "shutting_down"
-        assert headers["retry-after"]
+        refused = post(daemon, "/v1/chat/completions", chat_body("b"))
+        assert_openai_error(refused, 503, "shutting_down")
+        assert refused.headers["retry-after"]
         streaming.join(timeout=20)
         assert results
-        assert results[0][0] == 200
-        assert results[0][2].endswith(b"data: [DONE]\n\n")  # the in-flight stream finished
+        assert results[0].status == 200
+        assert results[0].body.endswith(b"data: [DONE]\n\n")  # the in-flight stream finished
         assert daemon.process.wait(timeout=20) == 0
     # running_daemon asserts no descendant survived
 
@@ -59,7 +51,7 @@ def test_sigkill_leaves_nothing_once_the_next_start_has_swept(tmp_path: Path) ->
     config = daemon_config(tmp_path, models)
     first = start_daemon(tmp_path / "one", config)
     first.wait_ready()
-    assert raw_post(first, "/v1/chat/completions", chat_body("a"))[0] == 200
+    assert post(first, "/v1/chat/completions", chat_body("a")).status == 200
     orphans = [p.pid for p in first.descendants()]
     assert orphans
     first.process.send_signal(signal.SIGKILL)
@@ -69,22 +61,15 @@ def test_sigkill_leaves_nothing_once_the_next_start_has_swept(tmp_path: Path) ->
     try:
         second.wait_ready()
         wait_until(
-            lambda: not [p for p in orphans if psutil.pid_exists(p) and _not_zombie(p)],
+            lambda: not [p for p in orphans if alive(p)],
             what="sweep",
         )
         registry = Path(config["state_dir"]) / "children.json"
         assert not registry.exists() or not json.loads(registry.read_text() or "[]")
-        assert raw_post(second, "/v1/chat/completions", chat_body("a"))[0] == 200
+        assert post(second, "/v1/chat/completions", chat_body("a")).status == 200
     finally:
         second.stop()
         assert not second.survivors()
-
-
-def _not_zombie(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
 
 
 def test_invalid_config_exits_2_before_binding(tmp_path: Path) -> None:

@@ -2,64 +2,30 @@
 
 from __future__ import annotations
 
-import http.client
 import json
-import socket
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 import openai
 import pytest
 
-from tests.support.daemon import (
-    RunningDaemon,
+from tests.support.backend import backend_events, backend_state, set_faults
+from tests.support.client import (
+    CHAT,
+    Reply,
+    assert_failed_stream,
+    assert_openai_error,
+    chat_body,
     get_json,
-    metric_value,
-    mock_model,
-    post_json,
-    running_daemon,
-    wait_until,
+    open_stream,
+    post,
 )
+from tests.support.daemon import mock_model, running_daemon
+from tests.support.metrics import metric_value
+from tests.support.waits import wait_until
 
 pytestmark = pytest.mark.integration
-
-
-def raw_post(
-    daemon: RunningDaemon,
-    path: str,
-    body: bytes,
-    headers: dict[str, str] | None = None,
-    method: str = "POST",
-) -> tuple[int, dict[str, str], Any]:
-    conn = http.client.HTTPConnection("127.0.0.1", daemon.config["port"], timeout=30)
-    try:
-        conn.request(
-            method, path, body=body, headers={"Content-Type": "application/json", **(headers or {})}
-        )
-        response = conn.getresponse()
-        payload = response.read()
-        hdrs = {k.lower(): v for k, v in response.getheaders()}
-    finally:
-        conn.close()
-    try:
-        parsed: Any = json.loads(payload)
-    except ValueError:
-        parsed = payload
-    return response.status, hdrs, parsed
-
-
-def chat_body(model: str = "a", **extra: Any) -> bytes:
-    return json.dumps(
-        {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3, **extra}
-    ).encode()
-
-
-def assert_openai_error(body: Any, code: str) -> None:
-    assert set(body["error"]) == {"message", "type", "param", "code"}
-    assert body["error"]["code"] == code
-    assert body["error"]["message"]
 
 
 def test_streaming_passes_chunks_usage_and_done(tmp_path: Path) -> None:
@@ -86,60 +52,43 @@ def test_streaming_passes_chunks_usage_and_done(tmp_path: Path) -> None:
         # Incremental: at 20 tokens/s the chunks are spread out, not delivered at once.
         assert arrivals[-1] - arrivals[0] > 0.15
         # Byte-level: the raw stream ends with [DONE].
-        status, _, body = raw_post(daemon, "/v1/chat/completions", chat_body(stream=True))
-        assert status == 200
-        assert body.endswith(b"data: [DONE]\n\n")
+        reply = post(daemon, CHAT, chat_body(stream=True))
+        assert reply.status == 200
+        assert reply.body.endswith(b"data: [DONE]\n\n")
 
 
 def test_non_streaming_body_is_passed_through_and_request_id_echoed(tmp_path: Path) -> None:
     with running_daemon(tmp_path, {"a": mock_model()}) as daemon:
-        status, headers, body = raw_post(
+        reply = post(
             daemon,
             "/v1/completions",
             json.dumps({"model": "a", "prompt": "x", "max_tokens": 2}).encode(),
-            {"X-Request-Id": "req-123"},
+            headers={"X-Request-Id": "req-123"},
         )
-        assert status == 200
-        assert headers["x-request-id"] == "req-123"
-        assert body["object"] == "text_completion"
-        seen = [
-            e
-            for e in get_json(daemon.backend_url("a") + "/mock/events")["events"]
-            if e["event"] == "request"
-        ]
+        assert reply.status == 200
+        assert reply.headers["x-request-id"] == "req-123"
+        assert reply.json()["object"] == "text_completion"
+        seen = [e for e in backend_events(daemon, "a") if e["event"] == "request"]
         assert seen[-1]["request_id"] == "req-123"  # forwarded to the backend
-        status, headers, _ = raw_post(daemon, "/v1/completions", b'{"model": "a", "prompt": "x"}')
-        assert headers.get("x-request-id")  # generated when absent
+        reply = post(daemon, "/v1/completions", b'{"model": "a", "prompt": "x"}')
+        assert reply.headers.get("x-request-id")  # generated when absent
 
 
 def test_each_client_error_status(tmp_path: Path) -> None:
     models = {"a": mock_model()}
     with running_daemon(tmp_path, models, max_request_body_bytes=4096) as daemon:
-        status, _, body = raw_post(daemon, "/v1/chat/completions", b"{not json")
-        assert status == 400
-        assert body["error"]["code"] == "invalid_json"
-        status, _, body = raw_post(daemon, "/v1/chat/completions", b'{"messages": []}')
-        assert status == 400
-        assert body["error"]["param"] == "model"
-        status, _, body = raw_post(daemon, "/v1/chat/completions", b'{"model": 7}')
-        assert status == 400
-        assert body["error"]["param"] == "model"
-        status, _, body = raw_post(daemon, "/v1/chat/completions", chat_body("nope"))
-        assert status == 404
-        assert_openai_error(body, "model_not_found")
-        status, _, body = raw_post(
-            daemon, "/v1/chat/completions", chat_body(), {"Content-Type": "text/plain"}
-        )
-        assert status == 415
-        assert_openai_error(body, "unsupported_media_type")
+        assert_openai_error(post(daemon, CHAT, b"{not json"), 400, "invalid_json")
+        error = assert_openai_error(post(daemon, CHAT, b'{"messages": []}'), 400)
+        assert error["param"] == "model"
+        error = assert_openai_error(post(daemon, CHAT, b'{"model": 7}'), 400)
+        assert error["param"] == "model"
+        assert_openai_error(post(daemon, CHAT, chat_body("nope")), 404, "model_not_found")
+        plain = post(daemon, CHAT, chat_body(), headers={"Content-Type": "text/plain"})
+        assert_openai_error(plain, 415, "unsupported_media_type")
         padding = "x" * 3800
-        status, _, _ = raw_post(daemon, "/v1/chat/completions", chat_body(user=padding))
-        assert status == 200  # just below the limit
-        status, _, body = raw_post(
-            daemon, "/v1/chat/completions", chat_body(user=padding + "x" * 400)
-        )
-        assert status == 413
-        assert_openai_error(body, "request_too_large")
+        assert post(daemon, CHAT, chat_body(user=padding)).status == 200  # just below the limit
+        too_large = post(daemon, CHAT, chat_body(user=padding + "x" * 400))
+        assert_openai_error(too_large, 413, "request_too_large")
         for path in (
             "/sleep",
             "/wake_up",
@@ -149,13 +98,10 @@ def test_each_client_error_status(tmp_path: Path) -> None:
             "//sleep",
             "/metrics",
         ):
-            status, _, body = raw_post(daemon, path, b"{}")
-            assert status == 404, path
-            assert_openai_error(body, "not_found")
-        status, _, body = raw_post(daemon, "/v1/chat/completions", b"", method="GET")
-        assert status == 405
+            assert_openai_error(post(daemon, path, b"{}"), 404, "not_found")
+        assert post(daemon, CHAT, b"", method="GET").status == 405
         # Nothing above reached the backend's dev routes.
-        names = {e["event"] for e in get_json(daemon.backend_url("a") + "/mock/events")["events"]}
+        names = {e["event"] for e in backend_events(daemon, "a")}
         assert not names & {"sleep", "wake_up", "collective_rpc"}
         assert get_json(daemon.url + "/v1/models")["data"][0]["id"] == "a"
 
@@ -165,18 +111,13 @@ def test_api_keys_are_required_when_configured(tmp_path: Path) -> None:
     with running_daemon(
         tmp_path, {"a": mock_model()}, env=env, api_keys_env="GPUMUX_TEST_KEYS"
     ) as daemon:
-        status, headers, body = raw_post(daemon, "/v1/chat/completions", chat_body())
-        assert status == 401
-        assert headers["www-authenticate"] == "Bearer"
-        assert_openai_error(body, "invalid_api_key")
-        status, _, _ = raw_post(
-            daemon, "/v1/chat/completions", chat_body(), {"Authorization": "Bearer nope"}
-        )
-        assert status == 401
-        status, _, _ = raw_post(
-            daemon, "/v1/chat/completions", chat_body(), {"Authorization": "Bearer k2"}
-        )
-        assert status == 200
+        reply = post(daemon, CHAT, chat_body())
+        assert_openai_error(reply, 401, "invalid_api_key")
+        assert reply.headers["www-authenticate"] == "Bearer"
+        wrong = post(daemon, CHAT, chat_body(), headers={"Authorization": "Bearer nope"})
+        assert wrong.status == 401
+        right = post(daemon, CHAT, chat_body(), headers={"Authorization": "Bearer k2"})
+        assert right.status == 200
         assert "k1" not in daemon.log_text()
         assert "k2" not in daemon.log_text()
 
@@ -184,30 +125,27 @@ def test_api_keys_are_required_when_configured(tmp_path: Path) -> None:
 def test_full_queue_is_429_with_retry_after(tmp_path: Path) -> None:
     model = mock_model(extra_args=["--mock-startup-secs", "2"], max_queue=1)
     with running_daemon(tmp_path, {"a": model}) as daemon:
-        results: list[tuple[int, dict[str, str], Any]] = []
+        results: list[Reply] = []
 
         def send() -> None:
-            results.append(raw_post(daemon, "/v1/chat/completions", chat_body()))
+            results.append(post(daemon, CHAT, chat_body()))
 
         first = threading.Thread(target=send)
         first.start()
         wait_until(
             lambda: metric_value(daemon, "gpumux_queue_depth", model="a") == 1, what="queued"
         )
-        status, headers, body = raw_post(daemon, "/v1/chat/completions", chat_body())
-        assert status == 429
-        assert int(headers["retry-after"]) >= 1
-        assert_openai_error(body, "queue_full")
+        reply = post(daemon, CHAT, chat_body())
+        assert_openai_error(reply, 429, "queue_full")
+        assert int(reply.headers["retry-after"]) >= 1
         first.join()
-        assert results[0][0] == 200
+        assert results[0].status == 200
 
 
 def test_queue_timeout_is_504(tmp_path: Path) -> None:
     model = mock_model(extra_args=["--mock-startup-secs", "3"])
     with running_daemon(tmp_path, {"a": model}, policy={"request_timeout_secs": 0.5}) as daemon:
-        status, _, body = raw_post(daemon, "/v1/chat/completions", chat_body())
-        assert status == 504
-        assert_openai_error(body, "queue_timeout")
+        assert_openai_error(post(daemon, CHAT, chat_body()), 504, "queue_timeout")
 
 
 def test_model_that_cannot_start_is_503_model_unavailable(tmp_path: Path) -> None:
@@ -215,34 +153,26 @@ def test_model_that_cannot_start_is_503_model_unavailable(tmp_path: Path) -> Non
     with running_daemon(
         tmp_path, {"a": broken, "b": mock_model()}, supervision={"max_start_failures": 1}
     ) as daemon:
-        status, headers, body = raw_post(daemon, "/v1/chat/completions", chat_body())
-        assert status == 503
-        assert int(headers["retry-after"]) >= 1
-        assert_openai_error(body, "model_unavailable")
-        status, _, _ = raw_post(daemon, "/v1/chat/completions", chat_body("b"))
-        assert status == 200  # the other model is unaffected
+        reply = post(daemon, CHAT, chat_body())
+        assert_openai_error(reply, 503, "model_unavailable")
+        assert int(reply.headers["retry-after"]) >= 1
+        assert post(daemon, CHAT, chat_body("b")).status == 200  # the other model is unaffected
 
 
 def test_backend_4xx_is_passed_through(tmp_path: Path) -> None:
     with running_daemon(
         tmp_path, {"a": mock_model(env={"MOCK_VLLM_HTTP_ERROR_STATUS": "400"})}
     ) as daemon:
-        status, _, body = raw_post(daemon, "/v1/chat/completions", chat_body())
-        assert status == 400
-        assert "error" in body
+        reply = post(daemon, CHAT, chat_body())
+        assert reply.status == 400
+        assert "error" in reply.json()
 
 
 def test_client_disconnect_mid_stream_aborts_upstream(tmp_path: Path) -> None:
     """The client leaves mid-stream: the backend sees the abort within a second, the lease ends."""
     slow = ["--mock-tokens-per-sec", "5"]
     with running_daemon(tmp_path, {"a": mock_model(extra_args=slow)}) as daemon:
-        sock = socket.create_connection(("127.0.0.1", daemon.config["port"]))
-        body = chat_body(stream=True, max_tokens=50)
-        sock.sendall(
-            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            + f"Content-Length: {len(body)}\r\n\r\n".encode()
-            + body
-        )
+        sock = open_stream(daemon, chat_body(stream=True, max_tokens=50))
         assert b"200" in sock.recv(4096)
         wait_until(
             lambda: metric_value(daemon, "gpumux_inflight_requests", model="a") == 1,
@@ -251,10 +181,7 @@ def test_client_disconnect_mid_stream_aborts_upstream(tmp_path: Path) -> None:
         sock.close()
         left = time.monotonic()
         wait_until(
-            lambda: any(
-                e["event"] == "client_abort"
-                for e in get_json(daemon.backend_url("a") + "/mock/events")["events"]
-            ),
+            lambda: any(e["event"] == "client_abort" for e in backend_events(daemon, "a")),
             timeout=5,
             what="client_abort at the backend",
         )
@@ -267,14 +194,10 @@ def test_client_disconnect_mid_stream_aborts_upstream(tmp_path: Path) -> None:
 
 def test_backend_crash_mid_stream_ends_with_error_event_then_restarts(tmp_path: Path) -> None:
     with running_daemon(tmp_path, {"a": mock_model()}) as daemon:
-        assert raw_post(daemon, "/v1/chat/completions", chat_body())[0] == 200
-        post_json(daemon.backend_url("a") + "/mock/faults", {"crash_after_chunks": 2})
-        status, _, raw = raw_post(
-            daemon, "/v1/chat/completions", chat_body(stream=True, max_tokens=10)
-        )
-        assert status == 200
-        assert b'"code": "backend_crashed"' in raw
-        assert raw.endswith(b"data: [DONE]\n\n")
+        assert post(daemon, CHAT, chat_body()).status == 200
+        set_faults(daemon, "a", crash_after_chunks=2)
+        crashed = post(daemon, CHAT, chat_body(stream=True, max_tokens=10))
+        assert_failed_stream(crashed, "backend_crashed")
         with openai.OpenAI(base_url=daemon.url + "/v1", api_key="x", max_retries=0) as sdk:
             reply = sdk.chat.completions.create(
                 model="a", messages=[{"role": "user", "content": "again"}]
@@ -305,8 +228,8 @@ def test_hung_backend_is_killed_by_health_checks_and_restarted(tmp_path: Path) -
 
     supervision = {"health_interval_secs": 0.2, "health_timeout_secs": 0.3}
     with running_daemon(tmp_path, {"a": mock_model()}, supervision=supervision) as daemon:
-        assert raw_post(daemon, "/v1/chat/completions", chat_body())[0] == 200
-        root = get_json(daemon.backend_url("a") + "/mock/state")["pid"]
+        assert post(daemon, CHAT, chat_body()).status == 200
+        root = backend_state(daemon, "a")["pid"]
         os.kill(root, sig.SIGSTOP)
         wait_until(
             lambda: metric_value(
@@ -315,5 +238,5 @@ def test_hung_backend_is_killed_by_health_checks_and_restarted(tmp_path: Path) -
             timeout=10,
             what="unhealthy restart",
         )
-        assert raw_post(daemon, "/v1/chat/completions", chat_body())[0] == 200
-        assert get_json(daemon.backend_url("a") + "/mock/state")["pid"] != root
+        assert post(daemon, CHAT, chat_body()).status == 200
+        assert backend_state(daemon, "a")["pid"] != root

@@ -3,50 +3,18 @@
 from __future__ import annotations
 
 import concurrent.futures
-import json
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from tests.support.daemon import (
-    RunningDaemon,
-    chat,
-    get_json,
-    metric_value,
-    mock_model,
-    post_json,
-    running_daemon,
-)
+from tests.support.backend import backend_state, control_calls, event_names, set_faults
+from tests.support.daemon import chat, mock_model, running_daemon
+from tests.support.ledger import gpu_used
+from tests.support.metrics import metric_value
 
 pytestmark = pytest.mark.integration
 
 CAPACITY = 80 * 1024**3
-
-
-def ledger_used(daemon: RunningDaemon) -> int:
-    data: dict[str, Any] = json.loads(daemon.ledger_path.read_text())
-    return sum(int(a["gpus"].get("0", 0)) for a in data["allocations"].values())
-
-
-def events(daemon: RunningDaemon, model: str) -> list[dict[str, Any]]:
-    found: list[dict[str, Any]] = get_json(daemon.backend_url(model) + "/mock/events")["events"]
-    return found
-
-
-def control_calls(daemon: RunningDaemon, model: str) -> list[str]:
-    """The dev-route calls a backend received, in order, as compact strings."""
-    calls = []
-    for e in events(daemon, model):
-        if e["event"] == "sleep":
-            calls.append(f"sleep:{e['level']}:{e['mode']}")
-        elif e["event"] == "wake_up":
-            calls.append("wake_up:" + ",".join(e.get("tags") or ["all"]))
-        elif e["event"] in ("collective_rpc",):
-            calls.append(f"rpc:{e['method']}")
-        elif e["event"] == "reset_prefix_cache":
-            calls.append("reset_prefix_cache")
-    return calls
 
 
 def test_two_models_alternate_on_one_gpu(tmp_path: Path) -> None:
@@ -55,9 +23,9 @@ def test_two_models_alternate_on_one_gpu(tmp_path: Path) -> None:
     with running_daemon(tmp_path, models) as daemon:
         for _ in range(3):
             assert chat(daemon, "a")
-            assert ledger_used(daemon) <= CAPACITY
+            assert gpu_used(daemon) <= CAPACITY
             assert chat(daemon, "b")
-            assert ledger_used(daemon) <= CAPACITY
+            assert gpu_used(daemon) <= CAPACITY
         assert control_calls(daemon, "a")[:2] == ["sleep:1:wait", "wake_up:all"]
         assert metric_value(daemon, "gpumux_switches_total", to="b", outcome="ok") >= 3
         assert metric_value(daemon, "gpumux_model_state", model="b", state="ready") == 1
@@ -87,10 +55,9 @@ def test_stop_strategy_cold_starts_again(tmp_path: Path) -> None:
     models = {"a": mock_model(eviction=stop), "b": mock_model(eviction=stop)}
     with running_daemon(tmp_path, models) as daemon:
         chat(daemon, "a")
-        first_pid = get_json(daemon.backend_url("a") + "/mock/events")  # backend answers
-        assert first_pid
+        assert backend_state(daemon, "a")["pid"]  # the backend answers
         chat(daemon, "b")
-        assert ledger_used(daemon) <= CAPACITY
+        assert gpu_used(daemon) <= CAPACITY
         chat(daemon, "a")
         assert metric_value(daemon, "gpumux_model_state", model="b", state="stopped") == 1
 
@@ -107,8 +74,8 @@ def test_models_that_fit_stay_awake_together_and_never_overcommit(tmp_path: Path
             jobs = [pool.submit(chat, daemon, m) for m in "abcabcabcabc"]
             for job in jobs:
                 assert job.result()
-                assert ledger_used(daemon) <= CAPACITY
-        assert ledger_used(daemon) <= CAPACITY
+                assert gpu_used(daemon) <= CAPACITY
+        assert gpu_used(daemon) <= CAPACITY
         failures = metric_value(
             daemon, "gpumux_backend_restarts_total", model="c", reason="start_failed"
         )
@@ -121,24 +88,24 @@ def test_wake_failure_falls_back_to_a_cold_start(tmp_path: Path) -> None:
     with running_daemon(tmp_path, models) as daemon:
         chat(daemon, "a")
         chat(daemon, "b")  # a is asleep now
-        post_json(daemon.backend_url("a") + "/mock/faults", {"fail_wake": True})
+        set_faults(daemon, "a", fail_wake=True)
         assert chat(daemon, "a")
         assert (
             metric_value(daemon, "gpumux_backend_restarts_total", model="a", reason="wake_failed")
             == 1
         )
         assert metric_value(daemon, "gpumux_switches_total", to="a", outcome="fallback_cold") == 1
-        assert ledger_used(daemon) <= CAPACITY
+        assert gpu_used(daemon) <= CAPACITY
 
 
 def test_sleep_failure_kills_the_victim_so_the_target_fits(tmp_path: Path) -> None:
     models = {"a": mock_model(), "b": mock_model()}
     with running_daemon(tmp_path, models) as daemon:
         chat(daemon, "a")
-        post_json(daemon.backend_url("a") + "/mock/faults", {"fail_sleep": True})
+        set_faults(daemon, "a", fail_sleep=True)
         assert chat(daemon, "b")
         assert metric_value(daemon, "gpumux_model_state", model="a", state="stopped") == 1
-        assert ledger_used(daemon) <= CAPACITY
+        assert gpu_used(daemon) <= CAPACITY
 
 
 def test_warmup_answers_once_and_evicts_each_model_before_serving(tmp_path: Path) -> None:
@@ -146,6 +113,6 @@ def test_warmup_answers_once_and_evicts_each_model_before_serving(tmp_path: Path
     with running_daemon(tmp_path, models, warmup=True) as daemon:
         # Requests queue behind the warm-up and are served after it.
         assert chat(daemon, "b")
-        a_events = [e["event"] for e in events(daemon, "a")]
+        a_events = event_names(daemon, "a")
         assert "request" in a_events
         assert "sleep" in a_events

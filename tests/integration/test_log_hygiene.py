@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.test_daemon_proxy import raw_post
 from tests.support.admin import Admin
-from tests.support.daemon import free_port, mock_model, running_daemon
+from tests.support.client import post
+from tests.support.daemon import mock_model, running_daemon
+from tests.support.ports import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -41,14 +42,14 @@ def test_no_prompt_key_token_or_s3_secret_in_the_log(tmp_path: Path) -> None:
         auth = {"Authorization": f"Bearer {api_key}"}
         messages = [{"role": "user", "content": prompt}]
         for model, stream in (("a", False), ("b", True), ("a", True)):
-            body = json.dumps({"model": model, "messages": messages, "stream": stream})
-            assert raw_post(daemon, "/v1/chat/completions", body.encode(), auth)[0] == 200
+            body = json.dumps({"model": model, "messages": messages, "stream": stream}).encode()
+            assert post(daemon, "/v1/chat/completions", body, headers=auth).status == 200
         # Failures too: a wrong key, a body that is not JSON, an unknown model.
         wrong = {"Authorization": f"Bearer {api_key}x"}
-        assert raw_post(daemon, "/v1/chat/completions", b"{}", wrong)[0] == 401
-        assert raw_post(daemon, "/v1/completions", f"{{{prompt}".encode(), auth)[0] == 400
+        assert post(daemon, "/v1/chat/completions", b"{}", headers=wrong).status == 401
+        assert post(daemon, "/v1/completions", f"{{{prompt}".encode(), headers=auth).status == 400
         body = json.dumps({"model": "zz", "prompt": prompt}).encode()
-        assert raw_post(daemon, "/v1/completions", body, auth)[0] == 404
+        assert post(daemon, "/v1/completions", body, headers=auth).status == 404
         admin = Admin(daemon, admin_token)
         chat = {"model": "b", "messages": messages}
         code, _ = admin.post("/api/chat", chat, headers={"X-Gpumux-Api-Key": api_key})

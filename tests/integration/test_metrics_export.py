@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
-import subprocess
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from tests.integration.test_daemon_proxy import chat_body, raw_post
-from tests.support.daemon import RunningDaemon, mock_model, running_daemon
+from tests.support.client import chat_body, post
+from tests.support.daemon import mock_model, running_daemon
+from tests.support.metrics import promtool_lint, scrape
 
 pytestmark = pytest.mark.integration
 
@@ -23,26 +21,6 @@ PROMQL_WORDS = frozenset(
     {"by", "without", "on", "ignoring", "group_left", "group_right", "bool", "and", "or"}
     | {"unless", "offset", "inf", "nan"}
 )
-
-
-def scrape(daemon: RunningDaemon, path: str) -> str:
-    url = f"http://127.0.0.1:{daemon.config['metrics_port']}{path}"
-    with urllib.request.urlopen(url, timeout=10) as response:
-        return str(response.read().decode())
-
-
-def promtool_lint(text: str) -> tuple[int, str]:
-    promtool = shutil.which("promtool")
-    assert promtool, "promtool is not installed (scripts/test installs Debian's prometheus)"
-    result = subprocess.run(
-        [promtool, "check", "metrics"],
-        input=text,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    return result.returncode, result.stdout + result.stderr
 
 
 def exposed_names(text: str) -> set[str]:
@@ -106,7 +84,7 @@ def test_metrics_backends_promtool_and_grafana_against_a_live_daemon(tmp_path: P
     models = {"a": mock_model(), "b": mock_model()}
     with running_daemon(tmp_path, models) as daemon:
         for model in ("a", "b", "a"):  # two switches, so switch histograms have series
-            assert raw_post(daemon, "/v1/chat/completions", chat_body(model))[0] == 200
+            assert post(daemon, "/v1/chat/completions", chat_body(model)).status == 200
         own = scrape(daemon, "/metrics")
         backends = scrape(daemon, "/metrics/backends")
 

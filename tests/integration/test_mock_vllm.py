@@ -6,7 +6,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,18 +20,16 @@ import pytest
 
 from gpumux.gpu.fake_ledger import allocations, book, create_ledger, release, usage
 from mock_vllm.options import parse_serve_args
+from tests.support.backend import mock_chat, wait_backend_healthy
+from tests.support.ports import free_port
+from tests.support.procs import alive
+from tests.support.waits import wait_until_async
 
 pytestmark = pytest.mark.integration
 
 GIB = 1 << 30
 READY_DEADLINE_SECS = 15.0
 CHAT = "/v1/chat/completions"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -48,6 +45,12 @@ class Mock:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def exit_report(self) -> str | None:
+        """Why it cannot answer any more (its exit and log), or None while it runs."""
+        if self.proc.poll() is None:
+            return None
+        return f"mock exited with {self.proc.returncode}:\n{self.log()}"
 
 
 Spawn = Callable[..., Awaitable[Mock]]
@@ -67,25 +70,13 @@ def launch(args: list[str], log_path: Path, env: dict[str, str]) -> subprocess.P
 
 
 async def wait_healthy(session: aiohttp.ClientSession, mock: Mock) -> None:
-    deadline = time.monotonic() + READY_DEADLINE_SECS
-    while time.monotonic() < deadline:
-        if mock.proc.poll() is not None:
-            pytest.fail(f"mock exited with {mock.proc.returncode}:\n{mock.log()}")
-        try:
-            async with session.get(mock.base + "/health") as resp:
-                if resp.status == 200:
-                    return
-        except aiohttp.ClientConnectionError:
-            pass
-        await asyncio.sleep(0.05)
-    pytest.fail(f"mock not healthy within {READY_DEADLINE_SECS}s:\n{mock.log()}")
+    await wait_backend_healthy(
+        session, mock.base, gone=mock.exit_report, timeout=READY_DEADLINE_SECS
+    )
 
 
 async def wait_exit(proc: subprocess.Popen[bytes], deadline_secs: float = 10.0) -> int:
-    deadline = time.monotonic() + deadline_secs
-    while proc.poll() is None:
-        assert time.monotonic() < deadline, "process did not exit"
-        await asyncio.sleep(0.05)
+    await wait_until_async(lambda: proc.poll() is not None, "the exit", timeout=deadline_secs)
     return proc.returncode
 
 
@@ -132,9 +123,7 @@ async def spawn(tmp_path: Path, session: aiohttp.ClientSession) -> AsyncIterator
 async def chat(
     session: aiohttp.ClientSession, mock: Mock, content: str = "hello there", **extra: Any
 ) -> tuple[int, dict[str, Any]]:
-    body = {"model": "tiny", "messages": [{"role": "user", "content": content}], **extra}
-    async with session.post(mock.base + CHAT, json=body) as resp:
-        return resp.status, await resp.json()
+    return await mock_chat(session, mock.base, content, **extra)
 
 
 async def stream_chat(
@@ -217,10 +206,9 @@ async def test_binds_late_then_serves_models(spawn: Spawn, session: aiohttp.Clie
     mock = await spawn(
         "--mock-startup-secs", "1.5", "--served-model-name", "tiny", "alt", wait=False
     )
-    deadline = time.monotonic() + READY_DEADLINE_SECS
-    while "non-default args" not in mock.log():
-        assert time.monotonic() < deadline
-        await asyncio.sleep(0.02)
+    await wait_until_async(
+        lambda: "non-default args" in mock.log(), "the start-up line", timeout=READY_DEADLINE_SECS
+    )
     # The process is up and "loading": the port refuses connections.
     with pytest.raises(aiohttp.ClientConnectorError):
         async with session.get(mock.base + "/health"):
@@ -621,10 +609,9 @@ async def test_crash_after_chunks_kills_the_tree(
         await read_frames(session, mock.base + CHAT, {**body, "max_tokens": 50}, frames)
     assert len(frames) == 3
     assert await wait_exit(mock.proc) == -signal.SIGKILL
-    deadline = time.monotonic() + 5
-    while any(psutil.pid_exists(pid) for pid in workers):
-        assert time.monotonic() < deadline, "workers survived the crash"
-        await asyncio.sleep(0.05)
+    await wait_until_async(
+        lambda: not any(psutil.pid_exists(pid) for pid in workers), "the workers to end", timeout=5
+    )
 
 
 async def test_client_abort_is_recorded(spawn: Spawn, session: aiohttp.ClientSession) -> None:
@@ -751,10 +738,9 @@ async def test_killing_only_the_api_server_takes_workers_down(spawn: Spawn, tmp_
     mock.proc.kill()  # the API server alone, as an OOM killer might
     assert await wait_exit(mock.proc) == -signal.SIGKILL
     # PR_SET_PDEATHSIG takes the worker down; its memory is freed with it.
-    deadline = time.monotonic() + 5
-    while worker.is_running() and worker.status() != psutil.STATUS_ZOMBIE:
-        assert time.monotonic() < deadline, "worker outlived its API server"
-        await asyncio.sleep(0.05)
+    await wait_until_async(
+        lambda: not alive(worker.pid), "the worker to end with its API server", timeout=5
+    )
     assert usage(ledger)[0][0] == 0
 
 

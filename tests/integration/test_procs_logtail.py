@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, MutableMapping
+from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +11,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from gpumux.procs import LogTail
+from tests.support.waits import wait_until_async
 
 pytestmark = pytest.mark.integration
 
@@ -27,15 +28,6 @@ class FakeClock:
 
 def output_lines(logs: list[MutableMapping[str, Any]]) -> list[object]:
     return [e["line"] for e in logs if e["event"] == "backend_output"]
-
-
-async def wait_until(predicate: Callable[[], bool], what: str) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + DEADLINE_SECS
-    while not predicate():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 def append(path: Path, text: str) -> None:
@@ -134,7 +126,7 @@ async def test_run_follows_until_cancelled_and_flushes_the_last_line(tmp_path: P
         async with asyncio.TaskGroup() as group:
             task = group.create_task(tail.run())
             append(path, "ready\n")
-            await wait_until(lambda: tail.recent_lines() == ["ready"], "the first line")
+            await wait_until_async(lambda: tail.recent_lines() == ["ready"], "the first line")
             append(path, "Traceback: crashed without a newline")
             task.cancel()
     assert output_lines(logs) == ["ready", "Traceback: crashed without a newline"]

@@ -11,8 +11,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import psutil
@@ -26,28 +24,12 @@ from gpumux.procs import (
     current_reaper,
     run_command,
 )
+from tests.support.procs import alive
+from tests.support.waits import wait_until, wait_until_async
 
 pytestmark = pytest.mark.integration
 
 DEADLINE_SECS = 10.0
-
-
-async def wait_until(predicate: Callable[[], bool], what: str) -> None:
-    """Poll `predicate` until it holds or DEADLINE_SECS pass."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + DEADLINE_SECS
-    while not predicate():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
-
-
-def running(pid: int) -> bool:
-    """Alive and not a zombie (init here may leave zombies of orphans unreaped)."""
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
 
 
 def read_line(stream: object, timeout: float = DEADLINE_SECS) -> str:
@@ -70,7 +52,9 @@ async def test_an_exit_reaped_before_watch_is_still_delivered(reaper: Reaper) ->
     """A child that exits and is reaped before anyone watches it resolves watch() at once."""
     pid = spawn_unwatched("raise SystemExit(7)")
     with capture_logs() as logs:
-        await wait_until(lambda: not psutil.pid_exists(pid), "the reaper to collect the child")
+        await wait_until_async(
+            lambda: not psutil.pid_exists(pid), "the reaper to collect the child"
+        )
         await reaper.reap_now()
     assert {"event": "orphan_reaped", "pid": pid, "exit_code": 7, "log_level": "info"} in logs
 
@@ -85,7 +69,7 @@ async def test_a_cached_exit_is_not_given_to_a_new_child_with_the_same_pid(
 ) -> None:
     """watch(new_child=True) ignores a stale cached exit left by an earlier pid owner."""
     pid = spawn_unwatched("pass")
-    await wait_until(lambda: not psutil.pid_exists(pid), "the reaper to collect the child")
+    await wait_until_async(lambda: not psutil.pid_exists(pid), "the reaper to collect the child")
 
     fresh = reaper.watch(pid, new_child=True)
 
@@ -139,7 +123,7 @@ async def test_run_command_timeout_kills_the_whole_group(reaper: Reaper) -> None
         await run_command([sys.executable, "-c", script], timeout=1.0)
     pids = [int(line.split()[1]) for line in caught.value.stdout.splitlines()]
     assert len(pids) == 2
-    await wait_until(lambda: not any(running(pid) for pid in pids), "the group to die")
+    await wait_until_async(lambda: not any(alive(pid) for pid in pids), "the group to die")
 
 
 async def test_run_command_cancellation_kills_the_command(reaper: Reaper, tmp_path: Path) -> None:
@@ -148,11 +132,11 @@ async def test_run_command_cancellation_kills_the_command(reaper: Reaper, tmp_pa
     script = f"import os, time; open({str(marker)!r}, 'w').write(str(os.getpid())); time.sleep(120)"
     async with asyncio.TaskGroup() as group:
         task = group.create_task(run_command([sys.executable, "-c", script], timeout=60))
-        await wait_until(lambda: marker.exists() and marker.read_text() != "", "the start")
+        await wait_until_async(lambda: marker.exists() and marker.read_text() != "", "the start")
         pid = int(marker.read_text())
         task.cancel()
     assert task.cancelled()
-    await wait_until(lambda: not running(pid), "the command to die")
+    await wait_until_async(lambda: not alive(pid), "the command to die")
 
 
 async def test_run_command_missing_program(reaper: Reaper, tmp_path: Path) -> None:
@@ -258,10 +242,7 @@ def test_parent_death_kills_the_backend(tmp_path: Path) -> None:
         assert child.ppid() == helper.pid
         helper.send_signal(signal.SIGKILL)
         helper.wait(timeout=DEADLINE_SECS)
-        deadline = time.monotonic() + DEADLINE_SECS
-        while running(child.pid) and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert not running(child.pid)
+        wait_until(lambda: not alive(child.pid), "the orphan to end")
     finally:
         helper.kill()
         helper.wait(timeout=DEADLINE_SECS)

@@ -9,7 +9,6 @@ import stat
 import subprocess
 import sys
 import textwrap
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +17,8 @@ import pytest
 from structlog.testing import capture_logs
 
 from gpumux.procs import ChildRecord, ChildRegistry, sweep_leftovers
+from tests.support.procs import alive
+from tests.support.waits import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -31,23 +32,6 @@ TREE = textwrap.dedent(
     time.sleep(120)
     """
 )
-
-
-def running(pid: int) -> bool:
-    """Alive and not a zombie (init here may leave zombies of orphans unreaped)."""
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-
-
-def wait_until(predicate: object, what: str) -> None:
-    assert callable(predicate)
-    deadline = time.monotonic() + DEADLINE_SECS
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 @pytest.fixture
@@ -119,8 +103,8 @@ def test_sweep_kills_a_recorded_tree_left_by_a_dead_daemon(
         swept = sweep_leftovers(tmp_path)
 
     assert swept == sorted([root.pid, grandchild.pid])
-    assert not running(root.pid)
-    assert not running(grandchild.pid)
+    assert not alive(root.pid)
+    assert not alive(grandchild.pid)
     assert not (tmp_path / "children.json").exists()
     assert any(e["event"] == "leftover_swept" and e["pid"] == root.pid for e in logs)
 
@@ -132,12 +116,12 @@ def test_sweep_kills_orphans_whose_root_is_already_gone(
     root, grandchild = detached_tree
     ChildRegistry(tmp_path).add(record_of(root))
     root.kill()
-    wait_until(lambda: not running(root.pid), "the root to die")
+    wait_until(lambda: not alive(root.pid), "the root to die")
 
     swept = sweep_leftovers(tmp_path)
 
     assert grandchild.pid in swept
-    assert not running(grandchild.pid)
+    assert not alive(grandchild.pid)
 
 
 def test_sweep_spares_a_process_that_reused_the_pid(
@@ -150,8 +134,8 @@ def test_sweep_spares_a_process_that_reused_the_pid(
     with capture_logs() as logs:
         assert sweep_leftovers(tmp_path) == []
 
-    assert running(root.pid)
-    assert running(grandchild.pid)
+    assert alive(root.pid)
+    assert alive(grandchild.pid)
     assert any(e["event"] == "leftover_skipped" for e in logs)
     assert not (tmp_path / "children.json").exists()
 

@@ -11,7 +11,7 @@ import stat
 import sys
 import textwrap
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -31,6 +31,8 @@ from gpumux.procs import (
     spawn_backend,
     tree_pids,
 )
+from tests.support.procs import alive
+from tests.support.waits import wait_until_async
 
 pytestmark = pytest.mark.integration
 
@@ -56,24 +58,6 @@ TREE_SCRIPT = textwrap.dedent(
     time.sleep(120)
     """
 )
-
-
-async def wait_until(predicate: Callable[[], bool], what: str) -> None:
-    """Poll `predicate` until it holds or DEADLINE_SECS pass."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + DEADLINE_SECS
-    while not predicate():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
-
-
-def running(pid: int) -> bool:
-    """Alive and not a zombie (init here may leave zombies of orphans unreaped)."""
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
 
 
 class Leftovers:
@@ -125,7 +109,7 @@ async def grandchild_of(proc: BackendProcess, leftovers: Leftovers) -> int:
                 return True
         return False
 
-    await wait_until(printed, "the grandchild to start")
+    await wait_until_async(printed, "the grandchild to start")
     leftovers.add(found[0])
     return found[0]
 
@@ -255,8 +239,8 @@ async def test_kill_tree_leaves_no_process_behind(
     code = await kill_tree(proc, grace_secs=5.0)
 
     assert code == -signal.SIGTERM
-    assert not running(proc.pid)
-    assert not running(grandchild)
+    assert not alive(proc.pid)
+    assert not alive(grandchild)
     assert await tree_pids(proc.pid) == []
 
 
@@ -270,7 +254,7 @@ async def test_kill_tree_escalates_to_sigkill_after_the_grace(
     code = await kill_tree(proc, grace_secs=0.3)
 
     assert code == -signal.SIGKILL
-    assert not running(grandchild)
+    assert not alive(grandchild)
 
 
 async def test_kill_tree_finds_a_descendant_that_left_the_group(
@@ -279,11 +263,11 @@ async def test_kill_tree_finds_a_descendant_that_left_the_group(
     """A grandchild in its own session is still reached through the parent links."""
     proc = start_tree(reaper, tmp_path, leftovers, IGNORE_TERM="1", GRANDCHILD_SETSID="1")
     grandchild = await grandchild_of(proc, leftovers)
-    await wait_until(lambda: os.getsid(grandchild) == grandchild, "the grandchild's setsid")
+    await wait_until_async(lambda: os.getsid(grandchild) == grandchild, "the grandchild's setsid")
 
     await kill_tree(proc, grace_secs=0.3)
 
-    assert not running(grandchild)
+    assert not alive(grandchild)
 
 
 async def test_kill_tree_after_the_root_died_still_kills_its_orphans(
@@ -293,11 +277,11 @@ async def test_kill_tree_after_the_root_died_still_kills_its_orphans(
     proc = start_tree(reaper, tmp_path, leftovers, ROOT_EXITS="1")
     grandchild = await grandchild_of(proc, leftovers)
     assert await asyncio.wait_for(asyncio.shield(proc.exited), DEADLINE_SECS) == 0
-    assert running(grandchild)
+    assert alive(grandchild)
 
     assert await kill_tree(proc, grace_secs=5.0) == 0
 
-    assert not running(grandchild)
+    assert not alive(grandchild)
 
 
 async def test_kill_tree_is_idempotent(
@@ -375,7 +359,7 @@ async def test_output_is_re_emitted_by_log_tail(
         tail = LogTail(proc.log_path, model="tiny", pid=proc.pid, start_offset=proc.log_offset)
         async with asyncio.TaskGroup() as group:
             task = group.create_task(tail.run())
-            await wait_until(lambda: tail.recent_lines() == ["one", "two"], "both lines")
+            await wait_until_async(lambda: tail.recent_lines() == ["one", "two"], "both lines")
             task.cancel()
     emitted = [(e["model"], e["pid"], e["line"]) for e in logs if e["event"] == "backend_output"]
     assert emitted == [("tiny", proc.pid, "one"), ("tiny", proc.pid, "two")]
@@ -394,7 +378,7 @@ async def test_adopt_tracks_an_existing_child(
         original.create_time,
     )
     assert await kill_tree(adopted, grace_secs=5.0) == -signal.SIGTERM
-    assert not running(grandchild)
+    assert not alive(grandchild)
 
 
 async def test_adopt_refuses_a_process_that_is_not_our_child(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import math
 import os
 import signal
 import socket
@@ -16,20 +17,26 @@ from pathlib import Path
 import pytest
 
 from gpumux.daemon.sdnotify import Notifier, extend_timeout, watchdog
-from tests.integration.test_daemon_proxy import chat_body, raw_post
-from tests.support.daemon import daemon_config, http_status, mock_model, start_daemon
+from tests.support.client import CHAT, chat_body, http_status, post
+from tests.support.daemon import daemon_config, mock_model, start_daemon
 
 pytestmark = pytest.mark.integration
 
 
 class NotifySocket:
-    """The systemd side: a bound datagram socket that timestamps every message."""
+    """The systemd side: a bound datagram socket that timestamps every message.
+
+    `wait_for` consumes messages in order: it returns the first message carrying the
+    field that no earlier `wait_for` has passed over, whether it arrived during this
+    wait or was already received (one `pump` often receives several datagrams, e.g.
+    STOPPING=1 and EXTEND_TIMEOUT_USEC together)."""
 
     def __init__(self, address: str | bytes) -> None:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.sock.bind(address)
         self.sock.settimeout(0.1)
         self.messages: list[tuple[float, str]] = []
+        self._read = 0  # messages before this index were passed over by a wait_for
 
     def pump(self, seconds: float) -> None:
         deadline = time.monotonic() + seconds
@@ -40,16 +47,18 @@ class NotifySocket:
                 continue
             self.messages.append((time.monotonic(), data.decode()))
 
-    def wait_for(self, field: str, timeout: float = 20.0) -> float:
+    def wait_for(self, field: str, timeout: float = 20.0, *, after: float = -math.inf) -> float:
+        """When the next unread message carrying `field` (received after `after`) came."""
         deadline = time.monotonic() + timeout
-        seen = len(self.messages)
-        while time.monotonic() < deadline:
-            for at, text in self.messages[seen:]:
-                if field in text.split("\n"):
+        while True:
+            for index in range(self._read, len(self.messages)):
+                at, text = self.messages[index]
+                if at > after and field in text.split("\n"):
+                    self._read = index + 1
                     return at
-            seen = len(self.messages)
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no {field} within {timeout}s; got {self.messages}")
             self.pump(0.1)
-        raise AssertionError(f"no {field} within {timeout}s; got {self.messages}")
 
     def times_of(self, field: str) -> list[float]:
         return [at for at, text in self.messages if field in text.split("\n")]
@@ -76,8 +85,8 @@ def test_ready_after_listeners_watchdog_pings_stopping_and_extend(tmp_path: Path
         try:
             systemd.wait_for("READY=1")
             assert http_status(daemon.url + "/health") == 200  # bound before READY
-            status = raw_post(daemon, "/v1/chat/completions", chat_body("a"), method="POST")
-            assert status[0] == 200  # served after the warm-up start, READY came first
+            served = post(daemon, CHAT, chat_body("a"))
+            assert served.status == 200  # served after the warm-up start, READY came first
             systemd.pump(2.0)
             pings = systemd.times_of("WATCHDOG=1")
             assert len(pings) >= 4
@@ -87,7 +96,7 @@ def test_ready_after_listeners_watchdog_pings_stopping_and_extend(tmp_path: Path
             stream: list[int] = []
             thread = threading.Thread(
                 target=lambda: stream.append(
-                    raw_post(daemon, "/v1/chat/completions", chat_body("a", max_tokens=25))[0]
+                    post(daemon, "/v1/chat/completions", chat_body("a", max_tokens=25)).status
                 )
             )
             thread.start()
@@ -114,9 +123,10 @@ def test_watchdog_pings_stop_while_the_daemon_is_frozen(tmp_path: Path) -> None:
             systemd.pump(0.3)  # drain what was already queued
             frozen_from = time.monotonic()
             systemd.pump(1.2)
+            resumed_at = time.monotonic()
             daemon.process.send_signal(signal.SIGCONT)
             assert not [t for t in systemd.times_of("WATCHDOG=1") if t > frozen_from]
-            systemd.wait_for("WATCHDOG=1", timeout=5)
+            systemd.wait_for("WATCHDOG=1", timeout=5, after=resumed_at)
         finally:
             daemon.process.send_signal(signal.SIGCONT)
             daemon.stop()

@@ -6,7 +6,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ from aiohttp import web
 from gpumux.backends.vllm_client import BackendControlError, VllmClient
 from gpumux.gpu import fake_ledger
 from gpumux.gpu.probe import FakeLedgerProbe, GpuMemory
+from tests.support.ports import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -76,13 +76,6 @@ class FakeBackend:
             case "/v1/completions":
                 return web.json_response({"choices": [{"text": "!"}]})
         return web.Response(status=404)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.real_vllm.support import ENV_VAR, RealVllm
+from tests.support.cpu_vllm import ENV_VAR, RealVllm
 
 
 def _in_ci() -> bool:

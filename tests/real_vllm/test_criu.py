@@ -28,17 +28,19 @@ from typing import Any
 import psutil
 import pytest
 
-from tests.real_vllm.support import (
+from tests.support.cpu_vllm import (
     STARTUP_TIMEOUT_SECS,
     RealVllm,
     backend_tree,
     complete,
     vllm_model,
     vllm_overrides,
-    wait_for,
 )
-from tests.support.criu import checkpoint_section, events, require_criu, run_prebake
-from tests.support.daemon import RunningDaemon, daemon_config, metric_value, running_daemon
+from tests.support.criu import checkpoint_section, require_criu, run_prebake
+from tests.support.daemon import RunningDaemon, daemon_config, events, running_daemon
+from tests.support.metrics import metric_value
+from tests.support.procs import alive
+from tests.support.waits import wait_until
 
 pytestmark = pytest.mark.real_vllm
 
@@ -125,13 +127,6 @@ def baked(real_vllm: RealVllm, tmp_path_factory: pytest.TempPathFactory) -> Iter
             Path(name).unlink(missing_ok=True)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-
-
 def _first_reply(daemon: RunningDaemon) -> tuple[str, float]:
     started = time.monotonic()
     text = complete(daemon, "a", PROMPT)
@@ -148,7 +143,7 @@ def test_prebake_dumps_the_live_vllm_tree(baked: Baked) -> None:
     assert all(Path(f).name.startswith("psm_") for f in manifest["shm_files"])
     size = sum(p.stat().st_size for p in baked.image.iterdir() if p.is_file())
     assert size > 200 * 1024**2  # the whole tree's memory, not a stub
-    assert not [pid for pid in manifest["pids"] if _alive(pid)], "the dump must end the tree"
+    assert not [pid for pid in manifest["pids"] if alive(pid)], "the dump must end the tree"
 
 
 @pytest.mark.timeout(PREBAKE_TIMEOUT_SECS + 2 * STARTUP_TIMEOUT_SECS + 120)
@@ -164,13 +159,13 @@ def test_restore_on_first_request_then_evict_and_restore_the_live_tree(baked: Ba
         assert backend_tree(daemon, "a")[0].pid == root  # the same pids as at the dump
 
         complete(daemon, "b")  # one GPU: a leaves, by a CRIU dump of the restored tree
-        wait_for(
+        wait_until(
             lambda: events(daemon, "criu_dumped", model="a"),
             timeout=60,
             what="the dump of the restored tree",
         )
         assert metric_value(daemon, "gpumux_model_state", model="a", state="checkpointed") == 1
-        assert not _alive(root)
+        assert not alive(root)
 
         again, seconds = _first_reply(daemon)
         assert again == text  # greedy text survives dump and restore
@@ -202,7 +197,7 @@ def _crash_restored_root(daemon: RunningDaemon, root: int) -> None:
     assert backend_tree(daemon, "a")[0].pid == root
     psutil.Process(root).send_signal(signal.SIGKILL)
     # The restored root is gpumux's child (subreaper): its exit is reaped, not polled.
-    wait_for(
+    wait_until(
         lambda: [e for e in events(daemon, "process_exited", model="a") if e["pid"] == root],
         timeout=30,
         what="gpumux to notice the restored root's exit",
@@ -224,8 +219,8 @@ def test_a_crash_of_the_restored_tree_is_noticed_and_handled(baked: Baked) -> No
         tree = backend_tree(daemon, "a")
         assert tree, "the model serves again"
         # The crashed tree's orphans (EngineCore, worker) are gone: a cold start ends them.
-        alive = [pid for pid in members if _alive(pid) and pid not in {p.pid for p in tree}]
-        assert not alive, f"orphans of the crashed tree still run: {alive}"
+        orphans = [pid for pid in members if alive(pid) and pid not in {p.pid for p in tree}]
+        assert not orphans, f"orphans of the crashed tree still run: {orphans}"
 
 
 @pytest.mark.timeout(PREBAKE_TIMEOUT_SECS + 120)
@@ -234,8 +229,8 @@ def test_orphans_of_a_crashed_tree_end_without_waiting_for_a_request(baked: Bake
     with baked.daemon("orphans") as daemon:
         _first_reply(daemon)
         _crash_restored_root(daemon, root)
-        wait_for(
-            lambda: not [pid for pid in members if _alive(pid)],
+        wait_until(
+            lambda: not [pid for pid in members if alive(pid)],
             timeout=30,
             what="the crashed tree's orphans to be ended",
         )

@@ -15,7 +15,8 @@ from pathlib import Path
 import openai
 import pytest
 
-from tests.real_vllm.support import (
+from tests.support.client import get_json, http_status, post_json
+from tests.support.cpu_vllm import (
     STARTUP_TIMEOUT_SECS,
     RealVllm,
     backend_log,
@@ -25,7 +26,8 @@ from tests.real_vllm.support import (
     vllm_daemon,
     vllm_model,
 )
-from tests.support.daemon import RunningDaemon, get_json, http_status, metric_value, post_json
+from tests.support.daemon import RunningDaemon
+from tests.support.metrics import metric_value
 
 # Whichever test runs first also pays for the module's cold start.
 pytestmark = [pytest.mark.real_vllm, pytest.mark.timeout(STARTUP_TIMEOUT_SECS + 60)]

@@ -16,7 +16,7 @@ import openai
 import psutil
 import pytest
 
-from tests.real_vllm.support import (
+from tests.support.cpu_vllm import (
     STARTUP_TIMEOUT_SECS,
     RealVllm,
     backend_tree,
@@ -25,9 +25,9 @@ from tests.real_vllm.support import (
     vllm_litter,
     vllm_model,
     vllm_overrides,
-    wait_for,
 )
 from tests.support.daemon import RunningDaemon, daemon_config, start_daemon
+from tests.support.waits import wait_until
 
 pytestmark = pytest.mark.real_vllm
 
@@ -108,7 +108,7 @@ def test_sigterm_during_a_cold_start_leaves_nothing(real_vllm: RealVllm, tmp_pat
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
             waiting = pool.submit(complete, daemon, "a")
             # Mid-start: the engine process exists but the API server is not healthy yet.
-            tree = wait_for(
+            tree = wait_until(
                 lambda: _tree_with_worker(daemon, "a"),
                 timeout=STARTUP_TIMEOUT_SECS,
                 what="vLLM's worker process",

@@ -25,7 +25,7 @@ import aiohttp
 import pytest
 
 from gpumux.backends.vllm_client import BackendControlError, VllmClient
-from tests.real_vllm.support import (
+from tests.support.cpu_vllm import (
     STARTUP_TIMEOUT_SECS,
     RealVllm,
     access_log,
@@ -34,12 +34,17 @@ from tests.real_vllm.support import (
     vllm_daemon,
     vllm_model,
 )
-from tests.support.daemon import RunningDaemon, metric_value
+from tests.support.daemon import RunningDaemon
+from tests.support.metrics import metric_value
 
 pytestmark = pytest.mark.real_vllm
 
-#: The dev routes gpumux uses to move a model (health and inference lines are left out).
-CONTROL_ROUTES = ("/sleep", "/wake_up", "/collective_rpc", "/reset_prefix_cache", "/is_sleeping")
+#: The dev routes a switch calls, every one a POST. gpumux's health monitor also asks a
+#: ready model `GET /is_sleeping` every `health_interval_secs`, at whatever moment the
+#: model is ready (before a switch takes it away, right after one brought it back): that
+#: probe is no part of a switch, so the method tells the two apart, not timing. (That
+#: the probe never lands inside a switch is tests/unit/test_health_probe.py's business.)
+SWITCH_ROUTES = ("/sleep", "/wake_up", "/collective_rpc", "/reset_prefix_cache")
 #: Budget of a test that may cold-start two models and switch between them.
 TWO_STARTS_SECS = 2 * STARTUP_TIMEOUT_SECS + 120
 
@@ -67,12 +72,13 @@ def protocol(
         yield daemon
 
 
-def control_calls(daemon: RunningDaemon, model: str, since: int = 0) -> list[str]:
-    """The dev-route calls `model`'s vLLM answered after the first `since` access lines."""
+def switch_calls(daemon: RunningDaemon, model: str, since: int = 0) -> list[str]:
+    """The dev-route calls of switches that `model`'s vLLM answered after the first
+    `since` access lines: `POST /route?query STATUS`, in order."""
     return [
         line
         for line in access_log(daemon, model)[since:]
-        if line.split()[1].startswith(CONTROL_ROUTES)
+        if line.startswith("POST ") and line.split()[1].startswith(SWITCH_ROUTES)
     ]
 
 
@@ -93,7 +99,7 @@ def test_level_1_sleep_and_wake_keep_the_process_and_its_answers(
     complete(daemon, "l2")  # one GPU: l1 must leave, and offload means sleep level 1
     assert metric_value(daemon, "gpumux_model_state", model="l1", state="sleeping") == 1
     after = complete(daemon, "l1", "Level one")
-    assert control_calls(daemon, "l1", since) == [
+    assert switch_calls(daemon, "l1", since) == [
         "POST /sleep?level=1&mode=wait 200",
         "POST /wake_up 200",
     ]
@@ -110,7 +116,7 @@ def test_level_2_wake_reloads_the_weights_in_vllms_order(protocol: RunningDaemon
     pid = root_pid(daemon, "l2")
     complete(daemon, "l1")  # l2 leaves: discard means sleep level 2
     after = complete(daemon, "l2", "Level two")
-    assert control_calls(daemon, "l2", since) == [
+    assert switch_calls(daemon, "l2", since) == [
         "POST /sleep?level=2&mode=wait 200",
         "POST /wake_up?tags=weights 200",
         "POST /collective_rpc 200",  # {"method": "reload_weights"}: read model.safetensors
@@ -133,7 +139,7 @@ def test_refused_reload_falls_back_to_a_cold_start(protocol: RunningDaemon) -> N
     pid = root_pid(daemon, "l2dummy")
     complete(daemon, "l1")
     after = complete(daemon, "l2dummy", "Dummy")
-    assert control_calls(daemon, "l2dummy", since) == [
+    assert switch_calls(daemon, "l2dummy", since) == [
         "POST /sleep?level=2&mode=wait 200",
         "POST /wake_up?tags=weights 200",
         "POST /collective_rpc 500",  # "Model reloading with `dummy` format" is refused

@@ -10,10 +10,9 @@ from __future__ import annotations
 import concurrent.futures
 from pathlib import Path
 
-import psutil
 import pytest
 
-from tests.real_vllm.support import (
+from tests.support.cpu_vllm import (
     STARTUP_TIMEOUT_SECS,
     RealVllm,
     backend_log,
@@ -21,20 +20,14 @@ from tests.real_vllm.support import (
     complete,
     vllm_daemon,
     vllm_model,
-    wait_for,
 )
-from tests.support.daemon import metric_value
+from tests.support.metrics import metric_value
+from tests.support.procs import alive
+from tests.support.waits import wait_until
 
 pytestmark = pytest.mark.real_vllm
 
 STOP = {"weights": "retain", "process": "stop"}
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
 
 
 @pytest.mark.timeout(3 * STARTUP_TIMEOUT_SECS + 120)
@@ -57,14 +50,14 @@ def test_two_models_take_turns_with_stop(real_vllm: RealVllm, tmp_path: Path) ->
         assert answers_b[0] != first_a  # another model answered
         assert backend_log(daemon, "b").count("Starting vLLM server on") == 1
         # a's whole tree was stopped before b started (one GPU, stop strategy).
-        assert not [pid for pid in tree_a if _alive(pid)]
+        assert not [pid for pid in tree_a if alive(pid)]
         assert metric_value(daemon, "gpumux_model_state", model="a", state="stopped") == 1
 
         second_a = complete(daemon, "a", "Turn taking")
         assert second_a == first_a
         assert backend_log(daemon, "a").count("Starting vLLM server on") == 2
         assert metric_value(daemon, "gpumux_model_state", model="b", state="stopped") == 1
-        wait_for(
+        wait_until(
             lambda: metric_value(daemon, "gpumux_switches_total", to="a", outcome="ok") >= 1,
             timeout=10,
             what="the switch back to a to be counted",

@@ -11,22 +11,31 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.daemon import RunningDaemon, free_port, mock_model, running_daemon
+from tests.support.daemon import RunningDaemon, mock_model, running_daemon
+from tests.support.ports import free_port
 
 ADMIN_TOKEN = "sec-admin-token-5d1e"
 #: Fast, small backends that fit together on one fake GPU (fuzzing never forces a switch).
 FAST = ["--gpu-memory-utilization", "0.45", "--mock-tokens-per-sec", "100000"]
 
 
+@pytest.fixture(scope="session")
+def admin_token() -> str:
+    """The token of `fuzz_daemon`'s admin port."""
+    return ADMIN_TOKEN
+
+
 @pytest.fixture(scope="module")
-def fuzz_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningDaemon]:
+def fuzz_daemon(
+    tmp_path_factory: pytest.TempPathFactory, admin_token: str
+) -> Iterator[RunningDaemon]:
     """gpumux with models a and b (both awake once asked) and an admin port with a token."""
     tmp: Path = tmp_path_factory.mktemp("fuzz")
     models = {"a": mock_model(extra_args=FAST), "b": mock_model(extra_args=FAST)}
     with running_daemon(
         tmp,
         models,
-        env={"GPUMUX_SEC_ADMIN": ADMIN_TOKEN},
+        env={"GPUMUX_SEC_ADMIN": admin_token},
         admin_port=free_port(),
         admin_token_env="GPUMUX_SEC_ADMIN",
         max_request_body_bytes=256 * 1024,

@@ -22,9 +22,8 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from tests.faults.support import chat, post
-from tests.security.conftest import ADMIN_TOKEN
-from tests.support.daemon import RunningDaemon, get_json
+from tests.support.client import chat_body, get_json, post
+from tests.support.daemon import RunningDaemon
 
 pytestmark = pytest.mark.integration
 
@@ -108,11 +107,19 @@ def calls(
 
 
 def send(
-    port: int, method: str, path: str, body: bytes | None, auth: str, *, headers_only: bool
+    port: int,
+    method: str,
+    path: str,
+    body: bytes | None,
+    auth: str,
+    *,
+    token: str,
+    headers_only: bool,
 ) -> tuple[int, dict[str, str], bytes]:
+    """One admin call; `auth` is "none", "wrong" or "right" (`token` as the bearer)."""
     headers = {"Content-Type": "application/json"}
     if auth == "right":
-        headers["Authorization"] = f"Bearer {ADMIN_TOKEN}"
+        headers["Authorization"] = f"Bearer {token}"
     elif auth == "wrong":
         headers["Authorization"] = "Bearer not-the-token"
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
@@ -136,7 +143,7 @@ def document(fuzz_daemon: RunningDaemon) -> dict[str, Any]:
 
 
 def test_admin_api_fuzzed_from_its_openapi_never_500s_or_skips_auth(
-    fuzz_daemon: RunningDaemon, document: dict[str, Any]
+    fuzz_daemon: RunningDaemon, document: dict[str, Any], admin_token: str
 ) -> None:
     port = fuzz_daemon.config["admin_port"]
     ops = operations(document)
@@ -147,7 +154,13 @@ def test_admin_api_fuzzed_from_its_openapi_never_500s_or_skips_auth(
     def fuzz(call: tuple[str, str, dict[str, Any], bytes | None, str]) -> None:
         method, path, operation, body, auth = call
         status, headers, payload = send(
-            port, method, path, body, auth, headers_only=path.startswith("/api/events")
+            port,
+            method,
+            path,
+            body,
+            auth,
+            token=admin_token,
+            headers_only=path.startswith("/api/events"),
         )
         event(f"{auth} {status}")
         seen[f"{auth} {status}"] += 1
@@ -174,10 +187,13 @@ def test_admin_api_fuzzed_from_its_openapi_never_500s_or_skips_auth(
     assert sum(n for k, n in seen.items() if k.startswith("right 2")) >= 5, seen
     assert sum(n for k, n in seen.items() if k.startswith("right 4")) >= 5, seen
     assert fuzz_daemon.process.poll() is None, "gpumux died"
-    code, _, _ = send(port, "GET", "/api/status", None, "right", headers_only=False)
+    code, _, _ = send(
+        port, "GET", "/api/status", None, "right", token=admin_token, headers_only=False
+    )
     assert code == 200
     # Back to automatic mode (fuzzing may have pinned a model), then both models serve.
-    send(port, "POST", "/api/mode", b'{"mode": "auto"}', "right", headers_only=False)
+    auto = b'{"mode": "auto"}'
+    send(port, "POST", "/api/mode", auto, "right", token=admin_token, headers_only=False)
     for model in ("a", "b"):
-        reply = post(fuzz_daemon, "/v1/chat/completions", chat(model), timeout=60)
+        reply = post(fuzz_daemon, "/v1/chat/completions", chat_body(model), timeout=60)
         assert reply.status == 200, (model, reply.body)

@@ -21,8 +21,9 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from tests.faults.support import backend_events, backend_state
-from tests.support.daemon import RunningDaemon, get_json
+from tests.support.backend import backend_events, backend_state
+from tests.support.client import get_json
+from tests.support.daemon import RunningDaemon
 
 pytestmark = pytest.mark.integration
 

@@ -11,19 +11,18 @@ output are checked with the secrets set as environment variables.
 from __future__ import annotations
 
 import json
-import sys
 import uuid
 from pathlib import Path
 
 import pytest
 
-from tests.faults.support import backend_state, chat, post
-from tests.support.daemon import free_port, mock_model, running_daemon
+from tests.support.backend import backend_state
+from tests.support.client import CHAT, chat_body, post
+from tests.support.daemon import mock_model, running_daemon
+from tests.support.echo_backend import ECHO_COMMAND
+from tests.support.ports import free_port
 
 pytestmark = pytest.mark.integration
-
-CHAT = "/v1/chat/completions"
-ECHO_BACKEND = Path(__file__).resolve().parent.parent / "faults" / "echo_backend.py"
 
 
 def environ(pid: int) -> dict[str, str]:
@@ -58,7 +57,7 @@ def test_backend_processes_never_see_gpumux_secrets(tmp_path: Path) -> None:
         gpu={"probe": "fake", "fake_capacity_gib": [80, 80], "sleeping_residual_gib": 0.5},
     ) as daemon:
         auth = {"Authorization": f"Bearer {secrets['VLLM_API_KEY']}"}
-        assert post(daemon, CHAT, chat(), headers=auth).status == 200
+        assert post(daemon, CHAT, chat_body(), headers=auth).status == 200
         state = backend_state(daemon, "a")
         pids = [state["pid"], *state["worker_pids"]]
         assert len(pids) == 3  # the API server and two TP workers
@@ -90,9 +89,9 @@ def test_client_api_key_is_not_forwarded_to_the_backend(tmp_path: Path) -> None:
         {"e": model},
         env={"GPUMUX_SEC_KEYS": key},
         api_keys_env="GPUMUX_SEC_KEYS",
-        vllm_command=[sys.executable, str(ECHO_BACKEND)],
+        vllm_command=list(ECHO_COMMAND),
     ) as daemon:
-        reply = post(daemon, CHAT, chat("e"), headers={"Authorization": f"Bearer {key}"})
+        reply = post(daemon, CHAT, chat_body("e"), headers={"Authorization": f"Bearer {key}"})
         assert reply.status == 200, reply.body
         mirror = reply.json()
         assert not [k for k, _ in mirror["headers"] if k.lower() == "authorization"]
@@ -116,7 +115,7 @@ def test_client_request_ids_are_echoed_only_when_they_are_safe_tokens(tmp_path: 
     `[A-Za-z0-9._-]` are taken from a client; anything else is replaced by a fresh id."""
     with running_daemon(tmp_path, {"a": mock_model()}) as daemon:
         for given, echoed in REQUEST_IDS:
-            reply = post(daemon, CHAT, chat("nope"), headers={"X-Request-Id": given})
+            reply = post(daemon, CHAT, chat_body("nope"), headers={"X-Request-Id": given})
             assert reply.status == 404
             got = reply.headers["x-request-id"]
             if echoed:

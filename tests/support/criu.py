@@ -1,9 +1,11 @@
 """Helpers for tests that run real CRIU against mock backends through the real daemon.
 
 Owns: the prerequisite check (root and a working `criu` >= 4.2; missing ones FAIL the
-test with the fix, never skip: `scripts/test` installs CRIU), the `checkpoint` config
-section pointing at a test's own images directory, chat through the OpenAI SDK, reading
-a model's images and the daemon's log events, and a squatter on a chosen pid.
+test with the fix, never skip: `scripts/test` installs CRIU; the `criu` fixture in
+tests/conftest.py runs it), the `checkpoint` config section pointing at a test's own
+images directory, chat through the OpenAI SDK with one prompt, reading a model's images,
+pre-baking an image with `gpumux serve --checkpoint`, and a squatter on a chosen pid.
+Does not: read the daemon's log events (`tests.support.daemon.events`).
 """
 
 from __future__ import annotations
@@ -23,11 +25,14 @@ from typing import Any
 
 import pytest
 
-from tests.support.daemon import RunningDaemon, wait_until
+from tests.support.daemon import RunningDaemon
 from tests.support.daemon import chat as daemon_chat
+from tests.support.waits import wait_until
 
 CRIU_MIN = (4, 2)
 CHECKPOINT = {"weights": "discard", "process": "checkpoint"}
+#: A pre-bake of a mock backend takes a few seconds; a loaded machine gets room.
+PREBAKE_TIMEOUT_SECS = 60
 
 
 def require_criu() -> str:
@@ -69,8 +74,8 @@ def image_dirs(images_dir: Path, model: str) -> list[Path]:
 
 
 def wait_image(images_dir: Path, model: str, timeout: float = 20.0) -> Path:
-    found: list[Path] = wait_until(
-        lambda: image_dirs(images_dir, model), timeout=timeout, what=f"an image of {model}"
+    found = wait_until(
+        lambda: image_dirs(images_dir, model), f"an image of {model}", timeout=timeout
     )
     return found[-1]
 
@@ -78,23 +83,6 @@ def wait_image(images_dir: Path, model: str, timeout: float = 20.0) -> Path:
 def quarantined(images_dir: Path, model: str) -> list[Path]:
     root = images_dir / model
     return sorted(p for p in root.iterdir() if ".quarantined-" in p.name) if root.is_dir() else []
-
-
-def events(daemon: RunningDaemon, name: str, **match: Any) -> list[dict[str, Any]]:
-    return [
-        e
-        for e in daemon.log_events()
-        if e.get("event") == name and all(e.get(k) == v for k, v in match.items())
-    ]
-
-
-def wait_event(
-    daemon: RunningDaemon, name: str, timeout: float = 20.0, **match: Any
-) -> dict[str, Any]:
-    found: list[dict[str, Any]] = wait_until(
-        lambda: events(daemon, name, **match), timeout=timeout, what=f"log event {name}"
-    )
-    return found[-1]
 
 
 def settle(seconds: float) -> None:
@@ -117,8 +105,13 @@ class Prebake:
     @property
     def image(self) -> Path | None:
         """The image directory the pre-bake printed (`image: PATH`), if it printed one."""
-        match = re.search(r"^image: (\S+)", self.result.stdout, re.MULTILINE)
-        return Path(match[1]) if match else None
+        return printed_image(self.result.stdout)
+
+
+def printed_image(stdout: str) -> Path | None:
+    """The `image: PATH` line a pre-bake prints, as a path."""
+    match = re.search(r"^image: (\S+)", stdout, re.MULTILINE)
+    return Path(match[1]) if match else None
 
 
 def run_prebake(tmp: Path, config: dict[str, Any], *extra: str, timeout: float) -> Prebake:
@@ -134,6 +127,19 @@ def run_prebake(tmp: Path, config: dict[str, Any], *extra: str, timeout: float) 
         stdin=subprocess.DEVNULL,
     )
     return Prebake(result, time.monotonic() - started)
+
+
+def prebake(tmp: Path, config: dict[str, Any], *extra: str) -> subprocess.CompletedProcess[str]:
+    """`run_prebake` of a mock backend within PREBAKE_TIMEOUT_SECS: the finished process."""
+    return run_prebake(tmp, config, *extra, timeout=PREBAKE_TIMEOUT_SECS).result
+
+
+def baked_image(result: subprocess.CompletedProcess[str]) -> Path:
+    """The image a successful pre-bake made (asserts that it succeeded)."""
+    assert result.returncode == 0, result.stderr[-3000:]
+    image = printed_image(result.stdout)
+    assert image is not None, result.stdout
+    return image
 
 
 NS_LAST_PID = Path("/proc/sys/kernel/ns_last_pid")

@@ -3,7 +3,10 @@
 Owns: writing a test config (free ports, a fake GPU ledger in a temp dir, `mock_vllm` run
 with this interpreter), starting the daemon, waiting for readiness by polling with a
 deadline, and stopping it with a real signal while recording every descendant pid so
-tests can assert that nothing survives.
+tests can assert that nothing survives; reading its JSON log events; one chat
+completion through it with the real openai SDK.
+Does not: speak raw HTTP (`tests.support.client`), read metrics (`tests.support.metrics`)
+or the mock backends' own routes (`tests.support.backend`).
 """
 
 from __future__ import annotations
@@ -11,12 +14,9 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -24,14 +24,12 @@ from typing import Any
 
 import psutil
 
+from tests.support.client import http_status
+from tests.support.ports import free_port
+from tests.support.procs import alive
+from tests.support.waits import wait_until
+
 READY_TIMEOUT_SECS = 30.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def mock_model(**overrides: Any) -> dict[str, Any]:
@@ -126,32 +124,13 @@ class RunningDaemon:
     def survivors(self, timeout: float = 5.0) -> list[int]:
         """Pids seen as descendants that still exist after `timeout` (zombies excluded)."""
         deadline = time.monotonic() + timeout
-        alive = list(self.seen_pids)
+        alive_now = list(self.seen_pids)
         while time.monotonic() < deadline:
-            alive = [p for p in self.seen_pids if _alive(p)]
-            if not alive:
+            alive_now = [p for p in self.seen_pids if alive(p)]
+            if not alive_now:
                 return []
             time.sleep(0.05)
-        return alive
-
-
-def http_status(url: str, timeout: float = 1.0) -> int | None:
-    """GET `url`; its status, or None when nothing answered."""
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            status: int = response.status
-            return status
-    except urllib.error.HTTPError as exc:
-        return exc.code
-    except (urllib.error.URLError, OSError):
-        return None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
+        return alive_now
 
 
 def start_daemon(
@@ -191,43 +170,6 @@ def running_daemon(
         assert not leftover, f"processes survived gpumux: {leftover}"
 
 
-def get_json(url: str, timeout: float = 5.0) -> Any:
-    with urllib.request.urlopen(url, timeout=timeout) as response:
-        return json.loads(response.read())
-
-
-def post_json(url: str, body: dict[str, Any], timeout: float = 5.0) -> Any:
-    request = urllib.request.Request(
-        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
-    )
-    with urllib.request.urlopen(request, timeout=timeout) as response:
-        return json.loads(response.read() or b"null")
-
-
-def wait_until(predicate: Any, timeout: float = 10.0, what: str = "condition") -> Any:
-    """Poll `predicate` until it returns something truthy, within a deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
-
-
-def metric_value(daemon: RunningDaemon, name: str, **labels: str) -> float:
-    """The value of one gpumux metric series (0 when absent)."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{daemon.config['metrics_port']}/metrics") as r:
-        text = r.read().decode()
-    for line in text.splitlines():
-        if not line.startswith(name + "{") and not line.startswith(name + " "):
-            continue
-        if all(f'{k}="{v}"' in line for k, v in labels.items()):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
-
-
 def chat(
     daemon: RunningDaemon,
     model: str,
@@ -249,3 +191,20 @@ def chat(
     assert reply.model == model
     assert content
     return content
+
+
+def events(daemon: RunningDaemon, name: str, **match: Any) -> list[dict[str, Any]]:
+    """The daemon's JSON log events called `name` whose fields equal `match`, oldest first."""
+    return [
+        e
+        for e in daemon.log_events()
+        if e.get("event") == name and all(e.get(k) == v for k, v in match.items())
+    ]
+
+
+def wait_event(
+    daemon: RunningDaemon, name: str, timeout: float = 20.0, **match: Any
+) -> dict[str, Any]:
+    """The newest log event `events` finds, once there is one (within `timeout`)."""
+    found = wait_until(lambda: events(daemon, name, **match), f"log event {name}", timeout=timeout)
+    return found[-1]

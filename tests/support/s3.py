@@ -24,7 +24,7 @@ import boto3
 import botocore.config
 import botocore.exceptions
 
-from tests.support.daemon import free_port
+from tests.support.ports import free_port
 
 READY_TIMEOUT_SECS = 30.0
 BUCKET = "gpumux-images"

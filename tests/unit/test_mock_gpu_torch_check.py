@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from gpumux.core.config import parse_config
-from tests.gpu.check import prereqs, report, timings, verdicts
-from tests.gpu.check.plan import CRIU, GIB, STRATEGIES, Plan, sizing_problem
+from tests.support.gpu_check import prereqs, report, timings, verdicts
+from tests.support.gpu_check.plan import CRIU, GIB, STRATEGIES, Plan, sizing_problem
 
 pytestmark = pytest.mark.unit
 

@@ -63,18 +63,23 @@ class HealthMonitor:
                 await self.probe_once()
 
     async def probe_once(self) -> None:
-        # A snapshot for choosing whom to probe; the scheduler re-checks any report.
+        # A snapshot for choosing whom to probe; the scheduler re-checks any report. A
+        # ready model is probed for one stay in READY: its pid and `ready_since`.
         targets = [
-            (model.alias, model.pid, model.state is ModelState.READY)
+            (model.alias, model.pid, model.ready_since if model.state is ModelState.READY else None)
             for model in self._scheduler.view.models.values()
             if model.state in PROBED_STATES and model.operation is None and model.pid is not None
         ]
-        results = await asyncio.gather(*(self._probe(alias, ready) for alias, _, ready in targets))
+        results = await asyncio.gather(
+            *(self._probe(alias, pid, since) for alias, pid, since in targets)
+        )
         live = set()
-        for (alias, pid, _), (healthy, asleep) in zip(targets, results, strict=True):
+        for (alias, pid, since), (healthy, asleep) in zip(targets, results, strict=True):
             key = (alias, pid)
             live.add(key)
-            if asleep:
+            # The gather waited for every probe: a switch may have moved this model away
+            # and back meanwhile, and the answer was about the stay that ended.
+            if asleep and since is not None and self._still_ready(alias, pid, since):
                 # Healthy but asleep while we route to it: requests would wait inside vLLM.
                 log.warning("backend_found_asleep", model=alias, pid=pid)
                 self._scheduler.report_asleep(alias, pid)
@@ -90,13 +95,17 @@ class HealthMonitor:
         for key in set(self._failures) - live:
             del self._failures[key]
 
-    async def _probe(self, alias: str, ready: bool) -> tuple[bool, bool]:
-        """(healthy, asleep). vLLM answers /health while asleep, so ready models are also
-        asked whether they sleep."""
+    async def _probe(self, alias: str, pid: int, ready_since: float | None) -> tuple[bool, bool]:
+        """(healthy, asleep). vLLM answers /health while asleep, so ready models (those
+        with a `ready_since`) are also asked whether they sleep."""
         client = self._clients(alias)
         healthy = await client.health(timeout=self._sup.health_timeout_secs)
-        if not healthy or not ready:
+        if not healthy or ready_since is None:
             return healthy, False
+        if not self._still_ready(alias, pid, ready_since):
+            # A switch began during /health: asking now would put our call among its
+            # /sleep and /wake_up calls, and the answer would describe the switch.
+            return True, False
         try:
             return True, await client.is_sleeping(timeout=self._sup.health_timeout_secs)
         except BackendControlError:
@@ -141,6 +150,11 @@ class HealthMonitor:
             self._scheduler.report_unhealthy(model, pid)
         finally:
             self._confirming.discard(model)
+
+    def _still_ready(self, model: str, pid: int, ready_since: float) -> bool:
+        """Still the same stay in READY the probe was chosen in, with no operation."""
+        status = self._scheduler.view.models.get(model)
+        return self._ready(model, pid) and status is not None and status.ready_since == ready_since
 
     def _ready(self, model: str, pid: int) -> bool:
         status = self._scheduler.view.models.get(model)

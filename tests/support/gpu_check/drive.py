@@ -20,9 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.gpu.check.plan import Plan
-from tests.gpu.check.sampler import Ledger, Nvml
-from tests.support.daemon import RunningDaemon, get_json, start_daemon
+from tests.support.client import get_json
+from tests.support.daemon import RunningDaemon, start_daemon
+from tests.support.gpu_check.plan import Plan
+from tests.support.gpu_check.sampler import Ledger, Nvml
 
 CHECKSUM = re.compile(r"\[weights ([0-9a-f]{16})\]")
 REQUEST_TIMEOUT_SECS = 600.0

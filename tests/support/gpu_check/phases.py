@@ -17,9 +17,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tests.gpu.check import drive, gputests, pinned, prereqs, timings, verdicts
-from tests.gpu.check.plan import CRIU, GIB, STRATEGIES, Plan, sizing_problem
-from tests.gpu.check.sampler import Ledger, Nvml, Sampler
+from tests.support.gpu_check import drive, gputests, pinned, prereqs, timings, verdicts
+from tests.support.gpu_check.plan import CRIU, GIB, STRATEGIES, Plan, sizing_problem
+from tests.support.gpu_check.sampler import Ledger, Nvml, Sampler
 
 FAKE_CAPACITY = 80 * GIB
 Write = Callable[[Path, dict[str, Any], float], None]

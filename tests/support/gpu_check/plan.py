@@ -10,11 +10,12 @@ Does not: start anything (`drive` does). Pure apart from picking free ports.
 
 from __future__ import annotations
 
-import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from tests.support.ports import free_port
 
 GIB = 1 << 30
 
@@ -65,13 +66,6 @@ def sizing_problem(utilization: float, models: int, residual_fraction: float) ->
     if 4 * utilization <= 1:
         return f"four awake ({4 * utilization:.2f}) fit, so no switch would have to evict"
     return None
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.gpu.check import prereqs
+from tests.support.gpu_check import prereqs
 
 REPO = Path(__file__).resolve().parents[3]
 GIB = 1 << 30
@@ -88,13 +88,13 @@ def _run(args: argparse.Namespace, work: Path, started: float, results: dict[str
         results["ok"] = False
         _write(out, results, started)
         return 2
-    from tests.gpu.check import phases
+    from tests.support.gpu_check import phases
 
     return phases.run_all(args, work, out, env, started, results, _write)
 
 
 def _write(out: Path, results: dict[str, Any], started: float) -> None:
-    from tests.gpu.check import report
+    from tests.support.gpu_check import report
 
     results["duration_secs"] = round(time.monotonic() - started, 1)
     report.write(out, results)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from tests.gpu.check.plan import GIB, Plan, Strategy
+from tests.support.gpu_check.plan import GIB, Plan, Strategy
 
 
 @dataclass

@@ -5,7 +5,7 @@ starts): allocating fresh pinned host memory, the same size again from torch's c
 host allocator, pinned copies both ways, and pageable copies both ways, each as bytes/s.
 Does not: judge (the report puts the switches beside it).
 
-Run: ``python -m tests.gpu.check.pinned GIB`` prints one JSON object.
+Run: ``python -m tests.support.gpu_check.pinned GIB`` prints one JSON object.
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ def run(gib: float, env: dict[str, str], timeout: float) -> dict[str, Any]:
     """Measure in a child process; {"error": ...} instead of raising."""
     try:
         done = subprocess.run(
-            [sys.executable, "-m", "tests.gpu.check.pinned", str(gib)],
+            [sys.executable, "-m", "tests.support.gpu_check.pinned", str(gib)],
             env=env, capture_output=True, text=True, timeout=timeout,
         )  # fmt: skip
     except subprocess.TimeoutExpired:

@@ -1,4 +1,4 @@
-"""Helpers for the `real_vllm` tier: gpumux configs that run the CPU build of vLLM.
+"""The CPU build of vLLM for the `real_vllm` tier (and bench/real_vllm.py): gpumux configs.
 
 Owns: where the prepared vLLM and tiny models are (`RealVllm`, found through the
 `GPUMUX_REAL_VLLM` variable that `scripts/test` sets from `scripts/setup-real-vllm.sh`),
@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import re
 import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -22,7 +21,8 @@ from typing import Any
 import openai
 import psutil
 
-from tests.support.daemon import RunningDaemon, free_port, running_daemon
+from tests.support.daemon import RunningDaemon, running_daemon
+from tests.support.ports import free_port
 
 #: Set by scripts/test to the `vllm` binary that scripts/setup-real-vllm.sh prepared.
 ENV_VAR = "GPUMUX_REAL_VLLM"
@@ -202,15 +202,3 @@ def vllm_litter(directory: Path) -> set[str]:
 def system_tmp() -> Path:
     """The temp directory the children would use if gpumux did not pass TMPDIR."""
     return Path(os.environ.get("TMPDIR") or tempfile.gettempdir())
-
-
-def wait_for(predicate: Any, timeout: float, what: str, interval: float = 0.1) -> Any:
-    """Poll `predicate` until it returns something truthy, within `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(interval)

@@ -5,15 +5,20 @@ unknown flags are ignored), so a test can see exactly which headers and path gpu
 forwarded — something the mock vLLM does not record. `/health` answers 200 and
 `/mock/events` an empty list, so the daemon's readiness and the harness work unchanged.
 
-Run as ``python tests/faults/echo_backend.py serve MODEL --port N [any flags]``.
+Run as ``python tests/support/echo_backend.py serve MODEL --port N [any flags]``; a test
+config names it with `vllm_command=list(ECHO_COMMAND)`.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from aiohttp import web
+
+#: The `vllm_command` that runs this backend with the test's interpreter.
+ECHO_COMMAND = (sys.executable, str(Path(__file__).resolve()))
 
 
 async def health(request: web.Request) -> web.Response:

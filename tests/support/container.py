@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import psutil
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGE_ENV_VAR = "GPUMUX_CONTAINER_IMAGE"
@@ -151,3 +152,16 @@ def working_container(image: str) -> Iterator[Container]:
             container.kill_all()
     finally:
         buildah("rm", name)
+
+
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+
+
+def require(ok: bool, reason: str) -> None:
+    """Fail in CI, skip elsewhere, when a prerequisite of the tier is missing."""
+    if ok:
+        return
+    if _in_ci():
+        pytest.fail(f"container tier cannot run in CI: {reason}", pytrace=False)
+    pytest.skip(reason)
