@@ -1,0 +1,187 @@
+"""The request-body reader in process: depth without recursion, the backend's reading of
+duplicate keys, strictness, and never an exception but a client error.
+
+Hypothesis builds documents of any depth as bytes (so no encoder recursion limits what
+it can try) and checks `peek` against a reference: Python's `json`, which is what vLLM
+reads bodies with, and the nesting depth the generator itself knows.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from gpumux.core.errors import ClientError, InvalidJson, MissingModel
+from gpumux.http import body
+from gpumux.http.body import MAX_DEPTH, Peeked, json_object, peek
+from tests.security.corpus import CORPUS, Case
+
+pytestmark = pytest.mark.unit
+
+PROPERTY = settings(
+    max_examples=60,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+
+scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**63 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=20)
+    # Strings that look like structure: brackets, quotes and backslashes inside them.
+    | st.text(alphabet='[]{}"\\,:', max_size=30)
+)
+shallow = st.recursive(
+    scalars,
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+@dataclass(frozen=True)
+class Doc:
+    """A JSON object as bytes, with the depth the generator gave it (the object is 1)."""
+
+    data: bytes
+    depth: int
+
+
+def _depth(value: Any) -> int:
+    if isinstance(value, list):
+        return 1 + max(map(_depth, value), default=0)
+    if isinstance(value, dict):
+        return 1 + max(map(_depth, value.values()), default=0)
+    return 0
+
+
+@st.composite
+def documents(draw: st.DrawFn, model: st.SearchStrategy[Any] | None = None) -> Doc:
+    """`{"model": …, siblings…, "x": spine}` where the spine nests to any depth (0–1500),
+    each level an array or an object, with shallow siblings at random levels."""
+    spine = draw(st.integers(0, 1500) | st.integers(MAX_DEPTH - 3, MAX_DEPTH + 3))
+    # One drawn seed picks each level's kind: drawing thousands of booleans is slow.
+    kinds = random.Random(draw(st.integers(0, 2**32))).choices((True, False), k=spine)
+    sibling_at = draw(st.dictionaries(st.integers(0, max(spine - 1, 0)), shallow, max_size=4))
+    leaf = draw(shallow)
+    openers, closers = [], []
+    deepest = spine + _depth(leaf)
+    for level, is_array in enumerate(kinds):
+        sibling = sibling_at.get(level)
+        extra = b""
+        if sibling is not None:
+            extra = json.dumps(sibling).encode()
+            deepest = max(deepest, level + 1 + _depth(sibling))
+        if is_array:
+            openers.append(b"[" + (extra + b"," if extra else b""))
+            closers.append(b"]")
+        else:
+            openers.append(b"{" + (b'"s": ' + extra + b"," if extra else b"") + b'"k": ')
+            closers.append(b"}")
+    spine_bytes = b"".join(openers) + json.dumps(leaf).encode() + b"".join(reversed(closers))
+    chosen = draw(model) if model is not None else "a"
+    head = json.dumps({"model": chosen, "stream": draw(st.booleans())})[:-1].encode()
+    return Doc(head + b', "x": ' + spine_bytes + b"}", 1 + max(deepest, 0))
+
+
+@PROPERTY
+@given(doc=documents())
+def test_any_depth_is_read_or_refused_by_the_limit_never_by_recursion(doc: Doc) -> None:
+    if doc.depth > MAX_DEPTH:
+        with pytest.raises(InvalidJson, match="nested more than"):
+            peek(doc.data)
+        return
+    peeked = peek(doc.data)
+    reference = json.loads(doc.data)  # shallow enough for Python's json
+    assert peeked == Peeked(reference["model"], reference["stream"] is True)
+
+
+@PROPERTY
+@given(doc=documents())
+def test_the_linear_fallback_agrees_with_the_generator(doc: Doc) -> None:
+    top = msgspec.json.decode(doc.data, type=dict[str, msgspec.Raw]) if doc.depth < 600 else None
+    if top is None:
+        return  # msgspec's own guard refuses these before any depth check runs
+    assert body._deepest_by_brackets(list(top.values())) == doc.depth
+    assert body._deeper_than_limit(list(top.values())) == (doc.depth > MAX_DEPTH)
+
+
+@PROPERTY
+@given(
+    pairs=st.lists(
+        st.tuples(st.sampled_from(["model", "stream", "mod\\u0065l", "x"]), shallow),
+        max_size=6,
+    )
+)
+def test_duplicate_keys_resolve_like_the_backends_json(pairs: list[tuple[str, Any]]) -> None:
+    """Whatever keys repeat, gpumux reads the `model` and `stream` Python's json reads."""
+    data = ("{" + ", ".join(f'"{k}": {json.dumps(v)}' for k, v in pairs) + "}").encode()
+    reference = json.loads(data)
+    model = reference.get("model")
+    if not isinstance(model, str) or not model:
+        with pytest.raises(MissingModel):
+            peek(data)
+    elif any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in model):
+        with pytest.raises(ClientError):
+            peek(data)
+    else:
+        assert peek(data) == Peeked(model, reference.get("stream") is True)
+
+
+@PROPERTY
+@given(data=st.binary(max_size=400) | documents().map(lambda d: d.data[: len(d.data) // 2]))
+def test_arbitrary_bytes_are_a_client_error_or_a_reading(data: bytes) -> None:
+    try:
+        peeked = peek(data)
+    except ClientError:
+        return
+    assert isinstance(peeked.model, str)
+    assert peeked.model
+
+
+@PROPERTY
+@given(value=st.dictionaries(st.text(max_size=8), shallow, max_size=6))
+def test_json_object_matches_pythons_json_on_valid_documents(value: dict[str, Any]) -> None:
+    data = json.dumps(value).encode()
+    assert json_object(data) == json.loads(data)
+
+
+@pytest.mark.parametrize(
+    "case", [c for c in CORPUS if c.status in (200, 400)], ids=lambda c: c.name
+)
+def test_corpus_in_process(case: Case) -> None:
+    """The corpus cases gpumux refuses (or forwards) by the body alone."""
+    if case.refused_by_gpumux:
+        with pytest.raises(ClientError) as refused:
+            peek(case.body)
+        assert refused.value.code == case.code
+    else:
+        assert peek(case.body).model == "a"
+
+
+def test_many_long_shallow_containers_exhaust_the_walk_and_the_linear_pass_agrees() -> None:
+    """Thousands of long shallow containers: the level-by-level walk gives up its budget
+    and the linear pass decides, with the same answer."""
+    tower = b"[" * 100 + b'"' + b"x" * 100 + b'"' + b"]" * 100
+    wide = b'{"model": "a", "x": [' + b",".join([tower] * 5000) + b"]}"
+    assert peek(wide).model == "a"
+    deep = wide[:-2] + b"," + b"[" * 130 + b"]" * 130 + b"]}"
+    with pytest.raises(InvalidJson, match="nested more than"):
+        peek(deep)
+
+
+def test_json_object_refuses_numbers_beyond_64_bits() -> None:
+    with pytest.raises(InvalidJson, match="out of range"):
+        json_object(b'{"timeout_secs": ' + b"9" * 5000 + b"}")
