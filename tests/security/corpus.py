@@ -39,8 +39,13 @@ def _refused(name: str, body: bytes, code: str, status: int = 400) -> Case:
     return Case(name, body, status, code)
 
 
+#: Put first in every body that must be served: the backend needs something to answer.
+_ASK = b'"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, '
+
+
 def _served(name: str, body: bytes, status: int = 200) -> Case:
-    return Case(name, body, status, None, reaches_backend=True)
+    at = body.index(b"{") + 1
+    return Case(name, body[:at] + _ASK + body[at:], status, None, reaches_backend=True)
 
 
 def _chat(model: str = SERVED_MODEL, **extra: object) -> bytes:
@@ -170,7 +175,7 @@ CORPUS: tuple[Case, ...] = (
     ),
     _served("stream_as_the_string_true_does_not_stream", _chat(S, stream="true")),
     _served("ten_thousand_keys", _many_keys(10_000)),
-    _served("prompt_just_under_the_limit", _chat(S, pad="x" * (BODY_LIMIT - 200))),
+    _served("prompt_just_under_the_limit", _chat(S, pad="x" * (BODY_LIMIT - 400))),
     _refused("body_just_over_the_limit", _chat(R, pad="x" * BODY_LIMIT), "request_too_large", 413),
 )
 
