@@ -234,7 +234,7 @@ def refusal(exc: HttpProcessingError) -> tuple[int, str, str]:
         # aiohttp says which line only by quoting its start: a request target starts with
         # "/" (or is absolute), a header line with its name, which cannot hold "/" or ":".
         line = exc.args[0] if exc.args else b""
-        start = line if isinstance(line, bytes) else str(line).encode(errors="replace")
+        start = bytes(line) if isinstance(line, bytes | bytearray) else str(line).encode()
         if start.startswith((b"/", b"http://", b"https://")):
             return 414, "uri_too_long", "The request line is longer than the server accepts."
         return 431, "request_header_fields_too_large", "A header field is too large."
