@@ -108,15 +108,31 @@ def test_corpus_in_process(case: Case) -> None:
         assert peek(case.body).model == "a"
 
 
-def test_many_long_shallow_containers_exhaust_the_walk_and_the_linear_pass_agrees() -> None:
-    """Thousands of long shallow containers: the level-by-level walk gives up its budget
-    and the linear pass decides, with the same answer."""
-    tower = b"[" * 100 + b'"' + b"x" * 100 + b'"' + b"]" * 100
-    wide = b'{"model": "a", "x": [' + b",".join([tower] * 5000) + b"]}"
-    assert peek(wide).model == "a"
-    deep = wide[:-2] + b"," + b"[" * 130 + b"]" * 130 + b"]}"
+@pytest.mark.parametrize(
+    "spent",
+    [
+        # 5,000 containers, each with more brackets than levels left: too many openings.
+        pytest.param(b"[" + b",".join([b"[" + b"[]," * 130 + b"[]]"] * 5000) + b"]", id="openings"),
+        # Ten levels around one long string full of brackets: each level rescans it.
+        pytest.param(b"[" * 10 + b'"' + b"[{" * 50_000 + b'"' + b"]" * 10, id="rescans"),
+    ],
+)
+def test_the_walks_budgets_hand_over_to_the_linear_pass_with_the_same_answer(
+    spent: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    handed_over: list[int] = []
+    linear = body._deepest_by_brackets
+
+    def counted(values: list[msgspec.Raw]) -> int:
+        handed_over.append(len(values))
+        return linear(values)
+
+    monkeypatch.setattr(body, "_deepest_by_brackets", counted)
+    assert peek(b'{"model": "a", "x": ' + spent + b"}").model == "a"
+    assert handed_over == [2]  # the linear pass decided, over both top-level values
+    deeper = b"[" * MAX_DEPTH + b"]" * MAX_DEPTH  # its innermost array is level 129
     with pytest.raises(InvalidJson, match="nested more than"):
-        peek(deep)
+        peek(b'{"model": "a", "x": ' + spent + b', "y": ' + deeper + b"}")
 
 
 def test_json_object_refuses_numbers_beyond_64_bits() -> None:

@@ -32,7 +32,6 @@ brackets outside strings. Every path costs at most about what `json.loads` did.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import accumulate, compress, repeat
 from typing import Any
@@ -48,8 +47,11 @@ from gpumux.core.errors import ClientError, InvalidJson, MissingModel
 #: dozen levels at most (tools and JSON schemas included); Python's `json` in the backend
 #: fails near 1,000, so a limit far below that protects it as well as gpumux.
 MAX_DEPTH = 128
-#: Container openings `_deepest_within` may do before it switches to the linear pass.
+#: How much level-by-level work `_deeper_than_limit` may do before it hands over to the
+#: linear pass: container openings (each a few microseconds of Python), and bytes
+#: re-scanned as a multiple of the body.
 _OPENING_BUDGET = 4096
+_RESCAN_BUDGET = 8
 
 _UTF8_BOM = b"\xef\xbb\xbf"
 _TOP = msgspec.json.Decoder(dict[str, msgspec.Raw])
@@ -65,6 +67,8 @@ _ANY = msgspec.json.Decoder()
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 #: Everything but the bytes the linear pass keeps: brackets and quotes.
 _NOT_STRUCTURE = bytes(b for b in range(256) if b not in b'[]{}"')
+_COUNTED_BELOW = 4096  # bytes: see `_worth_opening`
+_NOT_OPENER_OR_NUL = bytes(b for b in range(256) if b not in b"[{\0")
 _STEP = tuple(1 if b in b"[{" else -1 if b in b"]}" else 0 for b in range(256))
 
 
@@ -165,9 +169,11 @@ def _few_openers(body: bytes, limit: int) -> bool:
 
 def _deeper_than_limit(values: list[msgspec.Raw]) -> bool:
     """Whether a valid document whose top-level values are `values` nests past
-    `MAX_DEPTH`: containers opened level by level from an explicit stack."""
-    pending = list(zip(_worth_opening(values, 1), repeat(2)))  # the top object is level 1
-    openings = 0
+    `MAX_DEPTH`: containers opened level by level from an explicit stack, within a budget
+    of openings and of bytes re-scanned (a chain of containers around one long string
+    rescans it at every level), past which the linear pass decides."""
+    pending = [(raw, 2) for raw in _worth_opening(values, 1)]  # the top object is level 1
+    openings, scanned, scan_budget = 0, 0, _RESCAN_BUDGET * sum(map(len, values))
     while pending:
         raw, level = pending.pop()
         decoder = _OPEN.get(memoryview(raw)[0])
@@ -176,7 +182,8 @@ def _deeper_than_limit(values: list[msgspec.Raw]) -> bool:
         if level > MAX_DEPTH:
             return True
         openings += 1
-        if openings > _OPENING_BUDGET:
+        scanned += len(raw)
+        if openings > _OPENING_BUDGET or scanned > scan_budget:
             return _deepest_by_brackets(values) > MAX_DEPTH
         children = decoder.decode(raw)
         inner = list(children.values()) if isinstance(children, dict) else children
@@ -184,11 +191,19 @@ def _deeper_than_limit(values: list[msgspec.Raw]) -> bool:
     return False
 
 
-def _worth_opening(children: list[msgspec.Raw], level: int) -> Iterator[msgspec.Raw]:
-    """The children (of a container at `level`) long enough to nest past the limit: one
-    n bytes long holds at most n // 2 levels. Filtered in C: a list may hold millions."""
-    shortest = 2 * (MAX_DEPTH - level + 1)
-    return compress(children, map(shortest.__le__, map(len, children)))
+def _worth_opening(children: list[msgspec.Raw], level: int) -> list[msgspec.Raw]:
+    """The children (of a container at `level`) that might nest past the limit: those
+    with more opening brackets than the levels left. In C-level passes, since a list may
+    hold millions: a child too short to hold that many brackets is dropped by its length;
+    the short ones are counted together (joined on NUL, which valid JSON never holds
+    raw); a long one is kept, as opening it costs about what counting would."""
+    allowed = MAX_DEPTH - level
+    long_enough = list(compress(children, map((2 * allowed + 2).__le__, map(len, children))))
+    lengths = list(map(len, long_enough))
+    big = compress(long_enough, map(_COUNTED_BELOW.__le__, lengths))
+    small = list(compress(long_enough, map(_COUNTED_BELOW.__gt__, lengths)))
+    openers = b"\0".join(small).translate(None, _NOT_OPENER_OR_NUL).split(b"\0")
+    return [*big, *compress(small, map(allowed.__lt__, map(len, openers)))]
 
 
 def _deepest_by_brackets(values: list[msgspec.Raw]) -> int:
@@ -197,7 +212,9 @@ def _deepest_by_brackets(values: list[msgspec.Raw]) -> int:
     always starts a two-byte escape and an unescaped quote opens or closes a string."""
     deepest = 1
     for raw in values:
-        text = bytes(raw).replace(b"\\\\", b"").replace(b'\\"', b"")
+        text = bytes(raw)
+        if b"\\" in text:  # escaped backslashes first, then escaped quotes: pairs left to right
+            text = text.replace(b"\\\\", b"").replace(b'\\"', b"")
         outside_strings = b"".join(text.translate(None, _NOT_STRUCTURE).split(b'"')[0::2])
         steps = map(_STEP.__getitem__, outside_strings)
         deepest = max(deepest, 1 + max(accumulate(steps), default=0))
