@@ -64,7 +64,7 @@ _STRING = msgspec.json.Decoder(str)
 _ANY = msgspec.json.Decoder()
 #: C0 controls, DEL and C1 controls: never part of a model name, and a newline in one
 #: would forge lines in a console log.
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 #: Everything but the bytes the linear pass keeps: brackets and quotes.
 _NOT_STRUCTURE = bytes(b for b in range(256) if b not in b'[]{}"')
 _COUNTED_BELOW = 4096  # bytes: see `_worth_opening`
@@ -120,7 +120,7 @@ def _model(raw: msgspec.Raw | None) -> str:
         raise missing from None
     if not model:
         raise missing
-    if _CONTROL.search(model):
+    if CONTROL_CHARACTERS.search(model):
         raise ClientError("`model` must not contain control characters.", param="model")
     return model
 
