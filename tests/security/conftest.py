@@ -13,10 +13,7 @@ import pytest
 
 from tests.support.daemon import RunningDaemon, mock_model, running_daemon
 from tests.support.ports import free_port
-
-ADMIN_TOKEN = "sec-admin-token-5d1e"
-#: Fast, small backends that fit together on one fake GPU (fuzzing never forces a switch).
-FAST = ["--gpu-memory-utilization", "0.45", "--mock-tokens-per-sec", "100000"]
+from tests.support.security import ADMIN_TOKEN, FAST
 
 
 @pytest.fixture(scope="session")

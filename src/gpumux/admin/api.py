@@ -33,10 +33,12 @@ from gpumux.core.errors import (
     InvalidJson,
     MethodNotAllowed,
     ModelNotFound,
+    RequestTooLarge,
     RouteNotFound,
     UpstreamTimeout,
     openai_envelope,
 )
+from gpumux.http.body import json_object, read_body
 from gpumux.http.errors import error_response
 from gpumux.scheduler.inputs import (
     AdminCommand,
@@ -127,9 +129,13 @@ class AdminApi:
         except GpumuxError as exc:
             response = error_response(exc)
         except web.HTTPNotFound:
-            response = error_response(RouteNotFound(f"Unknown route {request.path}."))
+            response = error_response(RouteNotFound(f"Unknown route {request.path[:200]}."))
         except web.HTTPMethodNotAllowed:
             response = error_response(MethodNotAllowed(f"{request.method} is not allowed here."))
+        except web.HTTPRequestEntityTooLarge:
+            response = error_response(RequestTooLarge("The request body is too large."))
+        if response.status >= 400 and not response.prepared:
+            _log_rejection(request, response.status)
         if not response.prepared:
             response.headers.update(SECURITY_HEADERS)
         return response
@@ -232,13 +238,13 @@ def _reply_response(reply: AdminReply) -> web.Response:
 
 
 async def _json_body(request: web.Request) -> dict[str, object]:
-    try:
-        body = json.loads(await request.read() or b"{}")
-    except (ValueError, UnicodeDecodeError):
-        raise InvalidJson("We could not parse the JSON body of your request.") from None
-    if not isinstance(body, dict):
-        raise InvalidJson("The request body must be a JSON object.")
-    return body
+    return json_object(await read_body(request) or b"{}")
+
+
+def _log_rejection(request: web.Request, status: int) -> None:
+    """One warning line per refused request (no body, no query, no traceback)."""
+    path = request.path[:200]
+    log.warning("admin_request_rejected", status=status, method=request.method, path=path)
 
 
 def _dumps(value: object) -> str:

@@ -13,12 +13,11 @@ only, and the proxy port keeps answering no cross-origin browser at all.
 
 from __future__ import annotations
 
-import json
-
 import aiohttp
 from aiohttp import web
 
-from gpumux.core.errors import BackendUnreachable, InvalidJson, MissingModel, UpstreamTimeout
+from gpumux.core.errors import BackendUnreachable, UpstreamTimeout
+from gpumux.http.body import peek, read_body
 
 API_KEY_HEADER = "X-Gpumux-Api-Key"
 _PASSED_BACK = ("Content-Type", "Retry-After", "X-Request-Id", "WWW-Authenticate")
@@ -40,15 +39,8 @@ class ChatForwarder:
         )
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        body = await request.read()
-        try:
-            document = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
-            raise InvalidJson("The chat body is not valid JSON.") from None
-        if not isinstance(document, dict):
-            raise InvalidJson("The chat body must be a JSON object.")
-        if not isinstance(document.get("model"), str):
-            raise MissingModel("You must provide a model parameter (a string).", param="model")
+        body = await read_body(request)
+        peek(body)  # the proxy checks it again; a bad body stops here, before any relay
         headers = {"Content-Type": "application/json"}
         key = request.headers.get(API_KEY_HEADER, "").strip()
         if key:

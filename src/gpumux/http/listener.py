@@ -13,10 +13,16 @@ Never timed here: anything after the head. Once aiohttp hands a request to the a
 deadline is off until that request is finished — slow bodies, queued requests waiting
 minutes for a model switch and long streams are untouched. An idle kept-alive connection
 that sends nothing is left to aiohttp's keep-alive timeout, so client pools keep working.
+Also owns: the answer to a request aiohttp's HTTP parser refuses before any app sees it
+(a header or request line over 8190 bytes, more than 128 headers, `Content-Length` with
+`Transfer-Encoding`, a malformed chunk, bytes that are not HTTP): the API's own error
+shape — 431 for header fields too large, 414 for a request line too long, else 400 —
+and one warning line, where aiohttp would send text/plain and log a traceback.
 Does not: route, authenticate or answer requests (the apps do).
 
-How, using only aiohttp's public surface (no internals to break when aiohttp changes;
-tests/faults/test_faults_bad_input.py fails loudly if the hooks stop firing): the site
+How, using aiohttp's public surface and one documented-by-use method, `RequestHandler.
+handle_error` (tests/faults/test_faults_bad_input.py and
+tests/security/test_security_http_framing.py fail loudly if a hook stops firing): the site
 hands asyncio a protocol that wraps the `RequestHandler` aiohttp's `web.Server` makes for
 each connection, so it sees every byte before aiohttp parses it, and an outermost
 middleware tells the wrapper when aiohttp dispatches a request (its head is complete) and
@@ -31,9 +37,13 @@ from __future__ import annotations
 import asyncio
 import contextvars
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import structlog
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
+
+from gpumux.core.errors import openai_envelope
 
 log = structlog.get_logger(__name__)
 
@@ -43,6 +53,8 @@ _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 #: An idle kept-alive connection (no request under way) is closed after this long, as
 #: nginx does; aiohttp's own default (about an hour) lets idle clients hold descriptors.
 IDLE_KEEPALIVE_SECS = 75.0
+#: What every connection's aiohttp handler is built with (the runner's and ours alike).
+_HANDLER_ARGS: dict[str, Any] = {"access_log": None, "keepalive_timeout": IDLE_KEEPALIVE_SECS}
 
 
 async def listen(
@@ -57,12 +69,7 @@ async def listen(
     app.middlewares.insert(0, _track_requests)  # outermost: sees the whole request
     # handler_cancellation: a client that leaves cancels its handler, which closes the
     # upstream request so vLLM aborts it (aiohttp's default is False in production).
-    runner = web.AppRunner(
-        app,
-        handler_cancellation=cancel_on_disconnect,
-        access_log=None,
-        keepalive_timeout=IDLE_KEEPALIVE_SECS,
-    )
+    runner = web.AppRunner(app, handler_cancellation=cancel_on_disconnect, **_HANDLER_ARGS)
     await runner.setup()
     await HeadDeadlineSite(runner, host, port, header_timeout_secs).start()
     return runner
@@ -183,8 +190,10 @@ class HeadDeadlineSite(web.BaseSite):
         assert server is not None  # BaseSite refuses a runner that was not set up
 
         def connection() -> HeadDeadline:
-            # web.Server is aiohttp's protocol factory: one RequestHandler per connection.
-            return HeadDeadline(server(), self._timeout, loop)
+            # What web.Server's own factory does, with a handler that answers parse errors.
+            return HeadDeadline(
+                ParseRefusals(server, loop=loop, **_HANDLER_ARGS), self._timeout, loop
+            )
 
         # backlog as web.TCPSite's default, so nothing but the wrapper changes.
         self._listening = await loop.create_server(connection, self._host, self._port, backlog=128)
@@ -193,6 +202,46 @@ class HeadDeadlineSite(web.BaseSite):
         if self._listening is not None:
             self._listening.close()
         await super().stop()
+
+
+class ParseRefusals(web.RequestHandler):
+    """aiohttp's per-connection handler, except for requests its parser refuses."""
+
+    __slots__ = ()
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if not isinstance(exc, HttpProcessingError) or request.writer.output_size > 0:
+            return super().handle_error(request, status, exc, message)  # a bug: keep its trace
+        status, code, text = refusal(exc)
+        # The class name only: aiohttp's message quotes the client's bytes (headers).
+        log.warning("http_request_refused", status=status, reason=type(exc).__name__)
+        response = web.json_response(
+            openai_envelope(text, "invalid_request_error", code), status=status
+        )
+        response.force_close()  # the parser's state is unknown past a refused head
+        return response
+
+
+def refusal(exc: HttpProcessingError) -> tuple[int, str, str]:
+    """(status, code, message) for a request aiohttp's HTTP parser refused."""
+    if isinstance(exc, LineTooLong):
+        # aiohttp says which line only by quoting its start: a request target starts with
+        # "/" (or is absolute), a header line with its name, which cannot hold "/" or ":".
+        line = exc.args[0] if exc.args else b""
+        start = bytes(line) if isinstance(line, bytes | bytearray) else str(line).encode()
+        if start.startswith((b"/", b"http://", b"https://")):
+            return 414, "uri_too_long", "The request line is longer than the server accepts."
+        return 431, "request_header_fields_too_large", "A header field is too large."
+    first_line = str(exc.message).split("\n", 1)[0].rstrip(": ")[:200]
+    if first_line.startswith("Too many headers"):
+        return 431, "request_header_fields_too_large", "The request has too many headers."
+    return 400, "invalid_request", f"The HTTP request could not be parsed: {first_line}"
 
 
 @web.middleware

@@ -11,7 +11,6 @@ beyond forwarding one request.
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 import time
 import uuid
@@ -28,10 +27,9 @@ from gpumux.core.config import Config
 from gpumux.core.errors import (
     BackendCrashed,
     BackendUnreachable,
+    ClientError,
     GpumuxError,
-    InvalidJson,
     MethodNotAllowed,
-    MissingModel,
     RequestTooLarge,
     RouteNotFound,
     ShuttingDown,
@@ -40,6 +38,7 @@ from gpumux.core.errors import (
     openai_envelope,
 )
 from gpumux.http.auth import ApiKeys
+from gpumux.http.body import peek, read_body
 from gpumux.http.errors import REQUEST_ID, error_response, sse_error_event
 from gpumux.http.passive_health import BackendStreaks
 from gpumux.scheduler.runner import Lease, Scheduler
@@ -154,15 +153,19 @@ class Proxy:
         try:
             return await handler(request)
         except GpumuxError as exc:
+            if isinstance(exc, ClientError):
+                _log_rejection(request, exc.http_status, exc.code)
             return error_response(exc, request_id)
         except web.HTTPRequestEntityTooLarge:
             limit = self._config.max_request_body_bytes
+            _log_rejection(request, 413, RequestTooLarge.code)
             return error_response(
                 RequestTooLarge(f"Request body exceeds {limit} bytes."), request_id
             )
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise
+            _log_rejection(request, exc.status, type(exc).__name__)
             # aiohttp's own refusals (no route for CONNECT or `OPTIONS *`, ...) are text/plain;
             # clients get the OpenAI shape like every other error.
             if exc.status == 404:
@@ -212,7 +215,7 @@ class Proxy:
             raise ShuttingDown("gpumux is shutting down", retry_after=5)
         if request.content_type != "application/json":
             raise UnsupportedMediaType("Content-Type must be application/json.")
-        body = await request.read()
+        body = await read_body(request)
         model, stream = _peek(body)
         structlog.contextvars.bind_contextvars(model=model[:128])
         endpoint = path
@@ -334,16 +337,15 @@ def client_request_id(given: str | None) -> str:
 
 def _peek(body: bytes) -> tuple[str, bool]:
     """Read `model` and `stream` without re-encoding the body (it is forwarded as sent)."""
-    try:
-        document = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        raise InvalidJson("We could not parse the JSON body of your request.") from None
-    if not isinstance(document, dict):
-        raise InvalidJson("The request body must be a JSON object.")
-    model = document.get("model")
-    if not isinstance(model, str) or not model:
-        raise MissingModel("You must provide a model parameter (a string).", param="model")
-    return model, document.get("stream") is True
+    peeked = peek(body)
+    return peeked.model, peeked.stream
+
+
+def _log_rejection(request: web.Request, status: int, code: str) -> None:
+    """One warning line per refused request: no body, no query string (it may hold
+    secrets), no traceback; the request id and model are bound in the context."""
+    path = request.raw_path.split("?", 1)[0][:200]
+    log.warning("request_rejected", status=status, code=code, method=request.method, path=path)
 
 
 def _upstream_error(exc: BaseException, model: str) -> GpumuxError:

@@ -1,0 +1,137 @@
+"""The multipart `model` reader (for the audio routes) in process: forms written by
+aiohttp's own multipart writer are read back, the last `model` wins as in the backend's
+form parser, and anything malformed — hand-written or cut at random — is a client error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from aiohttp import FormData
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from gpumux.core.errors import ClientError, MissingModel
+from gpumux.http.multipart import MAX_MODEL_BYTES, multipart_model
+
+pytestmark = pytest.mark.unit
+
+PROPERTY = settings(
+    max_examples=80,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+CT = "multipart/form-data; boundary=xyz"
+
+
+def written(fields: list[tuple[str, str | bytes]]) -> tuple[bytes, str]:
+    """A form as aiohttp's client would send it: (body, Content-Type)."""
+    form = FormData()
+    for name, value in fields:
+        if isinstance(value, bytes):
+            form.add_field(name, value, filename="audio.wav", content_type="audio/wav")
+        else:
+            form.add_field(name, value)
+    payload = form()
+
+    class Sink:
+        def __init__(self) -> None:
+            self.data = b""
+
+        async def write(self, chunk: bytes) -> None:
+            self.data += chunk
+
+    sink = Sink()
+    asyncio.run(payload.write(sink))  # type: ignore[arg-type]
+    return sink.data, str(payload.content_type)
+
+
+model_names = st.text(
+    alphabet=st.characters(min_codepoint=0x20, exclude_categories=["Cc", "Cs"]),
+    min_size=1,
+    max_size=40,
+)
+
+
+@PROPERTY
+@given(
+    before=st.lists(
+        st.tuples(st.sampled_from(["file", "language", "model"]), model_names), max_size=3
+    ),
+    model=model_names,
+    audio=st.binary(max_size=2000),
+)
+def test_forms_from_aiohttps_writer_are_read_back_last_model_wins(
+    before: list[tuple[str, str]], model: str, audio: bytes
+) -> None:
+    fields: list[tuple[str, str | bytes]] = [*before, ("file", audio), ("model", model)]
+    body, content_type = written(fields)
+    assert multipart_model(body, content_type) == model
+
+
+def form(*parts: bytes, boundary: bytes = b"xyz") -> bytes:
+    return b"".join(b"--" + boundary + b"\r\n" + p + b"\r\n" for p in parts) + b"--xyz--\r\n"
+
+
+MODEL_PART = b'Content-Disposition: form-data; name="model"\r\n\r\nwhisper'
+
+
+def test_unquoted_names_preamble_and_a_file_before_the_model() -> None:
+    file_part = b'Content-Disposition: form-data; name="file"; filename="a.wav"\r\n\r\n' + (
+        b"--xy\r\n" * 1000  # delimiter-like bytes inside the file are not delimiters
+    )
+    unquoted = b"Content-Disposition: form-data; name=model\r\n\r\nwhisper"
+    body = b"preamble\r\n" + form(file_part, unquoted)
+    assert multipart_model(body, CT) == "whisper"
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "error"),
+    [
+        (form(MODEL_PART), "application/json", ClientError),
+        (form(MODEL_PART), "multipart/form-data", ClientError),
+        (form(MODEL_PART), "multipart/form-data; boundary=" + "b" * 71, ClientError),
+        (b"no delimiter at all", CT, ClientError),
+        (form(MODEL_PART)[:-9], CT, ClientError),  # no closing delimiter
+        (b"--xyz\r\nContent-Disposition: form-data; name=model", CT, ClientError),
+        (b"--xyz\r\n" + b"X: " + b"h" * 9000 + b"\r\n\r\nv\r\n--xyz--", CT, ClientError),
+        (b"--xyzjunk", CT, ClientError),
+        (form(b'Content-Disposition: form-data; name="file"\r\n\r\nx'), CT, MissingModel),
+        (form(b'Content-Disposition: form-data; name="model"\r\n\r\n'), CT, MissingModel),
+        (form(b'Content-Disposition: form-data; name="model"\r\n\r\n\xff'), CT, ClientError),
+        (form(b'Content-Disposition: form-data; name="model"\r\n\r\na\nb'), CT, ClientError),
+        (
+            form(
+                b'Content-Disposition: form-data; name="model"\r\n\r\n'
+                + b"m" * (MAX_MODEL_BYTES + 1)
+            ),
+            CT,
+            ClientError,
+        ),
+    ],
+)
+def test_malformed_forms_are_client_errors(
+    body: bytes, content_type: str, error: type[ClientError]
+) -> None:
+    with pytest.raises(error):
+        multipart_model(body, content_type)
+
+
+@PROPERTY
+@given(data=st.data(), audio=st.binary(max_size=500))
+def test_cut_or_corrupted_forms_are_client_errors_or_a_reading(
+    data: st.DataObject, audio: bytes
+) -> None:
+    body, content_type = written([("file", audio), ("model", "whisper")])
+    cut = data.draw(st.integers(0, len(body)))
+    flip = data.draw(st.integers(0, len(body) - 1))
+    for mangled in (body[:cut], body[:flip] + bytes([body[flip] ^ 0x5A]) + body[flip + 1 :]):
+        try:
+            model = multipart_model(mangled, content_type)
+        except ClientError:
+            continue
+        assert isinstance(model, str)
+        assert model
