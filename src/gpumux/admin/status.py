@@ -93,6 +93,7 @@ def _model_status(
     ttft: dict[str, tuple[float, float]],
 ) -> dict[str, object]:
     alias = model.alias
+    entry = config.models.get(alias)
     ttft_sum, ttft_count = ttft.get(alias, (0.0, 0.0))
     ready_since, retry_at = model.ready_since, model.retry_not_before
     return {
@@ -102,6 +103,7 @@ def _model_status(
         "operation": model.operation.value if model.operation is not None else None,
         "switch_id": model.switch_id,
         "pinned": model.pinned,
+        "aliases": list(entry.aliases) if entry is not None else [],
         "pid": src.pid_of(alias) if alias in config.models else model.pid,
         "ready_for_s": round(now - ready_since, 3) if ready_since is not None else None,
         "restarts": model.restarts,

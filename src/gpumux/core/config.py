@@ -81,6 +81,10 @@ DEFAULT_EVICTION = EvictionConfig(
 )
 
 
+#: Model fields a reload applies in place, without restarting the backend.
+RUNTIME_ONLY_FIELDS = frozenset({"aliases"})
+
+
 class ModelConfig(_Strict):
     model_path: str = Field(min_length=1)
     port: int = Field(ge=1, le=65535, strict=True)
@@ -102,6 +106,12 @@ class ModelConfig(_Strict):
     #: TP>1 with cuda_suspend/checkpoint: start with NCCL_P2P_DISABLE=1/NCCL_SHM_DISABLE=1
     #: (those transports map memory cuda-checkpoint cannot move); values in `env` win.
     nccl_safe_env: bool = True
+    aliases: list[str] = Field(
+        default_factory=list,
+        description="Other names clients may request this model by (e.g. `gpt-4o-mini`); "
+        "the proxy rewrites `model` to this model's name before forwarding, because the "
+        "backend serves only that name. Listed in /v1/models with `alias_of`.",
+    )
 
     @cached_property  # the scheduler reads these on every request
     def tensor_parallel_size(self) -> int:
@@ -118,6 +128,11 @@ class ModelConfig(_Strict):
         if self.gpus is not None:
             return tuple(self.gpus)
         return tuple(range(self.tensor_parallel_size))
+
+    def process_key(self) -> dict[str, object]:
+        """The fields a backend process is started from: a reload that changes only the
+        others (aliases and other front-door or scheduling facts) never restarts it."""
+        return self.model_dump(exclude=set(RUNTIME_ONLY_FIELDS))
 
     def has_flag(self, flag: str) -> bool:
         return any(arg == flag or arg.startswith(flag + "=") for arg in self.extra_args)
@@ -294,6 +309,25 @@ class Config(_Strict):
         own = [name for name in (self.api_keys_env, self.admin_token_env) if name]
         return own + (self.checkpoint.secret_env_names if self.checkpoint else [])
 
+    # Not cached: `model_copy(update=...)` (a reload's merge) copies cached values along.
+    @property
+    def alias_targets(self) -> dict[str, str]:
+        """Each alias → the model it names (the first claim wins; validation rejects more)."""
+        targets: dict[str, str] = {}
+        for name, model in self.models.items():
+            for alias in model.aliases:
+                targets.setdefault(alias, name)
+        return targets
+
+    def resolve_model(self, requested: str) -> str | None:
+        """The configured model a request's `model` names (itself or by alias), or None."""
+        if requested in self.models:
+            return requested
+        for name, model in self.models.items():
+            if requested in model.aliases:
+                return name
+        return None
+
     def eviction_for(self, alias: str) -> EvictionConfig:
         """The model's own eviction, else the policy default (which must really apply)."""
         return self.models[alias].eviction or self.policy.eviction
@@ -396,6 +430,7 @@ def semantic_errors(config: Config) -> Iterator[str]:
     claims += [(f"models.{alias}.port", m.port) for alias, m in config.models.items()]
     yield from _collisions(claims)
     yield from _checkpoint_errors(config)
+    yield from _alias_errors(config)
 
     exposed = config.admin_port is not None and not _is_loopback(config.admin_host)
     if exposed and not config.admin_token_env:
@@ -448,6 +483,27 @@ def semantic_errors(config: Config) -> Iterator[str]:
         for flag in ("--host", "--port", "--served-model-name", "--enable-sleep-mode"):
             if model.has_flag(flag):
                 yield f"{where}.extra_args: {flag} is set by gpumux; remove it"
+
+
+def _alias_errors(config: Config) -> Iterator[str]:
+    """An alias names exactly one model and is never a model's own name."""
+    claimed: dict[str, str] = {}
+    for name, model in config.models.items():
+        where = f"models.{name}.aliases"
+        for alias in model.aliases:
+            if not alias.strip():
+                yield f"{where}: an alias must be a non-empty name"
+            elif alias in config.models:
+                yield f"{where}: {alias!r} is already the name of model {alias!r}"
+            elif alias in claimed:
+                owner = claimed[alias]
+                yield (
+                    f"{where}: {alias!r} is listed twice"
+                    if owner == name
+                    else f"{where}: {alias!r} is already an alias of model {owner!r}"
+                )
+            else:
+                claimed[alias] = name
 
 
 def _tp_or_one(model: ModelConfig) -> int:

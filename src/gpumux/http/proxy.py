@@ -39,6 +39,7 @@ from gpumux.core.errors import (
     UpstreamTimeout,
     openai_envelope,
 )
+from gpumux.http.aliases import alias_entries, resolve, with_model
 from gpumux.http.auth import ApiKeys
 from gpumux.http.errors import REQUEST_ID, error_response, sse_error_event
 from gpumux.http.passive_health import BackendStreaks
@@ -178,7 +179,7 @@ class Proxy:
                 )
             return error_response(error, request_id)
         finally:
-            structlog.contextvars.unbind_contextvars("request_id", "model")
+            structlog.contextvars.unbind_contextvars("request_id", "model", "alias")
 
     async def _health(self, request: web.Request) -> web.Response:
         if self._shutting_down():
@@ -198,6 +199,7 @@ class Proxy:
             }
             for alias, model in self._config.models.items()
         ]
+        data += alias_entries(self._config, created)
         return web.json_response({"object": "list", "data": data})
 
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
@@ -213,15 +215,20 @@ class Proxy:
         if request.content_type != "application/json":
             raise UnsupportedMediaType("Content-Type must be application/json.")
         body = await request.read()
-        model, stream = _peek(body)
+        requested, stream = _peek(body)
+        resolved = resolve(self._config, requested)
+        model = resolved.model
         structlog.contextvars.bind_contextvars(model=model[:128])
+        if resolved.via_alias is not None:
+            structlog.contextvars.bind_contextvars(alias=resolved.via_alias)
+            body = with_model(body, model)
         endpoint = path
         started = time.monotonic()
         try:
             lease = await self._scheduler.acquire(model)
         except GpumuxError as exc:
             # Client-chosen names never become label values (unbounded series).
-            label = model if model in self._config.models else UNKNOWN_MODEL_LABEL
+            label = model if resolved.known else UNKNOWN_MODEL_LABEL
             self._metrics.requests.labels(label, endpoint, str(exc.http_status)).inc()
             raise
         try:

@@ -232,6 +232,8 @@ class SchedulerCore:
             self._add(alias, config.models[alias], config)
         for alias in diff.removed + diff.changed:
             self._retire(slots[alias], config.models.get(alias), out)
+        for alias in diff.retuned:
+            slots[alias].config = config.models[alias]  # same process, new runtime fields
         out.note("config_reloaded", diff.as_dict())
         out.reply(reply, "config reloaded", data=diff.as_dict())
 
