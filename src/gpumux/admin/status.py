@@ -104,6 +104,7 @@ def _model_status(
         "switch_id": model.switch_id,
         "pinned": model.pinned,
         "aliases": list(entry.aliases) if entry is not None else [],
+        "max_concurrency": entry.max_concurrency if entry is not None else None,
         "pid": src.pid_of(alias) if alias in config.models else model.pid,
         "ready_for_s": round(now - ready_since, 3) if ready_since is not None else None,
         "restarts": model.restarts,

@@ -82,7 +82,7 @@ DEFAULT_EVICTION = EvictionConfig(
 
 
 #: Model fields a reload applies in place, without restarting the backend.
-RUNTIME_ONLY_FIELDS = frozenset({"aliases"})
+RUNTIME_ONLY_FIELDS = frozenset({"aliases", "max_concurrency"})
 
 
 class ModelConfig(_Strict):
@@ -106,6 +106,13 @@ class ModelConfig(_Strict):
     #: TP>1 with cuda_suspend/checkpoint: start with NCCL_P2P_DISABLE=1/NCCL_SHM_DISABLE=1
     #: (those transports map memory cuda-checkpoint cannot move); values in `env` win.
     nccl_safe_env: bool = True
+    max_concurrency: int | None = Field(
+        default=None,
+        ge=1,
+        strict=True,
+        description="Requests in flight on this model at once (null = unlimited); more "
+        "wait in its queue (still bounded by max_queue and request_timeout_secs).",
+    )
     aliases: list[str] = Field(
         default_factory=list,
         description="Other names clients may request this model by (e.g. `gpt-4o-mini`); "
