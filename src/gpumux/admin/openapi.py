@@ -128,6 +128,20 @@ def openapi_document() -> dict[str, Any]:
                     },
                 }
             },
+            "/api/requests": {
+                "get": {
+                    "summary": "The latest proxied requests, newest first (never any text)",
+                    "parameters": [
+                        {"name": "limit", "in": "query", "schema": {"type": "integer"}},
+                        {"name": "model", "in": "query", "schema": {"type": "string"}},
+                    ],
+                    "responses": {
+                        "200": _json({"type": "object"}),
+                        "400": _ERROR,
+                        **_AUTH_ERRORS,
+                    },
+                }
+            },
             "/api/chat": {
                 "post": {
                     "summary": "A chat completion through the proxy (streams when asked)",

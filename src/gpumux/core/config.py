@@ -300,6 +300,13 @@ class Config(_Strict):
         "Bodies, queueing and responses are never timed by it.",
     )
     state_dir: str | None = None
+    request_log_size: int = Field(
+        default=1000,
+        ge=0,
+        strict=True,
+        description="Proxied requests kept for GET /api/requests (a ring; 0 keeps none). "
+        "Never any prompt or completion text.",
+    )
     gpu: GpuConfig = GpuConfig()
     supervision: SupervisionConfig = SupervisionConfig()
     host_memory: HostMemoryConfig = HostMemoryConfig()

@@ -43,6 +43,7 @@ from gpumux.http.aliases import alias_entries, resolve, with_model
 from gpumux.http.auth import ApiKeys
 from gpumux.http.errors import REQUEST_ID, error_response, sse_error_event
 from gpumux.http.passive_health import BackendStreaks
+from gpumux.http.request_log import RequestLog, RequestRecord, key_hash
 from gpumux.scheduler.runner import Lease, Scheduler
 from gpumux.telemetry.metrics import Metrics
 
@@ -82,6 +83,10 @@ _HOP_BY_HOP = frozenset(
 #: The `model` label of requests naming a model that is not configured.
 UNKNOWN_MODEL_LABEL = "_unknown"
 _REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,128}")
+#: Seconds the request waited for its lease, on every proxied response (errors too).
+QUEUE_SECONDS = "X-Gpumux-Queue-Seconds"
+#: The request's log record, kept on the aiohttp request while it is handled.
+_RECORD = web.RequestKey("gpumux_record", RequestRecord)
 
 
 @dataclass(frozen=True)
@@ -125,6 +130,7 @@ class Proxy:
         self._metrics = metrics
         self._keys = api_keys
         self._shutting_down = is_shutting_down
+        self.request_log = RequestLog(config.request_log_size)
         sup = config.supervision
         self._timeout = aiohttp.ClientTimeout(
             total=None,
@@ -155,7 +161,11 @@ class Proxy:
         try:
             return await handler(request)
         except GpumuxError as exc:
-            return error_response(exc, request_id)
+            response = error_response(exc, request_id)
+            record = request.get(_RECORD)
+            if record is not None and record.queue_secs is not None:
+                response.headers[QUEUE_SECONDS] = f"{record.queue_secs:.3f}"
+            return response
         except web.HTTPRequestEntityTooLarge:
             limit = self._config.max_request_body_bytes
             return error_response(
@@ -222,19 +232,37 @@ class Proxy:
         if resolved.via_alias is not None:
             structlog.contextvars.bind_contextvars(alias=resolved.via_alias)
             body = with_model(body, model)
-        endpoint = path
+        record = RequestRecord(
+            started_at=time.time(),
+            model=model[:128],
+            alias=resolved.via_alias,
+            endpoint=path,
+            client=request.remote,
+            key_hash=key_hash(request.headers.get("Authorization")),
+        )
+        request[_RECORD] = record
+        started = time.monotonic()
+        with self.request_log.tracking(record, time.monotonic):
+            lease = await self._acquire(model, record, known=resolved.known)
+            try:
+                response = await self._forward(request, lease, body, path, stream, started)
+            finally:
+                self._scheduler.release(lease)
+            record.status = record.status or response.status
+        return response
+
+    async def _acquire(self, model: str, record: RequestRecord, *, known: bool) -> Lease:
+        """A lease on `model`; the wait lands in `record` whatever the outcome."""
         started = time.monotonic()
         try:
-            lease = await self._scheduler.acquire(model)
+            return await self._scheduler.acquire(model)
         except GpumuxError as exc:
             # Client-chosen names never become label values (unbounded series).
-            label = model if resolved.known else UNKNOWN_MODEL_LABEL
-            self._metrics.requests.labels(label, endpoint, str(exc.http_status)).inc()
+            label = model if known else UNKNOWN_MODEL_LABEL
+            self._metrics.requests.labels(label, record.endpoint, str(exc.http_status)).inc()
             raise
-        try:
-            return await self._forward(request, lease, body, path, stream, started)
         finally:
-            self._scheduler.release(lease)
+            record.queue_secs = round(time.monotonic() - started, 6)
 
     async def _forward(
         self,
@@ -265,7 +293,8 @@ class Proxy:
             # close(), not release(): a response the client abandoned must drop the
             # connection so vLLM aborts the request and frees its KV cache.
             upstream.close()
-        self._observe_ttft(lease.model, started)
+        self._observe_ttft(lease.model, started, request)
+        request[_RECORD].tail.append(payload)
         self._count(lease.model, path, upstream.status)
         return web.Response(
             status=upstream.status, body=payload, headers=self._response_headers(upstream, request)
@@ -298,16 +327,20 @@ class Proxy:
             status=upstream.status, headers=self._response_headers(upstream, request)
         )
         await response.prepare(request)
+        record = request[_RECORD]
+        record.status = upstream.status
         first = True
         try:
             async for chunk in upstream.content.iter_any():
                 if first:
-                    self._observe_ttft(model, started)
+                    self._observe_ttft(model, started, request)
                     first = False
+                record.tail.append(chunk)  # the last reads carry `usage`, if any
                 await response.write(chunk)
         except (aiohttp.ClientError, TimeoutError) as exc:
             # Never a clean EOF on failure: an error event, then [DONE] (the SDK raises).
             await response.write(sse_error_event(_upstream_error(exc, model)))
+            record.status = 502
             self._count(model, path, 502)
             log.warning("stream_failed", model=model, error=type(exc).__name__)
             return response
@@ -320,6 +353,7 @@ class Proxy:
     ) -> dict[str, str]:
         headers = end_to_end_headers(upstream.headers)
         headers[REQUEST_ID] = request[REQUEST_ID]
+        headers[QUEUE_SECONDS] = f"{request[_RECORD].queue_secs or 0.0:.3f}"
         return headers
 
     def _count(self, model: str, endpoint: str, status: int) -> None:
@@ -327,8 +361,10 @@ class Proxy:
         # request_id and model come from the context the middleware and _dispatch bound.
         log.info("request_finished", endpoint=endpoint, status=status)
 
-    def _observe_ttft(self, model: str, started: float) -> None:
-        self._metrics.time_to_first_token.labels(model).observe(time.monotonic() - started)
+    def _observe_ttft(self, model: str, started: float, request: web.Request) -> None:
+        ttft = time.monotonic() - started
+        self._metrics.time_to_first_token.labels(model).observe(ttft)
+        request[_RECORD].ttft_secs = round(ttft, 6)
 
 
 def client_request_id(given: str | None) -> str:
