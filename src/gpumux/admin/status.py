@@ -105,6 +105,7 @@ def _model_status(
         "pinned": model.pinned,
         "aliases": list(entry.aliases) if entry is not None else [],
         "max_concurrency": entry.max_concurrency if entry is not None else None,
+        "idle": _idle(config, alias, model, now),
         "pid": src.pid_of(alias) if alias in config.models else model.pid,
         "ready_for_s": round(now - ready_since, 3) if ready_since is not None else None,
         "restarts": model.restarts,
@@ -118,6 +119,16 @@ def _model_status(
         "requests_total": requests.get(alias, 0.0),
         "ttft_seconds_sum": ttft_sum,
         "ttft_seconds_count": ttft_count,
+    }
+
+
+def _idle(config: Config, alias: str, model: ModelStatus, now: float) -> dict[str, object]:
+    """The model's idle ladder and when its next step falls due."""
+    ladder = config.idle_ladder(alias) if alias in config.models else ()
+    at = model.idle_step_at
+    return {
+        "ladder": [{"after_secs": s.after_secs, "eviction": str(s.eviction)} for s in ladder],
+        "next_step_in_s": round(max(0.0, at - now), 3) if at is not None else None,
     }
 
 

@@ -76,13 +76,36 @@ class EvictionConfig(_Strict):
         return cls(weights=WeightStrategy(weights), process=ProcessStrategy(process))
 
 
+_WEIGHTS_DEPTH = {WeightStrategy.RETAIN: 0, WeightStrategy.OFFLOAD: 1, WeightStrategy.DISCARD: 2}
+_PROCESS_DEPTH = {
+    ProcessStrategy.KEEP_RUNNING: 0,
+    ProcessStrategy.CUDA_SUSPEND: 1,
+    ProcessStrategy.CHECKPOINT: 2,
+    ProcessStrategy.STOP: 3,
+}
+
+
+def deeper(later: EvictionConfig, earlier: EvictionConfig) -> bool:
+    """`later` frees at least as much as `earlier` on both axes, and more on one."""
+    weights = _WEIGHTS_DEPTH[later.weights] - _WEIGHTS_DEPTH[earlier.weights]
+    process = _PROCESS_DEPTH[later.process] - _PROCESS_DEPTH[earlier.process]
+    return weights >= 0 and process >= 0 and (weights, process) != (0, 0)
+
+
+class IdleStep(_Strict):
+    """One rung of the idle ladder: after this long unused, leave with this eviction."""
+
+    after_secs: float = Field(gt=0)
+    eviction: EvictionConfig
+
+
 DEFAULT_EVICTION = EvictionConfig(
     weights=WeightStrategy.OFFLOAD, process=ProcessStrategy.KEEP_RUNNING
 )
 
 
 #: Model fields a reload applies in place, without restarting the backend.
-RUNTIME_ONLY_FIELDS = frozenset({"aliases", "max_concurrency"})
+RUNTIME_ONLY_FIELDS = frozenset({"aliases", "max_concurrency", "ttl_secs", "idle"})
 
 
 class ModelConfig(_Strict):
@@ -106,6 +129,17 @@ class ModelConfig(_Strict):
     #: TP>1 with cuda_suspend/checkpoint: start with NCCL_P2P_DISABLE=1/NCCL_SHM_DISABLE=1
     #: (those transports map memory cuda-checkpoint cannot move); values in `env` win.
     nccl_safe_env: bool = True
+    ttl_secs: float | None = Field(
+        default=None,
+        ge=0,
+        description="Evict with this model's eviction after this long with no queued or "
+        "in-flight request (null: policy.ttl_secs; 0: never). Shorthand for a one-step `idle`.",
+    )
+    idle: list[IdleStep] | None = Field(
+        default=None,
+        description="The idle ladder: each step (after_secs, eviction) deeper and later than "
+        "the last; after the first, a step can only stop the process.",
+    )
     max_concurrency: int | None = Field(
         default=None,
         ge=1,
@@ -169,6 +203,9 @@ class PolicyConfig(_Strict):
     tick_interval_ms: float = Field(default=500, gt=0)
     min_quantum_ms: float = Field(default=2000, ge=0)
     eviction: EvictionConfig = DEFAULT_EVICTION
+    ttl_secs: float | None = Field(
+        default=None, ge=0, description="The default idle TTL of every model (null/0: never)."
+    )
 
 
 class ObjectStoreConfig(_Strict):
@@ -342,6 +379,16 @@ class Config(_Strict):
                 return name
         return None
 
+    def idle_ladder(self, alias: str) -> tuple[IdleStep, ...]:
+        """The model's idle steps: its `idle`, else one step after its (or the policy's) TTL."""
+        model = self.models[alias]
+        if model.idle is not None:
+            return tuple(model.idle)
+        ttl = model.ttl_secs if model.ttl_secs is not None else self.policy.ttl_secs
+        if not ttl:
+            return ()
+        return (IdleStep(after_secs=ttl, eviction=self.eviction_for(alias)),)
+
     def eviction_for(self, alias: str) -> EvictionConfig:
         """The model's own eviction, else the policy default (which must really apply)."""
         return self.models[alias].eviction or self.policy.eviction
@@ -445,6 +492,7 @@ def semantic_errors(config: Config) -> Iterator[str]:
     yield from _collisions(claims)
     yield from _checkpoint_errors(config)
     yield from _alias_errors(config)
+    yield from _idle_errors(config)
 
     exposed = config.admin_port is not None and not _is_loopback(config.admin_host)
     if exposed and not config.admin_token_env:
@@ -518,6 +566,33 @@ def _alias_errors(config: Config) -> Iterator[str]:
                 )
             else:
                 claimed[alias] = name
+
+
+def _idle_errors(config: Config) -> Iterator[str]:
+    """Each idle step later and deeper than the last; later steps can only stop."""
+    for name, model in config.models.items():
+        where = f"models.{name}.idle"
+        if model.idle is not None and model.ttl_secs is not None:
+            yield f"models.{name}: set `ttl_secs` or `idle`, not both"
+        ladder = model.idle or []  # a `ttl_secs` step uses the eviction checked above
+        for i, step in enumerate(ladder):
+            reason = step.eviction.nonsense_reason()
+            if reason:
+                yield f"{where}[{i}].eviction: {reason}"
+            if step.eviction.needs_checkpoint_section and config.checkpoint is None:
+                yield f"{where}[{i}].eviction: {step.eviction} needs a `checkpoint` section"
+            if i == 0:
+                continue
+            before = ladder[i - 1]
+            if step.after_secs <= before.after_secs:
+                yield f"{where}[{i}].after_secs: must be later than step {i - 1}'s"
+            if not deeper(step.eviction, before.eviction):
+                yield f"{where}[{i}].eviction: {step.eviction} is not deeper than {before.eviction}"
+            elif step.eviction.process is not ProcessStrategy.STOP:
+                yield (
+                    f"{where}[{i}].eviction: a later step can only stop the process "
+                    "(a resting model is not moved from one eviction to another)"
+                )
 
 
 def _tp_or_one(model: ModelConfig) -> int:

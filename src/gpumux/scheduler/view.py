@@ -38,6 +38,7 @@ class ModelStatus:
     gpus: tuple[int, ...]
     gpu_memory_utilization: float
     host_pin_bytes: int | None  # host RAM it pins asleep at level 1 or suspended, if known
+    idle_step_at: float | None = None  # scheduler clock: its next idle-TTL step, if any
 
 
 @dataclass(frozen=True, slots=True)

@@ -47,6 +47,7 @@ from gpumux.scheduler.inputs import (
 )
 from gpumux.scheduler.messages import AdminRefusal, Command, Mode, OpKind, OpOutcome, Reject
 from gpumux.scheduler.state.host_budget import HostBudget
+from gpumux.scheduler.state.idle import Idle
 from gpumux.scheduler.state.models import STARTABLE, M, Models
 from gpumux.scheduler.state.moves import Moves
 from gpumux.scheduler.state.operator import Operator
@@ -95,6 +96,7 @@ class SchedulerCore:
         self.warmup = Warmup(self.models, self.moves, config.models if config.warmup else ())
         self.operator = Operator(self.models, self.moves, self.supervisor, self.switches)
         self.retirements = Retirements(self.models, self.moves)
+        self.idle = Idle(self.models, self.moves, config)
 
     def handle(self, message: Input, now: float) -> list[Command]:
         """Apply one input, bring every decision up to date, return what to carry out."""
@@ -228,6 +230,7 @@ class SchedulerCore:
         slots = self.models.slots
         diff = self.retirements.diff(config)
         self._config = config
+        self.idle.configure(config)
         for alias in diff.added:
             self._add(alias, config.models[alias], config)
         for alias in diff.removed + diff.changed:
@@ -287,6 +290,7 @@ class SchedulerCore:
         if self.warmup.active:
             self.warmup.advance(now, out)
             return
+        self.idle.advance(now, out, self._idle_exempt)
         self._recheck(self.operator.advance(now, out))
         if self.operator.busy:
             return  # an operator's switch goes first; the policy resumes after it
@@ -309,6 +313,17 @@ class SchedulerCore:
             if not attempt.settled:
                 blocked_gpus.update(gpus)
 
+    def _idle_exempt(self, alias: str) -> bool:
+        """Models no idle TTL may evict: the manual-mode pin, an operator's target, one
+        warming up or on its way out; and all of them while warming up or shutting down."""
+        return (
+            self.shutting_down
+            or self.warmup.active
+            or alias == self.models.pinned
+            or self.operator.forcing(alias)
+            or self.retirements.retiring(alias)
+        )
+
     def _recheck(self, when: float | None) -> None:
         if when is not None:
             self._recheck_at = when if self._recheck_at is None else min(self._recheck_at, when)
@@ -326,6 +341,7 @@ class SchedulerCore:
                 times.append(slot.retry_not_before)
         if self._recheck_at is not None:
             times.append(self._recheck_at)
+        times += self.idle.deadlines(self._idle_exempt)
         return min(times, default=None)
 
     def snapshot(self, now: float) -> Snapshot:
@@ -356,5 +372,10 @@ class SchedulerCore:
     def view(self) -> SchedulerView:
         """The frozen view of everything above, for readers outside the owner task."""
         return publish(
-            self.models, self.host, self.switches, self.costs, shutting_down=self.shutting_down
+            self.models,
+            self.host,
+            self.switches,
+            self.costs,
+            self.idle,
+            shutting_down=self.shutting_down,
         )

@@ -12,6 +12,7 @@ from types import MappingProxyType
 
 from gpumux.policy.costs import SwitchCosts
 from gpumux.scheduler.state.host_budget import HostBudget
+from gpumux.scheduler.state.idle import Idle
 from gpumux.scheduler.state.models import Models
 from gpumux.scheduler.state.slots import Slot
 from gpumux.scheduler.state.switches import SwitchBook
@@ -23,12 +24,13 @@ def publish(
     host: HostBudget,
     switches: SwitchBook,
     costs: SwitchCosts,
+    idle: Idle,
     *,
     shutting_down: bool,
 ) -> SchedulerView:
     return SchedulerView(
         models=MappingProxyType(
-            {alias: _model(slot, models, host) for alias, slot in models.slots.items()}
+            {alias: _model(slot, models, host, idle) for alias, slot in models.slots.items()}
         ),
         switches=tuple(
             SwitchStatus(s.switch_id, s.target, tuple(s.victims), s.started_at, tuple(s.phases))
@@ -45,7 +47,7 @@ def publish(
     )
 
 
-def _model(slot: Slot, models: Models, host: HostBudget) -> ModelStatus:
+def _model(slot: Slot, models: Models, host: HostBudget, idle: Idle) -> ModelStatus:
     return ModelStatus(
         alias=slot.alias,
         state=slot.state,
@@ -65,4 +67,5 @@ def _model(slot: Slot, models: Models, host: HostBudget) -> ModelStatus:
         gpus=tuple(slot.config.gpu_indices),
         gpu_memory_utilization=slot.config.gpu_memory_utilization,
         host_pin_bytes=host.pin_estimate(slot),
+        idle_step_at=idle.next_step_at(slot.alias),
     )
