@@ -1,7 +1,8 @@
 """The admin API and dashboard on `admin_port` (design §1 Admin).
 
 Owns: the routes — `GET /` (dashboard) and its static files, `GET /api/status`,
-`POST /api/switch`, `POST /api/models/{model}/{wake|evict|restart|reset}`,
+`POST /api/switch`, `POST /api/models/{model}/{wake|evict|pin|unpin|restart|reset}` (evict takes
+`{"force": true}` for a pinned model),
 `POST /api/mode`, `GET /api/events` (SSE), `GET /api/logs/{model}`, `POST /api/chat`,
 `GET /api/requests` (the request log), `GET /api/openapi.json` — plus bearer-token auth
 on `/api/*`, OpenAI-shaped errors and security headers (a strict CSP: the page loads
@@ -43,6 +44,7 @@ from gpumux.scheduler.inputs import (
     AdminCommand,
     AdminEvict,
     AdminMode,
+    AdminPin,
     AdminReset,
     AdminRestart,
     AdminSwitch,
@@ -191,14 +193,18 @@ class AdminApi:
     async def _model_action(self, request: web.Request) -> web.Response:
         model = self._known_model(request.match_info["model"])
         action = request.match_info["action"]
+        force = action == "evict" and (await _json_body(request)).get("force") is True
         inputs: dict[str, tuple[AdminCommand, float]] = {
             "wake": (AdminSwitch(model), self._switch_timeout(model, {})),
-            "evict": (AdminEvict(model), QUICK_REPLY_SECS),
+            "evict": (AdminEvict(model, force=force), QUICK_REPLY_SECS),
+            "pin": (AdminPin(model, pinned=True), QUICK_REPLY_SECS),
+            "unpin": (AdminPin(model, pinned=False), QUICK_REPLY_SECS),
             "restart": (AdminRestart(model), self._switch_timeout(model, {})),
             "reset": (AdminReset(model), QUICK_REPLY_SECS),
         }
         if action not in inputs:
-            raise RouteNotFound(f"Unknown action `{action}` (wake, evict, restart or reset).")
+            actions = "wake, evict, pin, unpin, restart or reset"
+            raise RouteNotFound(f"Unknown action `{action}` ({actions}).")
         command, timeout = inputs[action]
         return await self._run(action, model, command, timeout)
 

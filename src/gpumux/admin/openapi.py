@@ -81,10 +81,15 @@ def openapi_document() -> dict[str, Any]:
                         "name": "action",
                         "in": "path",
                         "required": True,
-                        "schema": {"enum": ["wake", "evict", "restart", "reset"]},
+                        "schema": {"enum": ["wake", "evict", "pin", "unpin", "restart", "reset"]},
                     },
                 ],
-                "post": _command("Wake, evict, restart or reset one model", None, slow=True),
+                "post": _command(
+                    'Wake, evict (`{"force": true}` for a pinned model), pin, unpin, '
+                    "restart or reset one model",
+                    None,
+                    slow=True,
+                ),
             },
             "/api/mode": {
                 "post": _command(

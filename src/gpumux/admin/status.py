@@ -70,6 +70,8 @@ def build_status(src: StatusSources) -> dict[str, object]:
         "proxy_url": src.proxy_url,
         "mode": view.mode.value,
         "pinned": view.pinned,
+        "pins": list(view.held),
+        "preload": dict(view.preload),
         "policy": config.policy.policy_type,
         "models": models,
         "switches_in_progress": switching,

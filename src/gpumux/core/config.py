@@ -105,7 +105,7 @@ DEFAULT_EVICTION = EvictionConfig(
 
 
 #: Model fields a reload applies in place, without restarting the backend.
-RUNTIME_ONLY_FIELDS = frozenset({"aliases", "max_concurrency", "ttl_secs", "idle"})
+RUNTIME_ONLY_FIELDS = frozenset({"aliases", "max_concurrency", "ttl_secs", "idle", "pinned"})
 
 
 class ModelConfig(_Strict):
@@ -139,6 +139,11 @@ class ModelConfig(_Strict):
         default=None,
         description="The idle ladder: each step (after_secs, eviction) deeper and later than "
         "the last; after the first, a step can only stop the process.",
+    )
+    pinned: bool = Field(
+        default=False,
+        description="Never chosen as a victim by any policy or idle TTL (an operator can "
+        "still evict it with force); pins on a GPU must fit awake together.",
     )
     max_concurrency: int | None = Field(
         default=None,
@@ -325,6 +330,11 @@ class Config(_Strict):
     vllm_command: str | list[str] = "vllm"
     checkpoint: CheckpointConfig | None = None
     warmup: bool = False
+    preload: list[str] = Field(
+        default_factory=list,
+        description="Models (names or aliases) brought up at start, in order, as far as "
+        "GPU memory allows without evicting anything (after `warmup`).",
+    )
     api_keys_env: str | None = None
     admin_token_env: str | None = None
     max_request_body_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
@@ -493,6 +503,8 @@ def semantic_errors(config: Config) -> Iterator[str]:
     yield from _checkpoint_errors(config)
     yield from _alias_errors(config)
     yield from _idle_errors(config)
+    yield from _preload_errors(config)
+    yield from pin_overcommit(config.models, [n for n, m in config.models.items() if m.pinned])
 
     exposed = config.admin_port is not None and not _is_loopback(config.admin_host)
     if exposed and not config.admin_token_env:
@@ -566,6 +578,40 @@ def _alias_errors(config: Config) -> Iterator[str]:
                 )
             else:
                 claimed[alias] = name
+
+
+def _preload_errors(config: Config) -> Iterator[str]:
+    seen: set[str] = set()
+    for i, name in enumerate(config.preload):
+        model = config.resolve_model(name)
+        if model is None:
+            yield f"preload[{i}]: no model or alias is named {name!r}"
+        elif model in seen:
+            yield f"preload[{i}]: {name!r} brings up model {model!r} a second time"
+        else:
+            seen.add(model)
+
+
+def pin_overcommit(models: dict[str, ModelConfig], pinned: list[str]) -> Iterator[str]:
+    """Why the `pinned` models cannot all be awake together, if they cannot: each awake
+    model reserves its `--gpu-memory-utilization` share of every GPU it uses."""
+    shares: dict[int, list[tuple[str, float]]] = {}
+    for name in pinned:
+        model = models[name]
+        try:
+            share = model.gpu_memory_utilization
+        except ValueError:
+            continue  # semantic_errors reports the malformed flag
+        for gpu in model.gpu_indices:
+            shares.setdefault(gpu, []).append((name, share))
+    for gpu, claims in sorted(shares.items()):
+        total = sum(share for _, share in claims)
+        if total > 1.0 + 1e-9:
+            names = ", ".join(f"{n} ({share:g})" for n, share in claims)
+            yield (
+                f"pinned: {names} cannot be awake together on GPU {gpu} "
+                f"(their memory shares add up to {total:g} > 1)"
+            )
 
 
 def _idle_errors(config: Config) -> Iterator[str]:

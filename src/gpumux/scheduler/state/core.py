@@ -27,6 +27,7 @@ from gpumux.scheduler.inputs import (
     AdminCommand,
     AdminEvict,
     AdminMode,
+    AdminPin,
     AdminReset,
     AdminRestart,
     AdminSwitch,
@@ -52,6 +53,7 @@ from gpumux.scheduler.state.models import STARTABLE, M, Models
 from gpumux.scheduler.state.moves import Moves
 from gpumux.scheduler.state.operator import Operator
 from gpumux.scheduler.state.outbox import Outbox
+from gpumux.scheduler.state.preload import Preload
 from gpumux.scheduler.state.publish import publish
 from gpumux.scheduler.state.queues import Queues
 from gpumux.scheduler.state.retirements import Retirements
@@ -97,6 +99,8 @@ class SchedulerCore:
         self.operator = Operator(self.models, self.moves, self.supervisor, self.switches)
         self.retirements = Retirements(self.models, self.moves)
         self.idle = Idle(self.models, self.moves, config)
+        preload = (config.resolve_model(name) for name in config.preload)
+        self.preload = Preload(self.models, self.moves, [a for a in preload if a is not None])
 
     def handle(self, message: Input, now: float) -> list[Command]:
         """Apply one input, bring every decision up to date, return what to carry out."""
@@ -210,8 +214,10 @@ class SchedulerCore:
                 out.reply(reply, SHUTTING_DOWN, refusal=AdminRefusal.SHUTTING_DOWN)
             case AdminSwitch(model):
                 self.operator.switch(model, reply)
-            case AdminEvict(model):
-                self.operator.evict(slots[model], reply, now, out)
+            case AdminEvict(model, force):
+                self.operator.evict(slots[model], reply, now, out, force=force)
+            case AdminPin(model, pinned):
+                self.operator.pin(slots[model], pinned, reply, out)
             case AdminRestart(model):
                 self.operator.restart(slots[model], reply, now, out)
 
@@ -229,6 +235,9 @@ class SchedulerCore:
             return
         slots = self.models.slots
         diff = self.retirements.diff(config)
+        for alias in diff.changed + diff.retuned:
+            if slots[alias].config.pinned != config.models[alias].pinned:
+                self.models.hold(alias, on=config.models[alias].pinned)  # the file's word wins
         self._config = config
         self.idle.configure(config)
         for alias in diff.added:
@@ -257,6 +266,7 @@ class SchedulerCore:
         """`alias` finished its way out: drop its slot, or re-create it with `new`."""
         if new is None:
             del self.models.slots[alias]
+            self.models.hold(alias, on=False)
             self.switches.forget(alias)
             self.host.forget(alias)
             out.note("model_removed", {"model": alias})
@@ -290,6 +300,8 @@ class SchedulerCore:
         if self.warmup.active:
             self.warmup.advance(now, out)
             return
+        if self.preload.active:
+            self.preload.advance(now, out)
         self.idle.advance(now, out, self._idle_exempt)
         self._recheck(self.operator.advance(now, out))
         if self.operator.busy:
@@ -314,7 +326,7 @@ class SchedulerCore:
                 blocked_gpus.update(gpus)
 
     def _idle_exempt(self, alias: str) -> bool:
-        """Models no idle TTL may evict: the manual-mode pin, an operator's target, one
+        """Models no idle TTL may evict: pinned ones, an operator's target, one
         warming up or on its way out; and all of them while warming up or shutting down."""
         return (
             self.shutting_down
@@ -322,6 +334,7 @@ class SchedulerCore:
             or alias == self.models.pinned
             or self.operator.forcing(alias)
             or self.retirements.retiring(alias)
+            or alias in self.models.held
         )
 
     def _recheck(self, when: float | None) -> None:
@@ -377,5 +390,6 @@ class SchedulerCore:
             self.switches,
             self.costs,
             self.idle,
+            preload=self.preload.outcomes,
             shutting_down=self.shutting_down,
         )

@@ -8,6 +8,7 @@ Does not: decide, or keep anything between calls. Pure.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from types import MappingProxyType
 
 from gpumux.policy.costs import SwitchCosts
@@ -26,6 +27,7 @@ def publish(
     costs: SwitchCosts,
     idle: Idle,
     *,
+    preload: Mapping[str, str],
     shutting_down: bool,
 ) -> SchedulerView:
     return SchedulerView(
@@ -44,6 +46,8 @@ def publish(
             {name: MappingProxyType(table) for name, table in costs.to_dict().items()}
         ),
         host=HostBudgetStatus(host.reserve_bytes, host.available),
+        held=tuple(sorted(models.held)),
+        preload=MappingProxyType(dict(preload)),
     )
 
 
@@ -57,7 +61,7 @@ def _model(slot: Slot, models: Models, host: HostBudget, idle: Idle) -> ModelSta
         inflight=len(slot.leases),
         operation=slot.op.kind if slot.op is not None else None,
         switch_id=slot.switch_id,
-        pinned=slot.alias == models.pinned,
+        pinned=models.protected(slot.alias),
         ready_since=slot.ready_since,
         restarts=slot.restarts,
         start_failures=slot.start_failures,
