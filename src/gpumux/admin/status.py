@@ -107,6 +107,7 @@ def _model_status(
         "pinned": model.pinned,
         "aliases": list(entry.aliases) if entry is not None else [],
         "max_concurrency": entry.max_concurrency if entry is not None else None,
+        "priority": entry.priority if entry is not None else 0,
         "idle": _idle(config, alias, model, now),
         "pid": src.pid_of(alias) if alias in config.models else model.pid,
         "ready_for_s": round(now - ready_since, 3) if ready_since is not None else None,

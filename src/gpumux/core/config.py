@@ -105,7 +105,9 @@ DEFAULT_EVICTION = EvictionConfig(
 
 
 #: Model fields a reload applies in place, without restarting the backend.
-RUNTIME_ONLY_FIELDS = frozenset({"aliases", "max_concurrency", "ttl_secs", "idle", "pinned"})
+RUNTIME_ONLY_FIELDS = frozenset(
+    {"aliases", "max_concurrency", "ttl_secs", "idle", "pinned", "priority"}
+)
 
 
 class ModelConfig(_Strict):
@@ -139,6 +141,12 @@ class ModelConfig(_Strict):
         default=None,
         description="The idle ladder: each step (after_secs, eviction) deeper and later than "
         "the last; after the first, a step can only stop the process.",
+    )
+    priority: int = Field(
+        default=0,
+        strict=True,
+        description="Higher is served first among waiting models, as far as every lower "
+        "one's max_wait_secs bound allows.",
     )
     pinned: bool = Field(
         default=False,

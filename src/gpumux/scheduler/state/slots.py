@@ -123,4 +123,5 @@ class Slot:
             fits_now=fits_now,
             gpus=self.config.gpu_indices,
             switch_pending=self.switch_id is not None,
+            priority=self.config.priority,
         )
