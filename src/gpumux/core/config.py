@@ -355,6 +355,17 @@ class Config(_Strict):
         "Bodies, queueing and responses are never timed by it.",
     )
     state_dir: str | None = None
+    loading_feedback: Literal["off", "comments", "reasoning"] = Field(
+        default="off",
+        description="What a streaming request hears while it waits for its model: nothing, "
+        "SSE comment lines, or chat chunks with delta.reasoning_content (chat UIs show them).",
+    )
+    loading_feedback_after_secs: float = Field(
+        default=2,
+        ge=0,
+        description="Feedback starts only after a request has waited this long, so a short "
+        "wait keeps the exact responses of `off`.",
+    )
     request_log_size: int = Field(
         default=1000,
         ge=0,
