@@ -205,6 +205,7 @@ def test_openapi_lists_exactly_the_routes_served(tmp_path: Path) -> None:
         "/api/mode",
         "/api/events",
         "/api/logs/{model}",
+        "/api/requests",
         "/api/chat",
     }
     assert set(served["paths"]) == pages | api

@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
-import http.client
 import itertools
 import json
 import signal
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.support.admin import Admin
-from tests.support.client import CHAT, assert_openai_error, chat_body, get_json, post
+from tests.support.client import (
+    CHAT,
+    assert_openai_error,
+    chat_body,
+    model_ids,
+    post,
+    stream_times,
+)
 from tests.support.daemon import mock_model, running_daemon
 from tests.support.ports import free_port
 from tests.support.waits import wait_until
@@ -22,21 +27,6 @@ from tests.support.waits import wait_until
 pytestmark = pytest.mark.integration
 
 SMALL = ["--gpu-memory-utilization", "0.3"]  # three fit on the fake 80 GiB GPU at once
-
-
-def stream_times(port: int, body: bytes, out: list[Any]) -> None:
-    """POST a streaming chat; record (arrival time, chunk) for every chunk read."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    conn.request("POST", "/v1/chat/completions", body, {"Content-Type": "application/json"})
-    response = conn.getresponse()
-    out.append(response.status)
-    while chunk := response.read1(65536):
-        out.append((time.monotonic(), chunk))
-    conn.close()
-
-
-def model_ids(daemon: Any) -> set[str]:
-    return {m["id"] for m in get_json(daemon.url + "/v1/models")["data"]}
 
 
 def test_sighup_adds_removes_restarts_and_leaves_the_rest_serving(tmp_path: Path) -> None:

@@ -170,3 +170,19 @@ def assert_failed_stream(reply: Reply, code: str) -> None:
     assert error is not None, reply.body[-500:]
     assert_error_shape({"error": error}, code)
     assert reply.body.endswith(b"data: [DONE]\n\n"), reply.body[-200:]
+
+
+def stream_times(port: int, body: bytes, out: list[Any]) -> None:
+    """POST a streaming chat; record (arrival time, chunk) for every chunk read."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    conn.request("POST", "/v1/chat/completions", body, {"Content-Type": "application/json"})
+    response = conn.getresponse()
+    out.append(response.status)
+    while chunk := response.read1(65536):
+        out.append((time.monotonic(), chunk))
+    conn.close()
+
+
+def model_ids(daemon: Any) -> set[str]:
+    """The ids `/v1/models` lists."""
+    return {m["id"] for m in get_json(daemon.url + "/v1/models")["data"]}

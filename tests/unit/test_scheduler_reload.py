@@ -86,7 +86,7 @@ def test_untouched_model_keeps_serving_through_a_reload() -> None:
     d.finish("b")
     pid = d.slot("b").pid
     reply = reload(d, reloaded(d.config, a=None, c={"model_path": "m/c", "port": 8300}))
-    assert reply.data == {"added": ["c"], "removed": ["a"], "changed": []}
+    assert reply.data == {"added": ["c"], "removed": ["a"], "changed": [], "retuned": []}
     assert d.state("b") is ModelState.READY
     assert d.slot("b").pid == pid
     assert not d.ops

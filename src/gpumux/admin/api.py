@@ -1,10 +1,12 @@
 """The admin API and dashboard on `admin_port` (design §1 Admin).
 
 Owns: the routes — `GET /` (dashboard) and its static files, `GET /api/status`,
-`POST /api/switch`, `POST /api/models/{model}/{wake|evict|restart|reset}`,
+`POST /api/switch`, `POST /api/models/{model}/{wake|evict|pin|unpin|restart|reset}` (evict takes
+`{"force": true}` for a pinned model),
 `POST /api/mode`, `GET /api/events` (SSE), `GET /api/logs/{model}`, `POST /api/chat`,
-`GET /api/openapi.json` — plus bearer-token auth on `/api/*`, OpenAI-shaped errors and
-security headers (a strict CSP: the page loads nothing from anywhere else).
+`GET /api/requests` (the request log), `GET /api/openapi.json` — plus bearer-token auth
+on `/api/*`, OpenAI-shaped errors and security headers (a strict CSP: the page loads
+nothing from anywhere else).
 Does not: decide. Every command goes to the scheduler's owner task as a typed admin
 input and answers with its `AdminReply` (a refusal maps to an HTTP status here); status
 is built from the scheduler's frozen view.
@@ -44,6 +46,7 @@ from gpumux.scheduler.inputs import (
     AdminCommand,
     AdminEvict,
     AdminMode,
+    AdminPin,
     AdminReset,
     AdminRestart,
     AdminSwitch,
@@ -56,6 +59,16 @@ log = structlog.get_logger(__name__)
 #: Quick commands (evict, reset, mode auto) answer within one scheduler step.
 QUICK_REPLY_SECS = 10.0
 MAX_LOG_LINES = 500
+DEFAULT_REQUEST_ROWS = 100
+MAX_REQUEST_ROWS = 10_000
+#: The request log's read-out: (limit, model or None) → records, newest first.
+RequestRows = Callable[[int, str | None], list[dict[str, object]]]
+
+
+def _no_request_log(limit: int, model: str | None) -> list[dict[str, object]]:
+    return []
+
+
 DASHBOARD_FILES = {
     "index.html": "text/html",
     "app.js": "text/javascript",
@@ -89,8 +102,10 @@ class AdminApi:
         token: AdminToken,
         chat: ChatForwarder,
         recent_output: Callable[[str], list[str]],
+        requests: RequestRows = _no_request_log,
     ) -> None:
         self._scheduler = scheduler
+        self._requests = requests
         self._status = status
         self._token = token
         self._chat = chat
@@ -111,6 +126,7 @@ class AdminApi:
         app.router.add_post("/api/mode", self._mode)
         app.router.add_get("/api/events", self.events.stream)
         app.router.add_get("/api/logs/{model}", self._logs)
+        app.router.add_get("/api/requests", self._request_log)
         app.router.add_post("/api/chat", self._chat.handle)
         return app
 
@@ -157,6 +173,17 @@ class AdminApi:
         lines = self._recent_output(model)[-limit:]
         return web.json_response({"model": model, "lines": lines})
 
+    async def _request_log(self, request: web.Request) -> web.Response:
+        """The latest proxied requests, newest first: never any prompt or completion text."""
+        try:
+            limit = int(request.query.get("limit", DEFAULT_REQUEST_ROWS))
+        except ValueError:
+            raise InvalidJson("`limit` must be an integer.") from None
+        limit = max(1, min(limit, MAX_REQUEST_ROWS))
+        model = request.query.get("model") or None
+        rows = self._requests(limit, model)
+        return web.json_response({"requests": rows}, dumps=_dumps)
+
     # ---- commands ----------------------------------------------------------------------
 
     async def _switch(self, request: web.Request) -> web.Response:
@@ -172,14 +199,18 @@ class AdminApi:
     async def _model_action(self, request: web.Request) -> web.Response:
         model = self._known_model(request.match_info["model"])
         action = request.match_info["action"]
+        force = action == "evict" and (await _json_body(request)).get("force") is True
         inputs: dict[str, tuple[AdminCommand, float]] = {
             "wake": (AdminSwitch(model), self._switch_timeout(model, {})),
-            "evict": (AdminEvict(model), QUICK_REPLY_SECS),
+            "evict": (AdminEvict(model, force=force), QUICK_REPLY_SECS),
+            "pin": (AdminPin(model, pinned=True), QUICK_REPLY_SECS),
+            "unpin": (AdminPin(model, pinned=False), QUICK_REPLY_SECS),
             "restart": (AdminRestart(model), self._switch_timeout(model, {})),
             "reset": (AdminReset(model), QUICK_REPLY_SECS),
         }
         if action not in inputs:
-            raise RouteNotFound(f"Unknown action `{action}` (wake, evict, restart or reset).")
+            actions = "wake, evict, pin, unpin, restart or reset"
+            raise RouteNotFound(f"Unknown action `{action}` ({actions}).")
         command, timeout = inputs[action]
         return await self._run(action, model, command, timeout)
 

@@ -81,10 +81,15 @@ def openapi_document() -> dict[str, Any]:
                         "name": "action",
                         "in": "path",
                         "required": True,
-                        "schema": {"enum": ["wake", "evict", "restart", "reset"]},
+                        "schema": {"enum": ["wake", "evict", "pin", "unpin", "restart", "reset"]},
                     },
                 ],
-                "post": _command("Wake, evict, restart or reset one model", None, slow=True),
+                "post": _command(
+                    'Wake, evict (`{"force": true}` for a pinned model), pin, unpin, '
+                    "restart or reset one model",
+                    None,
+                    slow=True,
+                ),
             },
             "/api/mode": {
                 "post": _command(
@@ -124,6 +129,20 @@ def openapi_document() -> dict[str, Any]:
                     "responses": {
                         "200": _json({"type": "object"}),
                         "404": _ERROR,
+                        **_AUTH_ERRORS,
+                    },
+                }
+            },
+            "/api/requests": {
+                "get": {
+                    "summary": "The latest proxied requests, newest first (never any text)",
+                    "parameters": [
+                        {"name": "limit", "in": "query", "schema": {"type": "integer"}},
+                        {"name": "model", "in": "query", "schema": {"type": "string"}},
+                    ],
+                    "responses": {
+                        "200": _json({"type": "object"}),
+                        "400": _ERROR,
                         **_AUTH_ERRORS,
                     },
                 }

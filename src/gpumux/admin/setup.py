@@ -15,7 +15,7 @@ from typing import Any
 
 import aiohttp
 
-from gpumux.admin.api import AdminApi
+from gpumux.admin.api import AdminApi, RequestRows
 from gpumux.admin.auth import AdminToken
 from gpumux.admin.chat import ChatForwarder
 from gpumux.admin.status import StatusSources
@@ -53,6 +53,7 @@ def build_admin(
     proxy: str,
     clock: Callable[[], float],
     daemon_state: Callable[[], str],
+    requests: RequestRows,
 ) -> AdminApi:
     sup = config().supervision
     status = StatusSources(
@@ -73,4 +74,4 @@ def build_admin(
         connect_timeout_secs=sup.upstream_connect_timeout_secs,
         idle_timeout_secs=sup.upstream_idle_timeout_secs,
     )
-    return AdminApi(scheduler, status, token, chat, recent_output)
+    return AdminApi(scheduler, status, token, chat, recent_output, requests)

@@ -70,6 +70,8 @@ def build_status(src: StatusSources) -> dict[str, object]:
         "proxy_url": src.proxy_url,
         "mode": view.mode.value,
         "pinned": view.pinned,
+        "pins": list(view.held),
+        "preload": dict(view.preload),
         "policy": config.policy.policy_type,
         "models": models,
         "switches_in_progress": switching,
@@ -93,6 +95,7 @@ def _model_status(
     ttft: dict[str, tuple[float, float]],
 ) -> dict[str, object]:
     alias = model.alias
+    entry = config.models.get(alias)
     ttft_sum, ttft_count = ttft.get(alias, (0.0, 0.0))
     ready_since, retry_at = model.ready_since, model.retry_not_before
     return {
@@ -102,6 +105,10 @@ def _model_status(
         "operation": model.operation.value if model.operation is not None else None,
         "switch_id": model.switch_id,
         "pinned": model.pinned,
+        "aliases": list(entry.aliases) if entry is not None else [],
+        "max_concurrency": entry.max_concurrency if entry is not None else None,
+        "priority": entry.priority if entry is not None else 0,
+        "idle": _idle(config, alias, model, now),
         "pid": src.pid_of(alias) if alias in config.models else model.pid,
         "ready_for_s": round(now - ready_since, 3) if ready_since is not None else None,
         "restarts": model.restarts,
@@ -115,6 +122,16 @@ def _model_status(
         "requests_total": requests.get(alias, 0.0),
         "ttft_seconds_sum": ttft_sum,
         "ttft_seconds_count": ttft_count,
+    }
+
+
+def _idle(config: Config, alias: str, model: ModelStatus, now: float) -> dict[str, object]:
+    """The model's idle ladder and when its next step falls due."""
+    ladder = config.idle_ladder(alias) if alias in config.models else ()
+    at = model.idle_step_at
+    return {
+        "ladder": [{"after_secs": s.after_secs, "eviction": str(s.eviction)} for s in ladder],
+        "next_step_in_s": round(max(0.0, at - now), 3) if at is not None else None,
     }
 
 

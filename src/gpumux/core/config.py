@@ -76,8 +76,37 @@ class EvictionConfig(_Strict):
         return cls(weights=WeightStrategy(weights), process=ProcessStrategy(process))
 
 
+_WEIGHTS_DEPTH = {WeightStrategy.RETAIN: 0, WeightStrategy.OFFLOAD: 1, WeightStrategy.DISCARD: 2}
+_PROCESS_DEPTH = {
+    ProcessStrategy.KEEP_RUNNING: 0,
+    ProcessStrategy.CUDA_SUSPEND: 1,
+    ProcessStrategy.CHECKPOINT: 2,
+    ProcessStrategy.STOP: 3,
+}
+
+
+def deeper(later: EvictionConfig, earlier: EvictionConfig) -> bool:
+    """`later` frees at least as much as `earlier` on both axes, and more on one."""
+    weights = _WEIGHTS_DEPTH[later.weights] - _WEIGHTS_DEPTH[earlier.weights]
+    process = _PROCESS_DEPTH[later.process] - _PROCESS_DEPTH[earlier.process]
+    return weights >= 0 and process >= 0 and (weights, process) != (0, 0)
+
+
+class IdleStep(_Strict):
+    """One rung of the idle ladder: after this long unused, leave with this eviction."""
+
+    after_secs: float = Field(gt=0)
+    eviction: EvictionConfig
+
+
 DEFAULT_EVICTION = EvictionConfig(
     weights=WeightStrategy.OFFLOAD, process=ProcessStrategy.KEEP_RUNNING
+)
+
+
+#: Model fields a reload applies in place, without restarting the backend.
+RUNTIME_ONLY_FIELDS = frozenset(
+    {"aliases", "max_concurrency", "ttl_secs", "idle", "pinned", "priority"}
 )
 
 
@@ -102,6 +131,41 @@ class ModelConfig(_Strict):
     #: TP>1 with cuda_suspend/checkpoint: start with NCCL_P2P_DISABLE=1/NCCL_SHM_DISABLE=1
     #: (those transports map memory cuda-checkpoint cannot move); values in `env` win.
     nccl_safe_env: bool = True
+    ttl_secs: float | None = Field(
+        default=None,
+        ge=0,
+        description="Evict with this model's eviction after this long with no queued or "
+        "in-flight request (null: policy.ttl_secs; 0: never). Shorthand for a one-step `idle`.",
+    )
+    idle: list[IdleStep] | None = Field(
+        default=None,
+        description="The idle ladder: each step (after_secs, eviction) deeper and later than "
+        "the last; after the first, a step can only stop the process.",
+    )
+    priority: int = Field(
+        default=0,
+        strict=True,
+        description="Higher is served first among waiting models, as far as every lower "
+        "one's max_wait_secs bound allows.",
+    )
+    pinned: bool = Field(
+        default=False,
+        description="Never chosen as a victim by any policy or idle TTL (an operator can "
+        "still evict it with force); pins on a GPU must fit awake together.",
+    )
+    max_concurrency: int | None = Field(
+        default=None,
+        ge=1,
+        strict=True,
+        description="Requests in flight on this model at once (null = unlimited); more "
+        "wait in its queue (still bounded by max_queue and request_timeout_secs).",
+    )
+    aliases: list[str] = Field(
+        default_factory=list,
+        description="Other names clients may request this model by (e.g. `gpt-4o-mini`); "
+        "the proxy rewrites `model` to this model's name before forwarding, because the "
+        "backend serves only that name. Listed in /v1/models with `alias_of`.",
+    )
 
     @cached_property  # the scheduler reads these on every request
     def tensor_parallel_size(self) -> int:
@@ -118,6 +182,11 @@ class ModelConfig(_Strict):
         if self.gpus is not None:
             return tuple(self.gpus)
         return tuple(range(self.tensor_parallel_size))
+
+    def process_key(self) -> dict[str, object]:
+        """The fields a backend process is started from: a reload that changes only the
+        others (aliases and other front-door or scheduling facts) never restarts it."""
+        return self.model_dump(exclude=set(RUNTIME_ONLY_FIELDS))
 
     def has_flag(self, flag: str) -> bool:
         return any(arg == flag or arg.startswith(flag + "=") for arg in self.extra_args)
@@ -147,6 +216,9 @@ class PolicyConfig(_Strict):
     tick_interval_ms: float = Field(default=500, gt=0)
     min_quantum_ms: float = Field(default=2000, ge=0)
     eviction: EvictionConfig = DEFAULT_EVICTION
+    ttl_secs: float | None = Field(
+        default=None, ge=0, description="The default idle TTL of every model (null/0: never)."
+    )
 
 
 class ObjectStoreConfig(_Strict):
@@ -266,6 +338,11 @@ class Config(_Strict):
     vllm_command: str | list[str] = "vllm"
     checkpoint: CheckpointConfig | None = None
     warmup: bool = False
+    preload: list[str] = Field(
+        default_factory=list,
+        description="Models (names or aliases) brought up at start, in order, as far as "
+        "GPU memory allows without evicting anything (after `warmup`).",
+    )
     api_keys_env: str | None = None
     admin_token_env: str | None = None
     max_request_body_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
@@ -278,6 +355,24 @@ class Config(_Strict):
         "Bodies, queueing and responses are never timed by it.",
     )
     state_dir: str | None = None
+    loading_feedback: Literal["off", "comments", "reasoning"] = Field(
+        default="off",
+        description="What a streaming request hears while it waits for its model: nothing, "
+        "SSE comment lines, or chat chunks with delta.reasoning_content (chat UIs show them).",
+    )
+    loading_feedback_after_secs: float = Field(
+        default=2,
+        ge=0,
+        description="Feedback starts only after a request has waited this long, so a short "
+        "wait keeps the exact responses of `off`.",
+    )
+    request_log_size: int = Field(
+        default=1000,
+        ge=0,
+        strict=True,
+        description="Proxied requests kept for GET /api/requests (a ring; 0 keeps none). "
+        "Never any prompt or completion text.",
+    )
     gpu: GpuConfig = GpuConfig()
     supervision: SupervisionConfig = SupervisionConfig()
     host_memory: HostMemoryConfig = HostMemoryConfig()
@@ -293,6 +388,35 @@ class Config(_Strict):
         """Variables holding gpumux's own secrets: stripped from every child's environment."""
         own = [name for name in (self.api_keys_env, self.admin_token_env) if name]
         return own + (self.checkpoint.secret_env_names if self.checkpoint else [])
+
+    # Not cached: `model_copy(update=...)` (a reload's merge) copies cached values along.
+    @property
+    def alias_targets(self) -> dict[str, str]:
+        """Each alias → the model it names (the first claim wins; validation rejects more)."""
+        targets: dict[str, str] = {}
+        for name, model in self.models.items():
+            for alias in model.aliases:
+                targets.setdefault(alias, name)
+        return targets
+
+    def resolve_model(self, requested: str) -> str | None:
+        """The configured model a request's `model` names (itself or by alias), or None."""
+        if requested in self.models:
+            return requested
+        for name, model in self.models.items():
+            if requested in model.aliases:
+                return name
+        return None
+
+    def idle_ladder(self, alias: str) -> tuple[IdleStep, ...]:
+        """The model's idle steps: its `idle`, else one step after its (or the policy's) TTL."""
+        model = self.models[alias]
+        if model.idle is not None:
+            return tuple(model.idle)
+        ttl = model.ttl_secs if model.ttl_secs is not None else self.policy.ttl_secs
+        if not ttl:
+            return ()
+        return (IdleStep(after_secs=ttl, eviction=self.eviction_for(alias)),)
 
     def eviction_for(self, alias: str) -> EvictionConfig:
         """The model's own eviction, else the policy default (which must really apply)."""
@@ -396,6 +520,10 @@ def semantic_errors(config: Config) -> Iterator[str]:
     claims += [(f"models.{alias}.port", m.port) for alias, m in config.models.items()]
     yield from _collisions(claims)
     yield from _checkpoint_errors(config)
+    yield from _alias_errors(config)
+    yield from _idle_errors(config)
+    yield from _preload_errors(config)
+    yield from pin_overcommit(config.models, [n for n, m in config.models.items() if m.pinned])
 
     exposed = config.admin_port is not None and not _is_loopback(config.admin_host)
     if exposed and not config.admin_token_env:
@@ -448,6 +576,88 @@ def semantic_errors(config: Config) -> Iterator[str]:
         for flag in ("--host", "--port", "--served-model-name", "--enable-sleep-mode"):
             if model.has_flag(flag):
                 yield f"{where}.extra_args: {flag} is set by gpumux; remove it"
+
+
+def _alias_errors(config: Config) -> Iterator[str]:
+    """An alias names exactly one model and is never a model's own name."""
+    claimed: dict[str, str] = {}
+    for name, model in config.models.items():
+        where = f"models.{name}.aliases"
+        for alias in model.aliases:
+            if not alias.strip():
+                yield f"{where}: an alias must be a non-empty name"
+            elif alias in config.models:
+                yield f"{where}: {alias!r} is already the name of model {alias!r}"
+            elif alias in claimed:
+                owner = claimed[alias]
+                yield (
+                    f"{where}: {alias!r} is listed twice"
+                    if owner == name
+                    else f"{where}: {alias!r} is already an alias of model {owner!r}"
+                )
+            else:
+                claimed[alias] = name
+
+
+def _preload_errors(config: Config) -> Iterator[str]:
+    seen: set[str] = set()
+    for i, name in enumerate(config.preload):
+        model = config.resolve_model(name)
+        if model is None:
+            yield f"preload[{i}]: no model or alias is named {name!r}"
+        elif model in seen:
+            yield f"preload[{i}]: {name!r} brings up model {model!r} a second time"
+        else:
+            seen.add(model)
+
+
+def pin_overcommit(models: dict[str, ModelConfig], pinned: list[str]) -> Iterator[str]:
+    """Why the `pinned` models cannot all be awake together, if they cannot: each awake
+    model reserves its `--gpu-memory-utilization` share of every GPU it uses."""
+    shares: dict[int, list[tuple[str, float]]] = {}
+    for name in pinned:
+        model = models[name]
+        try:
+            share = model.gpu_memory_utilization
+        except ValueError:
+            continue  # semantic_errors reports the malformed flag
+        for gpu in model.gpu_indices:
+            shares.setdefault(gpu, []).append((name, share))
+    for gpu, claims in sorted(shares.items()):
+        total = sum(share for _, share in claims)
+        if total > 1.0 + 1e-9:
+            names = ", ".join(f"{n} ({share:g})" for n, share in claims)
+            yield (
+                f"pinned: {names} cannot be awake together on GPU {gpu} "
+                f"(their memory shares add up to {total:g} > 1)"
+            )
+
+
+def _idle_errors(config: Config) -> Iterator[str]:
+    """Each idle step later and deeper than the last; later steps can only stop."""
+    for name, model in config.models.items():
+        where = f"models.{name}.idle"
+        if model.idle is not None and model.ttl_secs is not None:
+            yield f"models.{name}: set `ttl_secs` or `idle`, not both"
+        ladder = model.idle or []  # a `ttl_secs` step uses the eviction checked above
+        for i, step in enumerate(ladder):
+            reason = step.eviction.nonsense_reason()
+            if reason:
+                yield f"{where}[{i}].eviction: {reason}"
+            if step.eviction.needs_checkpoint_section and config.checkpoint is None:
+                yield f"{where}[{i}].eviction: {step.eviction} needs a `checkpoint` section"
+            if i == 0:
+                continue
+            before = ladder[i - 1]
+            if step.after_secs <= before.after_secs:
+                yield f"{where}[{i}].after_secs: must be later than step {i - 1}'s"
+            if not deeper(step.eviction, before.eviction):
+                yield f"{where}[{i}].eviction: {step.eviction} is not deeper than {before.eviction}"
+            elif step.eviction.process is not ProcessStrategy.STOP:
+                yield (
+                    f"{where}[{i}].eviction: a later step can only stop the process "
+                    "(a resting model is not moved from one eviction to another)"
+                )
 
 
 def _tp_or_one(model: ModelConfig) -> int:

@@ -224,6 +224,7 @@ async def _build(
             proxy=proxy_url(config.host, ports.proxy),
             clock=loop.time,
             daemon_state=lifecycle.state_name,
+            requests=proxy.request_log.latest,
         )
     return Components(
         config=config,

@@ -6,6 +6,11 @@ the client leaves), byte-exact forwarding with streaming, and OpenAI-shaped erro
 Does not: decide where or when a model runs (it asks the scheduler for a lease), judge
 backends (it only tells `passive_health` each status a backend sent), or touch backends
 beyond forwarding one request.
+Over 400 lines because one request's path stays in one place: the wait (with loading
+feedback), the forward and the relay share the request's record and the rule that a
+stream begun with 200 ends with an error event, never a second status. Aliases, the
+request log and the feedback stream live in their own modules (`aliases`, `request_log`,
+`feedback`); the body reader is moving out too.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 
 import aiohttp
 import structlog
@@ -37,10 +43,13 @@ from gpumux.core.errors import (
     UpstreamTimeout,
     openai_envelope,
 )
+from gpumux.http.aliases import alias_entries, resolve, with_model
 from gpumux.http.auth import ApiKeys
 from gpumux.http.body import peek, read_body
 from gpumux.http.errors import REQUEST_ID, error_response, sse_error_event
+from gpumux.http.feedback import LoadingFeedback, backend_error_event, describe_wait
 from gpumux.http.passive_health import BackendStreaks
+from gpumux.http.request_log import RequestLog, RequestRecord, key_hash
 from gpumux.scheduler.runner import Lease, Scheduler
 from gpumux.telemetry.metrics import Metrics
 
@@ -80,6 +89,10 @@ _HOP_BY_HOP = frozenset(
 #: The `model` label of requests naming a model that is not configured.
 UNKNOWN_MODEL_LABEL = "_unknown"
 _REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,128}")
+#: Seconds the request waited for its lease, on every proxied response (errors too).
+QUEUE_SECONDS = "X-Gpumux-Queue-Seconds"
+#: The request's log record, kept on the aiohttp request while it is handled.
+_RECORD = web.RequestKey("gpumux_record", RequestRecord)
 
 
 @dataclass(frozen=True)
@@ -123,6 +136,10 @@ class Proxy:
         self._metrics = metrics
         self._keys = api_keys
         self._shutting_down = is_shutting_down
+        self.request_log = RequestLog(config.request_log_size)
+        self._feedback = LoadingFeedback(
+            config.loading_feedback, config.loading_feedback_after_secs
+        )
         sup = config.supervision
         self._timeout = aiohttp.ClientTimeout(
             total=None,
@@ -155,7 +172,11 @@ class Proxy:
         except GpumuxError as exc:
             if isinstance(exc, ClientError):
                 _log_rejection(request, exc.http_status, exc.code)
-            return error_response(exc, request_id)
+            response = error_response(exc, request_id)
+            record = request.get(_RECORD)
+            if record is not None and record.queue_secs is not None:
+                response.headers[QUEUE_SECONDS] = f"{record.queue_secs:.3f}"
+            return response
         except web.HTTPRequestEntityTooLarge:
             limit = self._config.max_request_body_bytes
             _log_rejection(request, 413, RequestTooLarge.code)
@@ -181,7 +202,7 @@ class Proxy:
                 )
             return error_response(error, request_id)
         finally:
-            structlog.contextvars.unbind_contextvars("request_id", "model")
+            structlog.contextvars.unbind_contextvars("request_id", "model", "alias")
 
     async def _health(self, request: web.Request) -> web.Response:
         if self._shutting_down():
@@ -201,6 +222,7 @@ class Proxy:
             }
             for alias, model in self._config.models.items()
         ]
+        data += alias_entries(self._config, created)
         return web.json_response({"object": "list", "data": data})
 
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
@@ -216,21 +238,82 @@ class Proxy:
         if request.content_type != "application/json":
             raise UnsupportedMediaType("Content-Type must be application/json.")
         body = await read_body(request)
-        model, stream = _peek(body)
+        requested, stream = _peek(body)
+        resolved = resolve(self._config, requested)
+        model = resolved.model
         structlog.contextvars.bind_contextvars(model=model[:128])
-        endpoint = path
+        if resolved.via_alias is not None:
+            structlog.contextvars.bind_contextvars(alias=resolved.via_alias)
+            body = with_model(body, model)
+        record = RequestRecord(
+            started_at=time.time(),
+            model=model[:128],
+            alias=resolved.via_alias,
+            endpoint=path,
+            client=request.remote,
+            key_hash=key_hash(request.headers.get("Authorization")),
+        )
+        request[_RECORD] = record
+        started = time.monotonic()
+        with self.request_log.tracking(record, time.monotonic):
+            lease, prepared = await self._wait(request, model, record, resolved.known, stream)
+            if lease is None:
+                assert prepared is not None  # the wait failed after 200: the stream said why
+                return prepared
+            try:
+                response = await self._forward(
+                    request, lease, body, path, stream, started, prepared
+                )
+            except GpumuxError as exc:
+                if prepared is None:
+                    raise
+                await prepared.write(sse_error_event(exc))  # 200 was sent: end the stream
+                record.status, response = exc.http_status, prepared
+            finally:
+                self._scheduler.release(lease)
+            record.status = record.status or response.status
+        return response
+
+    async def _wait(
+        self, request: web.Request, model: str, record: RequestRecord, known: bool, stream: bool
+    ) -> tuple[Lease | None, web.StreamResponse | None]:
+        """A lease; for a stream with loading feedback on, also the response already begun
+        if the wait outlasted the threshold (None lease: the wait failed after that)."""
+        acquire = self._acquire(model, record, known=known)
+        started = time.monotonic()
+        if not (stream and self._feedback.enabled):
+            return await acquire, None
+
+        def headers() -> dict[str, str]:
+            # Sent before the wait ends: the wait so far (the log has the whole of it).
+            waited = f"{time.monotonic() - started:.3f}"
+            return {REQUEST_ID: request[REQUEST_ID], QUEUE_SECONDS: waited}
+
+        describe = partial(describe_wait, self._scheduler, model)
+        waited = await self._feedback.wait(
+            request,
+            acquire,
+            self._scheduler.release,
+            headers,
+            describe,
+            model=record.alias or record.model,
+        )
+        if waited.error is not None:
+            record.status = waited.error.http_status
+        return waited.lease, waited.response
+
+    async def _acquire(self, model: str, record: RequestRecord, *, known: bool) -> Lease:
+        """A lease on `model`; the wait lands in `record` whatever the outcome."""
         started = time.monotonic()
         try:
-            lease = await self._scheduler.acquire(model)
+            return await self._scheduler.acquire(model)
         except GpumuxError as exc:
             # Client-chosen names never become label values (unbounded series).
-            label = model if model in self._config.models else UNKNOWN_MODEL_LABEL
-            self._metrics.requests.labels(label, endpoint, str(exc.http_status)).inc()
+            label = model if known else UNKNOWN_MODEL_LABEL
+            self._metrics.requests.labels(label, record.endpoint, str(exc.http_status)).inc()
             raise
-        try:
-            return await self._forward(request, lease, body, path, stream, started)
         finally:
-            self._scheduler.release(lease)
+            record.queue_secs = round(time.monotonic() - started, 6)
 
     async def _forward(
         self,
@@ -240,7 +323,9 @@ class Proxy:
         path: str,
         stream: bool,
         started: float,
+        prepared: web.StreamResponse | None = None,
     ) -> web.StreamResponse:
+        """Forward to the lease's backend; into `prepared` when loading feedback began it."""
         model = self._config.models[lease.model]
         url = f"http://127.0.0.1:{model.port}{request.raw_path}"
         headers = end_to_end_headers(request.headers)
@@ -251,7 +336,9 @@ class Proxy:
             self._streaks.record(lease.model, pid, upstream.status)
         try:
             if stream and upstream.status == 200:
-                return await self._relay_stream(request, upstream, lease.model, path, started)
+                return await self._relay_stream(
+                    request, upstream, lease.model, path, started, prepared
+                )
             try:
                 payload = await upstream.read()
             except (aiohttp.ClientError, TimeoutError) as exc:
@@ -261,8 +348,13 @@ class Proxy:
             # close(), not release(): a response the client abandoned must drop the
             # connection so vLLM aborts the request and frees its KV cache.
             upstream.close()
-        self._observe_ttft(lease.model, started)
+        self._observe_ttft(lease.model, started, request)
+        request[_RECORD].tail.append(payload)
         self._count(lease.model, path, upstream.status)
+        if prepared is not None:  # 200 was sent: the backend's refusal ends the stream
+            await prepared.write(backend_error_event(upstream.status, payload))
+            request[_RECORD].status = upstream.status
+            return prepared
         return web.Response(
             status=upstream.status, body=payload, headers=self._response_headers(upstream, request)
         )
@@ -289,21 +381,27 @@ class Proxy:
         model: str,
         path: str,
         started: float,
+        prepared: web.StreamResponse | None = None,
     ) -> web.StreamResponse:
-        response = web.StreamResponse(
+        response = prepared or web.StreamResponse(
             status=upstream.status, headers=self._response_headers(upstream, request)
         )
-        await response.prepare(request)
+        if prepared is None:
+            await response.prepare(request)
+        record = request[_RECORD]
+        record.status = upstream.status
         first = True
         try:
             async for chunk in upstream.content.iter_any():
                 if first:
-                    self._observe_ttft(model, started)
+                    self._observe_ttft(model, started, request)
                     first = False
+                record.tail.append(chunk)  # the last reads carry `usage`, if any
                 await response.write(chunk)
         except (aiohttp.ClientError, TimeoutError) as exc:
             # Never a clean EOF on failure: an error event, then [DONE] (the SDK raises).
             await response.write(sse_error_event(_upstream_error(exc, model)))
+            record.status = 502
             self._count(model, path, 502)
             log.warning("stream_failed", model=model, error=type(exc).__name__)
             return response
@@ -316,6 +414,7 @@ class Proxy:
     ) -> dict[str, str]:
         headers = end_to_end_headers(upstream.headers)
         headers[REQUEST_ID] = request[REQUEST_ID]
+        headers[QUEUE_SECONDS] = f"{request[_RECORD].queue_secs or 0.0:.3f}"
         return headers
 
     def _count(self, model: str, endpoint: str, status: int) -> None:
@@ -323,8 +422,10 @@ class Proxy:
         # request_id and model come from the context the middleware and _dispatch bound.
         log.info("request_finished", endpoint=endpoint, status=status)
 
-    def _observe_ttft(self, model: str, started: float) -> None:
-        self._metrics.time_to_first_token.labels(model).observe(time.monotonic() - started)
+    def _observe_ttft(self, model: str, started: float, request: web.Request) -> None:
+        ttft = time.monotonic() - started
+        self._metrics.time_to_first_token.labels(model).observe(ttft)
+        request[_RECORD].ttft_secs = round(ttft, 6)
 
 
 def client_request_id(given: str | None) -> str:

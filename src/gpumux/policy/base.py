@@ -1,7 +1,7 @@
 """The policy interface: the frozen snapshot a policy sees and the decision it returns.
 
 Owns: `ModelView`, `Snapshot`, `Decision`, the `Policy` protocol and the helpers every
-policy shares (`waiting`, `startable`).
+policy shares (`waiting`, `startable`, and the priority order `by_priority`).
 Does not: evict, wake or read the clock; the scheduler builds the snapshot (with `now`)
 and carries the decision out, asking placement which victims make room; which policy a
 `policy_type` names is `registry`'s business (it imports the policies, which import
@@ -35,6 +35,7 @@ class ModelView:
     fits_now: bool = False  # placement could wake it now without evicting anyone
     gpus: tuple[int, ...] = ()  # GPUs it occupies when awake; () = unknown, assume all
     switch_pending: bool = False  # a switch to bring it up has begun (victims may be draining)
+    priority: int = 0  # higher goes first among waiting models, within the wait bound
 
     @property
     def awake(self) -> bool:
@@ -83,6 +84,26 @@ def waiting(snapshot: Snapshot) -> list[ModelView]:
         if v.has_demand and not v.serving and v.oldest_enqueued_at is not None
     ]
     return sorted(views, key=lambda v: (v.oldest_enqueued_at, v.alias))
+
+
+def overdue_at(view: ModelView, config: PolicyConfig) -> float:
+    """When `view`'s oldest request must be switched to, whatever the priorities, so that
+    it is served within `max_wait_secs` plus one switch: its bound less one round trip."""
+    assert view.oldest_enqueued_at is not None
+    switch = view.wake_cost_secs + view.evict_cost_secs
+    return view.oldest_enqueued_at + max(0.0, config.max_wait_secs - switch)
+
+
+def by_priority(views: list[ModelView], now: float, config: PolicyConfig) -> list[ModelView]:
+    """`views` (oldest request first) reordered: overdue ones first, oldest first; then
+    higher priority first, oldest first within a priority. Unchanged when all priorities
+    are equal (plain oldest-first)."""
+    if len({v.priority for v in views}) <= 1:
+        return views
+    return sorted(
+        views,
+        key=lambda v: (now < overdue_at(v, config), -v.priority, v.oldest_enqueued_at, v.alias),
+    )
 
 
 def startable(view: ModelView, now: float) -> bool:

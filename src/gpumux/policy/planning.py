@@ -115,7 +115,10 @@ def board(snapshot: Snapshot, config: PolicyConfig) -> Board:
             views.append(view)
         elif view.retry_not_before is not None:
             backoff.append(view.retry_not_before)
-    views.sort(key=lambda v: (not v.switch_pending, v.oldest_enqueued_at, -v.queued, v.alias))
+    # Higher priority first; `may_go_first` keeps every older queue's bound regardless.
+    views.sort(
+        key=lambda v: (not v.switch_pending, -v.priority, v.oldest_enqueued_at, -v.queued, v.alias)
+    )
     urgent = _urgent_at(views, snapshot, config)
     return Board(snapshot, config, tuple(views), urgent, tuple(backoff))
 

@@ -117,7 +117,18 @@ class AdminSwitch:
 
 @dataclass(frozen=True)
 class AdminEvict:
+    """Drain and evict `model`; a held (pinned) model only with `force`."""
+
     model: str
+    force: bool = False
+
+
+@dataclass(frozen=True)
+class AdminPin:
+    """Hold `model` against eviction (`pinned`), or let it go."""
+
+    model: str
+    pinned: bool
 
 
 @dataclass(frozen=True)
@@ -147,7 +158,7 @@ class Reload:
     config: Config
 
 
-AdminCommand = AdminSwitch | AdminEvict | AdminRestart | AdminReset | AdminMode | Reload
+AdminCommand = AdminSwitch | AdminEvict | AdminPin | AdminRestart | AdminReset | AdminMode | Reload
 
 
 @dataclass(frozen=True)

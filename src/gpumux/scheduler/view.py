@@ -12,7 +12,7 @@ read this, never the core (whose state has exactly one owner: the runner's task)
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from gpumux.core.states import ModelState
 from gpumux.scheduler.messages import Mode, OpKind
@@ -28,7 +28,7 @@ class ModelStatus:
     inflight: int
     operation: OpKind | None  # the operation running on it, if any
     switch_id: int | None  # the switch bringing it up, if any
-    pinned: bool
+    pinned: bool  # never a victim: held (config or admin pin), or the manual-mode model
     ready_since: float | None  # scheduler clock
     restarts: int
     start_failures: int
@@ -38,6 +38,7 @@ class ModelStatus:
     gpus: tuple[int, ...]
     gpu_memory_utilization: float
     host_pin_bytes: int | None  # host RAM it pins asleep at level 1 or suspended, if known
+    idle_step_at: float | None = None  # scheduler clock: its next idle-TTL step, if any
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,3 +66,5 @@ class SchedulerView:
     all_stopped: bool  # no live tree and no operation running
     costs: Mapping[str, Mapping[str, float]]  # `SwitchCosts.to_dict()`, read-only
     host: HostBudgetStatus
+    held: tuple[str, ...] = ()  # pinned against eviction (config `pinned`, admin pin)
+    preload: Mapping[str, str] = field(default_factory=dict)  # model -> pending|started|skipped

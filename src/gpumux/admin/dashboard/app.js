@@ -151,12 +151,36 @@ function recordCharts(status) {
   timeline.draw(state.models);
 }
 
+const REQUEST_ROWS = 15;
+
+function renderRequests(rows) {
+  const optional = (v, format) => (v === null || v === undefined ? "–" : format(v));
+  $("#requests tbody").replaceChildren(
+    ...rows.map((r) => {
+      const tr = document.createElement("tr");
+      tr.dataset.model = r.model;
+      tr.append(cell(new Date(r.started_at * 1000).toLocaleTimeString()));
+      tr.append(cell(r.alias ? `${r.alias} → ${r.model}` : r.model, "model"));
+      tr.append(cell(r.endpoint));
+      tr.append(cell(String(r.status), r.status >= 400 ? "error status" : "status"));
+      tr.append(cell(optional(r.queue_secs, seconds), "queue"));
+      tr.append(cell(optional(r.ttft_secs, seconds)));
+      tr.append(cell(optional(r.duration_secs, seconds)));
+      tr.append(cell(`${optional(r.prompt_tokens, String)} / ${optional(r.completion_tokens, String)}`, "tokens"));
+      tr.append(cell(r.client || "–"));
+      tr.append(cell(r.key_hash || "–"));
+      return tr;
+    }),
+  );
+}
+
 async function refresh() {
   try {
     const status = await api("/api/status");
     renderHeader(status);
     renderModels(status);
     recordCharts(status);
+    renderRequests((await api(`/api/requests?limit=${REQUEST_ROWS}`)).requests);
     document.body.dataset.loaded = "true";
   } catch (error) {
     toast(`status: ${error.message}`);

@@ -27,6 +27,7 @@ from gpumux.scheduler.inputs import (
     AdminCommand,
     AdminEvict,
     AdminMode,
+    AdminPin,
     AdminReset,
     AdminRestart,
     AdminSwitch,
@@ -47,10 +48,12 @@ from gpumux.scheduler.inputs import (
 )
 from gpumux.scheduler.messages import AdminRefusal, Command, Mode, OpKind, OpOutcome, Reject
 from gpumux.scheduler.state.host_budget import HostBudget
+from gpumux.scheduler.state.idle import Idle
 from gpumux.scheduler.state.models import STARTABLE, M, Models
 from gpumux.scheduler.state.moves import Moves
 from gpumux.scheduler.state.operator import Operator
 from gpumux.scheduler.state.outbox import Outbox
+from gpumux.scheduler.state.preload import Preload
 from gpumux.scheduler.state.publish import publish
 from gpumux.scheduler.state.queues import Queues
 from gpumux.scheduler.state.retirements import Retirements
@@ -95,6 +98,9 @@ class SchedulerCore:
         self.warmup = Warmup(self.models, self.moves, config.models if config.warmup else ())
         self.operator = Operator(self.models, self.moves, self.supervisor, self.switches)
         self.retirements = Retirements(self.models, self.moves)
+        self.idle = Idle(self.models, self.moves, config)
+        preload = (config.resolve_model(name) for name in config.preload)
+        self.preload = Preload(self.models, self.moves, [a for a in preload if a is not None])
 
     def handle(self, message: Input, now: float) -> list[Command]:
         """Apply one input, bring every decision up to date, return what to carry out."""
@@ -208,8 +214,10 @@ class SchedulerCore:
                 out.reply(reply, SHUTTING_DOWN, refusal=AdminRefusal.SHUTTING_DOWN)
             case AdminSwitch(model):
                 self.operator.switch(model, reply)
-            case AdminEvict(model):
-                self.operator.evict(slots[model], reply, now, out)
+            case AdminEvict(model, force):
+                self.operator.evict(slots[model], reply, now, out, force=force)
+            case AdminPin(model, pinned):
+                self.operator.pin(slots[model], pinned, reply, out)
             case AdminRestart(model):
                 self.operator.restart(slots[model], reply, now, out)
 
@@ -227,11 +235,17 @@ class SchedulerCore:
             return
         slots = self.models.slots
         diff = self.retirements.diff(config)
+        for alias in diff.changed + diff.retuned:
+            if slots[alias].config.pinned != config.models[alias].pinned:
+                self.models.hold(alias, on=config.models[alias].pinned)  # the file's word wins
         self._config = config
+        self.idle.configure(config)
         for alias in diff.added:
             self._add(alias, config.models[alias], config)
         for alias in diff.removed + diff.changed:
             self._retire(slots[alias], config.models.get(alias), out)
+        for alias in diff.retuned:
+            slots[alias].config = config.models[alias]  # same process, new runtime fields
         out.note("config_reloaded", diff.as_dict())
         out.reply(reply, "config reloaded", data=diff.as_dict())
 
@@ -252,6 +266,7 @@ class SchedulerCore:
         """`alias` finished its way out: drop its slot, or re-create it with `new`."""
         if new is None:
             del self.models.slots[alias]
+            self.models.hold(alias, on=False)
             self.switches.forget(alias)
             self.host.forget(alias)
             out.note("model_removed", {"model": alias})
@@ -285,6 +300,9 @@ class SchedulerCore:
         if self.warmup.active:
             self.warmup.advance(now, out)
             return
+        if self.preload.active:
+            self.preload.advance(now, out)
+        self.idle.advance(now, out, self._idle_exempt)
         self._recheck(self.operator.advance(now, out))
         if self.operator.busy:
             return  # an operator's switch goes first; the policy resumes after it
@@ -307,6 +325,18 @@ class SchedulerCore:
             if not attempt.settled:
                 blocked_gpus.update(gpus)
 
+    def _idle_exempt(self, alias: str) -> bool:
+        """Models no idle TTL may evict: pinned ones, an operator's target, one
+        warming up or on its way out; and all of them while warming up or shutting down."""
+        return (
+            self.shutting_down
+            or self.warmup.active
+            or alias == self.models.pinned
+            or self.operator.forcing(alias)
+            or self.retirements.retiring(alias)
+            or alias in self.models.held
+        )
+
     def _recheck(self, when: float | None) -> None:
         if when is not None:
             self._recheck_at = when if self._recheck_at is None else min(self._recheck_at, when)
@@ -324,6 +354,7 @@ class SchedulerCore:
                 times.append(slot.retry_not_before)
         if self._recheck_at is not None:
             times.append(self._recheck_at)
+        times += self.idle.deadlines(self._idle_exempt)
         return min(times, default=None)
 
     def snapshot(self, now: float) -> Snapshot:
@@ -354,5 +385,11 @@ class SchedulerCore:
     def view(self) -> SchedulerView:
         """The frozen view of everything above, for readers outside the owner task."""
         return publish(
-            self.models, self.host, self.switches, self.costs, shutting_down=self.shutting_down
+            self.models,
+            self.host,
+            self.switches,
+            self.costs,
+            self.idle,
+            preload=self.preload.outcomes,
+            shutting_down=self.shutting_down,
         )

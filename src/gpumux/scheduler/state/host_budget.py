@@ -111,7 +111,7 @@ class HostBudget:
 
     def safe_eviction(self, slot: Slot, now: float, out: Outbox) -> EvictionConfig | None:
         """The eviction to use for `slot` now, or None to wait for host RAM being freed."""
-        eviction = slot.eviction
+        eviction = slot.drain_eviction or slot.eviction
         if self.reserve_bytes <= 0 or not pins_host_memory(eviction):
             return eviction
         if self._freeing:

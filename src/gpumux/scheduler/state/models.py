@@ -1,6 +1,7 @@
 """The model table: one `Slot` per model, and the guarded ways a slot's lifecycle moves.
 
-Owns: the slots, the operation ids, the pinned model of manual mode, every lifecycle
+Owns: the slots, the operation ids, the pinned model of manual mode, the held models
+(`pinned: true` or `POST /api/models/{m}/pin`: never a victim), every lifecycle
 transition (through `states.transition()`, announced as `StateChanged`), starting an
 operation, stopping a whole tree, and how placement sees the table (tenants, admission).
 Does not: decide when a model moves (the other parts do) or touch queues. Pure.
@@ -28,6 +29,8 @@ class Models:
     def __init__(self, capacity: Mapping[int, int], costs: SwitchCosts, policy: PolicyConfig):
         self.slots: dict[str, Slot] = {}
         self.pinned: str | None = None
+        #: Models no policy, placement or idle TTL evicts (config `pinned`, admin pin).
+        self.held: set[str] = set()
         self._capacity = dict(capacity)
         self._costs = costs
         self._min_active_secs = policy.min_active_secs
@@ -37,6 +40,18 @@ class Models:
         self, alias: str, config: ModelConfig, eviction: EvictionConfig, residual_bytes: int
     ) -> None:
         self.slots[alias] = Slot(alias, config, eviction, residual_bytes=residual_bytes)
+        self.hold(alias, on=config.pinned)
+
+    def hold(self, alias: str, *, on: bool) -> None:
+        """Pin (`on`) or unpin `alias` against eviction."""
+        if on:
+            self.held.add(alias)
+        else:
+            self.held.discard(alias)
+
+    def protected(self, alias: str) -> bool:
+        """Never a victim: held, or the manual-mode model."""
+        return alias in self.held or alias == self.pinned
 
     @property
     def capacity(self) -> Mapping[int, int]:
@@ -129,7 +144,7 @@ class Models:
             alias: s.tenant(
                 min_active_secs=0.0 if force else self._min_active_secs,
                 wake_cost_secs=self.wake_cost(s),
-                pinned=alias == self.pinned,
+                pinned=self.protected(alias),
             )
             for alias, s in self.slots.items()
         }

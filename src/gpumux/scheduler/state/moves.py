@@ -72,10 +72,20 @@ class Moves:
 
     # ---- leaving the GPU ------------------------------------------------------------------
 
-    def start_drain(self, slot: Slot, switch: Switch | None, now: float, out: Outbox) -> None:
-        """No new leases for `slot`; it evicts when in-flight requests end or time runs out."""
+    def start_drain(
+        self,
+        slot: Slot,
+        switch: Switch | None,
+        now: float,
+        out: Outbox,
+        *,
+        eviction: EvictionConfig | None = None,
+    ) -> None:
+        """No new leases for `slot`; it evicts when in-flight requests end or time runs out,
+        with `eviction` when given (an idle step), else its own."""
         self._models.set_state(slot, M.DRAINING, out)
         slot.drain_for = switch.switch_id if switch else None
+        slot.drain_eviction = eviction
         if switch is not None and slot.alias not in switch.victims:
             switch.victims.append(slot.alias)
         policy = self._policy
@@ -101,6 +111,7 @@ class Moves:
         self._models.set_state(slot, M.EVICTING, out)
         slot.drain_deadline = None
         slot.drain_started_at = None
+        slot.drain_eviction = None
         self._host.evicting(slot, eviction)
         self._models.start_op(
             slot,
@@ -131,6 +142,7 @@ class Moves:
                     slot.drain_deadline = None
                     slot.drain_started_at = None
                     slot.drain_for = None
+                    slot.drain_eviction = None
             self._switches.finish(switch, target, "cancelled", now, out)
 
     def evict_done(

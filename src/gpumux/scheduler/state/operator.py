@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections import deque
 
+from gpumux.core.config import pin_overcommit
 from gpumux.scheduler.inputs import AdminMode
 from gpumux.scheduler.messages import AdminRefusal, Mode
 from gpumux.scheduler.state.models import STARTABLE, M, Models
@@ -47,13 +48,30 @@ class Operator:
     def switch(self, model: str, reply: int) -> None:
         self._forced.append((model, reply))
 
-    def evict(self, slot: Slot, reply: int, now: float, out: Outbox) -> None:
+    def evict(self, slot: Slot, reply: int, now: float, out: Outbox, *, force: bool) -> None:
+        if slot.alias in self._models.held and not force:
+            detail = f"`{slot.alias}` is pinned; evict it with force, or unpin it first"
+            out.reply(reply, detail, refusal=AdminRefusal.BUSY)
+            return
         if slot.state is not M.READY:
             detail = f"`{slot.alias}` is {slot.state.value}, not ready"
             out.reply(reply, detail, refusal=AdminRefusal.BUSY)
             return
         self._moves.start_drain(slot, None, now, out)
         out.reply(reply, f"`{slot.alias}` is draining, then {slot.eviction}")
+
+    def pin(self, slot: Slot, pinned: bool, reply: int, out: Outbox) -> None:
+        """Hold `slot` against eviction, if the held set still fits awake together."""
+        if pinned:
+            held = sorted(self._models.held | {slot.alias})
+            configs = {a: self._models.slots[a].config for a in held}
+            problems = list(pin_overcommit(configs, held))
+            if problems:
+                out.reply(reply, problems[0], refusal=AdminRefusal.BAD_REQUEST)
+                return
+        self._models.hold(slot.alias, on=pinned)
+        out.note("model_pinned" if pinned else "model_unpinned", {"model": slot.alias})
+        out.reply(reply, f"`{slot.alias}` is {'pinned' if pinned else 'unpinned'}")
 
     def restart(self, slot: Slot, reply: int, now: float, out: Outbox) -> None:
         if slot.op is not None or slot.state is M.DRAINING:

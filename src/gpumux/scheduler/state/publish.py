@@ -8,10 +8,12 @@ Does not: decide, or keep anything between calls. Pure.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from types import MappingProxyType
 
 from gpumux.policy.costs import SwitchCosts
 from gpumux.scheduler.state.host_budget import HostBudget
+from gpumux.scheduler.state.idle import Idle
 from gpumux.scheduler.state.models import Models
 from gpumux.scheduler.state.slots import Slot
 from gpumux.scheduler.state.switches import SwitchBook
@@ -23,12 +25,14 @@ def publish(
     host: HostBudget,
     switches: SwitchBook,
     costs: SwitchCosts,
+    idle: Idle,
     *,
+    preload: Mapping[str, str],
     shutting_down: bool,
 ) -> SchedulerView:
     return SchedulerView(
         models=MappingProxyType(
-            {alias: _model(slot, models, host) for alias, slot in models.slots.items()}
+            {alias: _model(slot, models, host, idle) for alias, slot in models.slots.items()}
         ),
         switches=tuple(
             SwitchStatus(s.switch_id, s.target, tuple(s.victims), s.started_at, tuple(s.phases))
@@ -42,10 +46,12 @@ def publish(
             {name: MappingProxyType(table) for name, table in costs.to_dict().items()}
         ),
         host=HostBudgetStatus(host.reserve_bytes, host.available),
+        held=tuple(sorted(models.held)),
+        preload=MappingProxyType(dict(preload)),
     )
 
 
-def _model(slot: Slot, models: Models, host: HostBudget) -> ModelStatus:
+def _model(slot: Slot, models: Models, host: HostBudget, idle: Idle) -> ModelStatus:
     return ModelStatus(
         alias=slot.alias,
         state=slot.state,
@@ -55,7 +61,7 @@ def _model(slot: Slot, models: Models, host: HostBudget) -> ModelStatus:
         inflight=len(slot.leases),
         operation=slot.op.kind if slot.op is not None else None,
         switch_id=slot.switch_id,
-        pinned=slot.alias == models.pinned,
+        pinned=models.protected(slot.alias),
         ready_since=slot.ready_since,
         restarts=slot.restarts,
         start_failures=slot.start_failures,
@@ -65,4 +71,5 @@ def _model(slot: Slot, models: Models, host: HostBudget) -> ModelStatus:
         gpus=tuple(slot.config.gpu_indices),
         gpu_memory_utilization=slot.config.gpu_memory_utilization,
         host_pin_bytes=host.pin_estimate(slot),
+        idle_step_at=idle.next_step_at(slot.alias),
     )

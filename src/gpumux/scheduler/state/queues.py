@@ -2,8 +2,8 @@
 
 Owns: the ticket table and each ticket's lifecycle (queued → granted → released, or
 rejected, timed out, cancelled; always through `states.transition()`), queue admission
-(`max_queue`), granting a ready model's queue, request deadlines, and the one way to
-reject a whole queue.
+(`max_queue`), granting a ready model's queue up to its `max_concurrency`, request
+deadlines, and the one way to reject a whole queue.
 Does not: decide which model is ready or why a queue is refused (callers pass the
 error); the per-model queue and lease set live on the `Slot` they belong to. Pure.
 """
@@ -40,8 +40,10 @@ class Queues:
         slot.queue.append(entry)
 
     def grant_all(self, slot: Slot, now: float, out: Outbox) -> None:
-        """`slot` is ready: every queued request gets a lease on its current process."""
-        while slot.queue:
+        """`slot` is ready: queued requests get a lease on its current process, in arrival
+        order, up to `max_concurrency` leases; the rest wait for a release."""
+        cap = slot.config.max_concurrency
+        while slot.queue and (cap is None or len(slot.leases) < cap):
             entry = slot.queue.popleft()
             self._set(entry, RequestState.GRANTED)
             slot.leases.add(entry.ticket)

@@ -27,9 +27,16 @@ class ModelDiff:
     added: list[str]
     removed: list[str]
     changed: list[str]
+    #: Changed only in fields applied in place (`RUNTIME_ONLY_FIELDS`): no restart.
+    retuned: list[str]
 
     def as_dict(self) -> dict[str, object]:
-        return {"added": self.added, "removed": self.removed, "changed": self.changed}
+        return {
+            "added": self.added,
+            "removed": self.removed,
+            "changed": self.changed,
+            "retuned": self.retuned,
+        }
 
 
 class Retirements:
@@ -47,17 +54,18 @@ class Retirements:
         slots = self._models.slots
         current = {a: s for a, s in slots.items() if not self.removing(a)}
         models = config.models
+        kept = [a for a in models if a in current]
+        changed = [
+            a
+            for a in kept
+            if current[a].config.process_key() != models[a].process_key()
+            or current[a].eviction != config.eviction_for(a)
+        ]
         return ModelDiff(
             added=[a for a in models if a not in slots],
             removed=[a for a in current if a not in models],
-            changed=[
-                a
-                for a in models
-                if a in current
-                and (
-                    current[a].config != models[a] or current[a].eviction != config.eviction_for(a)
-                )
-            ],
+            changed=changed,
+            retuned=[a for a in kept if a not in changed and current[a].config != models[a]],
         )
 
     def removing(self, alias: str) -> bool:

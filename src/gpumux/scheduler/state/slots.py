@@ -58,6 +58,8 @@ class Slot:
     drain_started_at: float | None = None
     stopping_from: ModelState | None = None  # while STOPPING: the state whose memory it holds
     drain_for: int | None = None  # the switch this drain serves (None: warmup / admin)
+    #: The eviction this drain ends in when it is not the model's own (an idle step's).
+    drain_eviction: EvictionConfig | None = None
     switch_id: int | None = None  # the switch bringing this model up
     evicted_weights: WeightStrategy | None = None  # how the weights left (for the wake plan)
     start_failures: int = 0
@@ -121,4 +123,5 @@ class Slot:
             fits_now=fits_now,
             gpus=self.config.gpu_indices,
             switch_pending=self.switch_id is not None,
+            priority=self.config.priority,
         )

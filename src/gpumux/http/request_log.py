@@ -1,0 +1,116 @@
+"""The request log: the latest proxied requests, for `GET /api/requests` and the dashboard.
+
+Owns: one record per request that named a model (time, model and the alias used,
+endpoint, status, queue wait, TTFT, duration, prompt/completion tokens when the backend
+reported usage, client address, a short hash of the API key), a bounded ring of them
+(`request_log_size`), and reading usage out of a response tail.
+Does not: hold any prompt or completion text (a record has no field that could), or the
+API key itself: only the first 12 hex digits of its SHA-256, enough to tell callers apart
+and useless for authenticating. It never reads the clock: the proxy passes times and its clock in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import re
+from collections import deque
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+
+from gpumux.core.errors import GpumuxError
+
+#: Usage counts as OpenAI and vLLM write them (`"prompt_tokens": 12`).
+_TOKENS = re.compile(rb'"(prompt_tokens|completion_tokens)"\s*:\s*(\d+)')
+_USAGE = b'"usage"'
+#: A streamed usage chunk is small and comes last; the last reads hold it.
+TAIL_READS = 2
+#: The status of a request whose client left before its response ended (nginx's 499).
+CLIENT_CLOSED = 499
+
+
+def key_hash(authorization: str | None) -> str | None:
+    """A short, one-way tag for the bearer key a request carried (None without one)."""
+    if not authorization:
+        return None
+    scheme, _, key = authorization.partition(" ")
+    secret = key.strip() if scheme.lower() == "bearer" else authorization
+    return hashlib.sha256(secret.encode()).hexdigest()[:12] if secret else None
+
+
+def usage_from_tail(tail: bytes) -> tuple[int | None, int | None]:
+    """(prompt, completion) tokens from the last `usage` object in `tail`, when there is one.
+
+    Only the bytes after the last `"usage"` are searched, so a large body (embeddings) costs
+    one reverse scan, not a JSON parse.
+    """
+    at = tail.rfind(_USAGE)
+    if at < 0:
+        return None, None
+    found = {name: int(value) for name, value in _TOKENS.findall(tail[at : at + 512])}
+    return found.get(b"prompt_tokens"), found.get(b"completion_tokens")
+
+
+@dataclass
+class RequestRecord:
+    """One proxied request, filled in as it goes; `finish` closes it."""
+
+    started_at: float  # wall-clock seconds (shown to people)
+    model: str
+    alias: str | None
+    endpoint: str
+    client: str | None
+    key_hash: str | None
+    status: int = 0
+    queue_secs: float | None = None
+    ttft_secs: float | None = None
+    duration_secs: float | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    tail: deque[bytes] = field(default_factory=lambda: deque(maxlen=TAIL_READS), repr=False)
+
+    def as_dict(self) -> dict[str, object]:
+        data = asdict(self)
+        del data["tail"]  # response bytes never leave the proxy
+        return data
+
+
+class RequestLog:
+    """A bounded ring of finished records, newest last."""
+
+    def __init__(self, size: int) -> None:
+        self._records: deque[RequestRecord] = deque(maxlen=size)
+
+    @contextmanager
+    def tracking(self, record: RequestRecord, clock: Callable[[], float]) -> Iterator[None]:
+        """Log `record` when the block ends, however it ends: a gpumux error's status, 499
+        for a client that left, the duration since the block began."""
+        started = clock()
+        try:
+            yield
+        except GpumuxError as exc:
+            record.status = exc.http_status
+            raise
+        except asyncio.CancelledError:
+            record.status = CLIENT_CLOSED
+            raise
+        finally:
+            record.duration_secs = round(clock() - started, 6)
+            self.add(record)
+
+    def add(self, record: RequestRecord) -> None:
+        if record.tail:
+            record.prompt_tokens, record.completion_tokens = usage_from_tail(b"".join(record.tail))
+            record.tail.clear()
+        self._records.append(record)
+
+    def latest(self, limit: int, model: str | None = None) -> list[dict[str, object]]:
+        """Up to `limit` records, newest first; only `model`'s (name or alias) when given."""
+        out: list[dict[str, object]] = []
+        for record in reversed(self._records):
+            if len(out) >= limit:
+                break
+            if model is None or model in (record.model, record.alias):
+                out.append(record.as_dict())
+        return out
