@@ -11,8 +11,10 @@ import openai
 import pytest
 
 from tests.support.admin import Admin
-from tests.support.client import chat_body, post
-from tests.support.daemon import free_port, get_json, mock_model, running_daemon, wait_until
+from tests.support.client import chat_body, get_json, post
+from tests.support.daemon import mock_model, running_daemon
+from tests.support.ports import free_port
+from tests.support.waits import wait_until
 
 pytestmark = pytest.mark.integration
 

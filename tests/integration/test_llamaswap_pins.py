@@ -13,7 +13,9 @@ import pytest
 
 from tests.support.admin import Admin
 from tests.support.client import chat_body, post
-from tests.support.daemon import free_port, mock_model, running_daemon, wait_until
+from tests.support.daemon import mock_model, running_daemon
+from tests.support.ports import free_port
+from tests.support.waits import wait_until
 
 
 def util(share: float) -> list[str]:

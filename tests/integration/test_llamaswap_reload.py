@@ -14,7 +14,9 @@ import pytest
 
 from tests.support.admin import Admin
 from tests.support.client import chat_body, model_ids, post, stream_times
-from tests.support.daemon import free_port, mock_model, running_daemon, wait_until
+from tests.support.daemon import mock_model, running_daemon
+from tests.support.ports import free_port
+from tests.support.waits import wait_until
 
 pytestmark = pytest.mark.integration
 

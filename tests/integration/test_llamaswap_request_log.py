@@ -17,7 +17,8 @@ import pytest
 from tests.support.admin import Admin
 from tests.support.cdp import chromium_page
 from tests.support.client import chat_body, post
-from tests.support.daemon import free_port, mock_model, running_daemon
+from tests.support.daemon import mock_model, running_daemon
+from tests.support.ports import free_port
 
 pytestmark = pytest.mark.integration
 
