@@ -15,6 +15,7 @@ import aiohttp
 from gpumux.admin.api import AdminApi
 from gpumux.admin.auth import AdminToken
 from gpumux.admin.chat import ChatForwarder
+from gpumux.admin.node import NodeStatus
 from gpumux.admin.status import StatusSources
 from gpumux.backends.effects import Backends
 from gpumux.core.config import Config
@@ -49,6 +50,7 @@ def build_admin(
     proxy: str,
     clock: Callable[[], float],
     daemon_state: Callable[[], str],
+    node_status: Callable[[], NodeStatus],
 ) -> AdminApi:
     sup = config().supervision
     status = StatusSources(
@@ -69,4 +71,4 @@ def build_admin(
         connect_timeout_secs=sup.upstream_connect_timeout_secs,
         idle_timeout_secs=sup.upstream_idle_timeout_secs,
     )
-    return AdminApi(scheduler, status, token, chat, backends.recent_output)
+    return AdminApi(scheduler, status, token, chat, backends.recent_output, node_status)
