@@ -13,6 +13,7 @@ import asyncio
 import os
 import signal
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import aiohttp
@@ -21,6 +22,7 @@ from aiohttp import web
 
 from gpumux.admin.api import AdminApi
 from gpumux.admin.auth import AdminToken
+from gpumux.admin.node import NodeSources, epp_snapshot, read_node_status
 from gpumux.admin.setup import admin_port, build_admin, proxy_url
 from gpumux.backends.effects import Backends
 from gpumux.backends.upstream import UpstreamPools
@@ -31,6 +33,7 @@ from gpumux.daemon.health import HealthMonitor
 from gpumux.daemon.prebake import initial_states, make_checkpoints
 from gpumux.daemon.reload import Reloader
 from gpumux.daemon.sdnotify import Notifier, extend_timeout, watchdog
+from gpumux.fleet.responder import AgentResponder
 from gpumux.gpu.fake_ledger import create_ledger
 from gpumux.gpu.probe import GpuProbe, open_probe
 from gpumux.http.auth import ApiKeys
@@ -43,6 +46,7 @@ from gpumux.scheduler.orchestrator import Orchestrator
 from gpumux.scheduler.runner import Scheduler
 from gpumux.scheduler.state.core import SchedulerCore
 from gpumux.telemetry.backend_metrics import BACKENDS_PATH, BackendMetrics
+from gpumux.telemetry.epp import EPP_PATH, EppMetrics
 from gpumux.telemetry.metrics import Metrics, measure_loop_lag, metrics_app
 from gpumux.telemetry.observer import DaemonObserver
 from gpumux.telemetry.resources import Resources
@@ -155,6 +159,12 @@ class Daemon:
             streaks=streaks,
         )
         resources = Resources(probe, metrics, scheduler.report_host_memory)
+        # -- fleet (issue 13): node status for /api/node, the HAProxy agent, /metrics/epp --
+        node = NodeSources(core, capacity, resources, lambda: self.state, loop.time)
+        node_status = partial(read_node_status, node)
+        agent = AgentResponder(node_status, config.agent_host, config.agent_port or 0)
+        epp = EppMetrics(lambda: epp_snapshot(node_status()), session, backends.live_ports)
+        # -- end fleet --
         reloader = Reloader(
             self.options.config_path,
             config,
@@ -213,6 +223,7 @@ class Daemon:
                     app = metrics_app(metrics)
                     scraper = BackendMetrics(session, backends.live_ports)
                     app.router.add_get(BACKENDS_PATH, scraper.handle)
+                    app.router.add_get(EPP_PATH, epp.handle)  # fleet (issue 13)
                     await serve(app, config.host, metrics_port)
                 if admin_at is not None:
                     admin = build_admin(
@@ -227,8 +238,11 @@ class Daemon:
                         proxy=proxy_url(config.host, port),
                         clock=loop.time,
                         daemon_state=lambda: self.state.value,
+                        node_status=node_status,  # fleet (issue 13)
                     )
                     await serve(admin.app(), config.admin_host, admin_at, cancel_on_disconnect=True)
+                if config.agent_port is not None:  # fleet (issue 13): answers maint until serving
+                    await agent.start()
                 self._install_signals(loop)
                 loop.add_signal_handler(signal.SIGHUP, reloader.request)
                 self._set_state(DaemonState.SERVING)
@@ -249,6 +263,7 @@ class Daemon:
         except* _Finished:
             pass
         finally:
+            await agent.close()  # fleet (issue 13)
             if admin is not None:
                 admin.close()  # ends SSE streams, so the admin runner's cleanup is quick
             for runner in reversed(runners):
