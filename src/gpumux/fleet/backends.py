@@ -1,0 +1,94 @@
+"""The generated haproxy.cfg's backends: every node once, and one backend per model.
+
+Owns: the `nodes` backend (one health-checked server per node: the check all of the
+node's model entries track, and where requests naming no model go) and each model's
+backend — per node three server entries in nested tiers (awake, asleep, any) whose
+state and weight the node's agent sets — with a comment above every directive.
+Does not: write the frontend (`haproxy`) or decide tiers' meaning (`agent` does).
+Pure.
+
+Why three entries per node: HAProxy has two tiers of servers (active, backup) and uses
+only the first usable backup unless told otherwise. Active entries are the awake tier,
+balanced by least connections; the backups list every node's asleep entry before any
+node's `any` entry, so "the first usable backup" is a node where the model sleeps if
+there is one, else the first node that can bring it up. Tiers nest (awake ⊂ asleep ⊂
+any): as a model comes up, a node's warmer entries turn usable while its colder ones
+stay usable, so HAProxy never sees a gap in which a second node looks best.
+"""
+
+from __future__ import annotations
+
+from gpumux.fleet.agent import Tier
+from gpumux.fleet.plan import FleetPlan, PlannedModel, PlannedNode
+from gpumux.fleet.sections import Section
+
+NODES_BACKEND = "nodes"
+#: Servers' configured weight; the agent's `N%` scales it (1..100, never rounding to 0).
+SERVER_WEIGHT = 100
+
+
+def nodes_backend(plan: FleetPlan) -> Section:
+    interval = plan.fleet.check_interval_ms
+    section = Section(
+        f"backend {NODES_BACKEND}",
+        ("Every node once: the health check each node's model entries track, and the",
+         "backend for requests that name no model (a node answers them as gpumux would)."),
+    )  # fmt: skip
+    section.add("balance leastconn", "The node with the fewest requests in flight.")
+    section.add(
+        "option httpchk GET /health",
+        "Ask each node's gpumux for /health: 200 while it serves, 503 once it shuts down.",
+    )
+    section.add("http-check expect status 200", "Only a 200 counts as up.")
+    section.add(
+        f"default-server inter {interval}ms fall 2 rise 2",
+        f"Check every {interval} ms; 2 failures mark a node down, 2 successes up again.",
+    )
+    for node in plan.nodes:
+        section.add(
+            f"server {node.name} {node.address}:{node.port} check",
+            "One server per node: its gpumux proxy." if node is plan.nodes[0] else "",
+        )
+    return section
+
+
+def model_backend(plan: FleetPlan, model: PlannedModel) -> Section:
+    interval = plan.fleet.check_interval_ms
+    section = Section(
+        f"backend {model.backend}",
+        (f"Model `{model.name}` on {', '.join(n.name for n in model.nodes)}.",),
+    )
+    section.add(
+        "balance leastconn",
+        "Among nodes where the model is awake: fewest requests in flight per unit of weight\n"
+        "(the agent lowers the weight of a saturated node).",
+    )
+    section.add(
+        f"default-server weight {SERVER_WEIGHT} disabled agent-check agent-inter {interval}ms",
+        "Every entry starts in maintenance and turns usable on its agent's first answer\n"
+        f"(asked every {interval} ms), so a fresh HAProxy never guesses.",
+    )
+    for tier in (Tier.AWAKE, Tier.ASLEEP, Tier.ANY):
+        for node in model.nodes:
+            first = node is model.nodes[0]
+            section.add(_server(model, node, tier), _TIER_WHY[tier] if first else "")
+    return section
+
+
+_TIER_WHY = {
+    Tier.AWAKE: "Active entries: usable while the model is awake or coming up on the node.",
+    Tier.ASLEEP: "Backup entries, tried first: the model is awake or asleep on the node.",
+    Tier.ANY: "Backup entries, tried last: the node can bring the model up without\n"
+    "evicting a pinned or busy model. Listed in fleet-file order: the first usable\n"
+    "one takes a cold model's whole burst.",
+}
+
+
+def _server(model: PlannedModel, node: PlannedNode, tier: Tier) -> str:
+    name = node.name if tier is Tier.AWAKE else f"{node.name}.{tier.value}"
+    backup = "" if tier is Tier.AWAKE else " backup"
+    return (
+        f"server {name} {node.address}:{node.port}{backup} track {NODES_BACKEND}/{node.name} "
+        f'agent-addr {node.address} agent-port {node.agent_port} agent-send "{model.name} '
+        f'{tier.value}\\n"'
+    )

@@ -1,0 +1,115 @@
+"""What the generated haproxy.cfg is made of, derived from the fleet file and node configs.
+
+Owns: `FleetPlan` — the nodes in fleet-file order (where each proxy and agent is reached),
+each model with the names a request may use, its backend name and the nodes that serve
+it, the buffer size (the largest `max_request_body_bytes` plus room for headers), the
+timeouts (long enough that a node's own queue and idle limits answer first), and the
+warnings worth printing (a model configured differently on two nodes).
+Does not: validate (`spec.fleet_errors` runs first) or write text (`haproxy`). Pure.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from gpumux.core.config import Config, ModelConfig
+from gpumux.fleet.spec import FleetFile
+
+#: Request line and headers on top of the largest body (HAProxy's `tune.maxrewrite` and
+#: the header block must fit in the same buffer).
+HEADER_ROOM_BYTES = 64 * 1024
+#: HAProxy gives up on a node only after that node's own limits would have answered.
+TIMEOUT_MARGIN_SECS = 10
+
+
+@dataclass(frozen=True)
+class PlannedNode:
+    name: str
+    address: str
+    port: int  # the node's gpumux proxy
+    agent_port: int
+
+
+@dataclass(frozen=True)
+class PlannedModel:
+    name: str
+    names: tuple[str, ...]  # what a request's `model` may say (the name, then aliases)
+    backend: str
+    nodes: tuple[PlannedNode, ...]  # fleet-file order: the order bring-ups prefer
+
+
+@dataclass(frozen=True)
+class FleetPlan:
+    fleet: FleetFile
+    nodes: tuple[PlannedNode, ...]
+    models: tuple[PlannedModel, ...]
+    bufsize: int
+    server_timeout_secs: int
+    http_request_timeout_secs: int
+    warnings: tuple[str, ...]
+
+    @property
+    def all_names(self) -> tuple[str, ...]:
+        return tuple(n for m in self.models for n in m.names)
+
+
+def plan_fleet(fleet: FleetFile, configs: Mapping[str, Config]) -> FleetPlan:
+    """The plan for a validated fleet (every node has an agent_port)."""
+    nodes = tuple(
+        PlannedNode(n.name, n.address, configs[n.name].port, configs[n.name].agent_port or 0)
+        for n in fleet.nodes
+    )
+    by_model: dict[str, list[PlannedNode]] = {}
+    first_seen: dict[str, tuple[str, ModelConfig]] = {}
+    warnings: list[str] = []
+    for node in nodes:
+        for alias, model in configs[node.name].models.items():
+            by_model.setdefault(alias, []).append(node)
+            seen = first_seen.setdefault(alias, (node.name, model))
+            if seen[1].model_path != model.model_path:
+                warnings.append(
+                    f"model {alias}: model_path {seen[1].model_path!r} on {seen[0]} but "
+                    f"{model.model_path!r} on {node.name}; HAProxy treats them as one model"
+                )
+    used: set[str] = set()
+    models = tuple(
+        PlannedModel(
+            name=alias,
+            names=(alias, *_aliases(first_seen[alias][1])),
+            backend=_backend_name(alias, used),
+            nodes=tuple(serving),
+        )
+        for alias, serving in by_model.items()
+    )
+    all_configs = list(configs.values())
+    return FleetPlan(
+        fleet=fleet,
+        nodes=nodes,
+        models=models,
+        bufsize=max(c.max_request_body_bytes for c in all_configs) + HEADER_ROOM_BYTES,
+        server_timeout_secs=max(
+            round(c.policy.request_timeout_secs + c.supervision.upstream_idle_timeout_secs)
+            for c in all_configs
+        )
+        + TIMEOUT_MARGIN_SECS,
+        http_request_timeout_secs=max(60, *(round(c.header_timeout_secs) for c in all_configs)),
+        warnings=tuple(warnings),
+    )
+
+
+def _aliases(model: ModelConfig) -> tuple[str, ...]:
+    # `aliases` arrives with another change (design §8); until then there are none.
+    names = getattr(model, "aliases", None) or ()
+    return tuple(str(n) for n in names)
+
+
+def _backend_name(model: str, used: set[str]) -> str:
+    """`model_<name>` with characters HAProxy does not allow in a proxy name replaced."""
+    base = "model_" + re.sub(r"[^A-Za-z0-9_.-]", "_", model)
+    name, suffix = base, 2
+    while name in used:
+        name, suffix = f"{base}_{suffix}", suffix + 1
+    used.add(name)
+    return name
