@@ -134,10 +134,19 @@ def test_retries_redispatch_and_health_checks() -> None:
         "retry-on conn-failure empty-response 503",
         "option redispatch 1",
         "option httpchk GET /health",
-        "default-server inter 250ms fall 2 rise 2",
+        "default-server inter 250ms fastinter 250ms fall 2 rise 2",
         "agent-inter 250ms",
     ):
         assert line in text
+
+
+@pytest.mark.parametrize(("interval_ms", "retries"), [(200, 3), (1000, 4), (5000, 8)])
+def test_retries_outlast_the_detection_of_a_dead_node(interval_ms: int, retries: int) -> None:
+    """Down after one interval plus a fast check; the attempts, a second apart, span it."""
+    text = render(check_interval_ms=interval_ms)
+    assert f"\n    retries {retries}\n" in text
+    detection = (interval_ms + min(interval_ms, 250)) / 1000
+    assert retries - 1 >= detection + 1  # one turn-around to spare
 
 
 def test_the_same_plan_always_renders_the_same_bytes() -> None:

@@ -41,8 +41,9 @@ def nodes_backend(plan: FleetPlan) -> Section:
     )
     section.add("http-check expect status 200", "Only a 200 counts as up.")
     section.add(
-        f"default-server inter {interval}ms fall 2 rise 2",
-        f"Check every {interval} ms; 2 failures mark a node down, 2 successes up again.",
+        f"default-server inter {interval}ms fastinter {plan.fast_check_ms}ms fall 2 rise 2",
+        f"Check every {interval} ms, {plan.fast_check_ms} ms after a failure; 2 failures mark a\n"
+        "node down (so a dead node is down within one interval and a bit), 2 successes up.",
     )
     for node in plan.nodes:
         section.add(

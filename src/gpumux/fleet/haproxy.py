@@ -112,8 +112,9 @@ def _defaults(plan: FleetPlan) -> Section:
     section.add("timeout http-keep-alive 10s", "An idle client connection between requests.")
     section.add("timeout check 2s", "One health or agent check.")
     section.add(
-        "retries 3",
-        "A request a node never answered goes to another node, up to 3 more times.",
+        f"retries {plan.retries}",
+        "Attempts after the first, a second apart: enough to outlast the health checks\n"
+        "marking a dead node down, after which a retry goes to another node.",
     )
     section.add(
         "retry-on conn-failure empty-response 503",

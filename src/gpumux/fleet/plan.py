@@ -3,13 +3,15 @@
 Owns: `FleetPlan` — the nodes in fleet-file order (where each proxy and agent is reached),
 each model with the names a request may use, its backend name and the nodes that serve
 it, the buffer size (the largest `max_request_body_bytes` plus room for headers), the
-timeouts (long enough that a node's own queue and idle limits answer first), and the
+timeouts (long enough that a node's own queue and idle limits answer first), the retry
+count (enough attempts to outlast the health checks finding a dead node), and the
 warnings worth printing (a model configured differently on two nodes).
 Does not: validate (`spec.fleet_errors` runs first) or write text (`haproxy`). Pure.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -22,6 +24,11 @@ from gpumux.fleet.spec import FleetFile
 HEADER_ROOM_BYTES = 64 * 1024
 #: HAProxy gives up on a node only after that node's own limits would have answered.
 TIMEOUT_MARGIN_SECS = 10
+#: After one failed health check, the next comes this soon (at most), so a dead node is
+#: down within `check_interval + FAST_CHECK_MS`.
+FAST_CHECK_MS = 250
+#: HAProxy waits a second between two connection attempts (its turn-around timer).
+RETRY_TURNAROUND_SECS = 1.0
 
 
 @dataclass(frozen=True)
@@ -46,6 +53,8 @@ class FleetPlan:
     nodes: tuple[PlannedNode, ...]
     models: tuple[PlannedModel, ...]
     bufsize: int
+    fast_check_ms: int
+    retries: int  # enough to outlast a dead node's detection
     server_timeout_secs: int
     http_request_timeout_secs: int
     warnings: tuple[str, ...]
@@ -84,11 +93,17 @@ def plan_fleet(fleet: FleetFile, configs: Mapping[str, Config]) -> FleetPlan:
         for alias, serving in by_model.items()
     )
     all_configs = list(configs.values())
+    fast_check_ms = min(fleet.check_interval_ms, FAST_CHECK_MS)
+    detection_secs = (fleet.check_interval_ms + fast_check_ms) / 1000
     return FleetPlan(
         fleet=fleet,
         nodes=nodes,
         models=models,
         bufsize=max(c.max_request_body_bytes for c in all_configs) + HEADER_ROOM_BYTES,
+        fast_check_ms=fast_check_ms,
+        # The first retry goes at once, each later one a turn-around after the last: the
+        # attempts span (retries - 1) turn-arounds, which must outlast the detection.
+        retries=math.ceil(detection_secs / RETRY_TURNAROUND_SECS) + 2,
         server_timeout_secs=max(
             round(c.policy.request_timeout_secs + c.supervision.upstream_idle_timeout_secs)
             for c in all_configs
