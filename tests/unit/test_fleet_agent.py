@@ -28,7 +28,8 @@ def model(
     state: ModelState = M.READY,
     *,
     cost: float = 0.0,
-    can_host: bool = True,
+    blocked: str = "",
+    refused: str = "",
     inflight: int = 0,
     queued: int = 0,
 ) -> ModelStatus:
@@ -39,8 +40,8 @@ def model(
         inflight=inflight,
         max_concurrency=4,
         wake_cost_secs=cost,
-        can_host_now=can_host,
-        blocked="" if can_host else "busy",
+        blocked=blocked,
+        refused=refused,
     )
 
 
@@ -60,10 +61,10 @@ def node(m: ModelStatus, state: DaemonState = DaemonState.SERVING) -> NodeStatus
 @pytest.mark.parametrize(
     ("raw", "query"),
     [
-        (b"m\n", AgentQuery("m", Tier.ANY)),
+        (b"m\n", AgentQuery("m", Tier.COLD)),
         (b"m awake\n", AgentQuery("m", Tier.AWAKE)),
         (b"Qwen/Qwen2.5-7B asleep\r\n", AgentQuery("Qwen/Qwen2.5-7B", Tier.ASLEEP)),
-        (b"  m   any  ", AgentQuery("m", Tier.ANY)),  # no newline: the peer closed after it
+        (b"  m   cold  ", AgentQuery("m", Tier.COLD)),  # no newline: the peer closed after it
         (b"", None),
         (b"\n", None),
         (b"m hot\n", None),
@@ -100,26 +101,32 @@ def test_awake_and_not_saturated_is_up_at_full_weight_in_every_tier() -> None:
     assert reply_for(node(saturated), AgentQuery("m", Tier.AWAKE)) == "up ready 50%\n"
 
 
-def test_cannot_host_now_is_drain() -> None:
-    blocked = model(M.STOPPED, cost=30, can_host=False)
-    assert reply_for(node(blocked), AgentQuery("m")) == "drain\n"
+def test_cannot_host_now_is_drain_except_as_a_place_to_wait() -> None:
+    busy = model(M.STOPPED, cost=30, blocked="no evictable model frees enough memory yet")
+    for tier in (Tier.AWAKE, Tier.ASLEEP, Tier.COLD):
+        assert reply_for(node(busy), AgentQuery("m", tier)) == "drain\n"
+    assert reply_for(node(busy), AgentQuery("m", Tier.QUEUE)) == "up ready 1%\n"
+    never = model(M.FAILED, blocked="failed", refused="failed")
+    assert reply_for(node(never), AgentQuery("m", Tier.QUEUE)) == "drain\n"
 
 
 @pytest.mark.parametrize(
     ("state", "tiers_up"),
     [
-        (M.READY, {Tier.AWAKE, Tier.ASLEEP, Tier.ANY}),
-        (M.STARTING, {Tier.AWAKE, Tier.ASLEEP, Tier.ANY}),
-        (M.WAKING, {Tier.AWAKE, Tier.ASLEEP, Tier.ANY}),
-        (M.SLEEPING, {Tier.ASLEEP, Tier.ANY}),
-        (M.SUSPENDED, {Tier.ASLEEP, Tier.ANY}),
-        (M.CHECKPOINTED, {Tier.ASLEEP, Tier.ANY}),
-        (M.DRAINING, {Tier.ASLEEP, Tier.ANY}),
-        (M.STOPPED, {Tier.ANY}),
-        (M.FAILED, {Tier.ANY}),
+        (M.READY, set(Tier)),
+        (M.STARTING, set(Tier)),
+        (M.WAKING, set(Tier)),
+        (M.SLEEPING, {Tier.ASLEEP, Tier.COLD, Tier.QUEUE}),
+        (M.SUSPENDED, {Tier.ASLEEP, Tier.COLD, Tier.QUEUE}),
+        (M.CHECKPOINTED, {Tier.ASLEEP, Tier.COLD, Tier.QUEUE}),
+        (M.DRAINING, {Tier.ASLEEP, Tier.COLD, Tier.QUEUE}),
+        (M.STOPPED, {Tier.COLD, Tier.QUEUE}),
+        (M.FAILED, {Tier.COLD, Tier.QUEUE}),
     ],
 )
-def test_tiers_nest_awake_in_asleep_in_any(state: ModelState, tiers_up: set[Tier]) -> None:
+def test_tiers_nest_awake_in_asleep_in_cold_in_queue(
+    state: ModelState, tiers_up: set[Tier]
+) -> None:
     status = node(model(state, cost=5))
     up = {t for t in Tier if reply_for(status, AgentQuery("m", t)).startswith("up ready")}
     assert up == tiers_up

@@ -83,28 +83,56 @@ def test_body_buffering_is_sized_from_the_largest_body_limit() -> None:
     assert "req.body,json_query('$.model')" in text
 
 
-def test_each_model_backend_has_three_nested_tiers_in_fleet_order() -> None:
-    text = render()
-    backend = text.split("backend model_a\n")[1].split("\n\n")[0]
-    servers = re.findall(
-        r"server (\S+) \S+( backup)? track nodes/(\S+) .*agent-send \"a (\w+)\\n\"", backend
+def servers_of(text: str, backend: str) -> list[tuple[str, bool, str, str]]:
+    """(entry, backup, tracked node, tier asked) for each server of one backend."""
+    section = text.split(f"backend {backend}\n")[1].split("\n\n")[0]
+    found = re.findall(
+        r"\n    server (\S+) \S+( backup)? track nodes/(\S+) .*agent-send \"\S+ (\w+)\\n\"",
+        section,
     )
-    assert [(name, bool(backup), tier) for name, backup, _, tier in servers] == [
-        ("n1", False, "awake"),
-        ("n2", False, "awake"),
-        ("n3", False, "awake"),
-        ("n1.asleep", True, "asleep"),
-        ("n2.asleep", True, "asleep"),
-        ("n3.asleep", True, "asleep"),
-        ("n1.any", True, "any"),
-        ("n2.any", True, "any"),
-        ("n3.any", True, "any"),
+    return [(name, bool(backup), node, tier) for name, backup, node, tier in found]
+
+
+def test_each_model_backend_has_four_nested_tiers_from_its_home_node() -> None:
+    text = render()
+    # Model a is the first model: home n1. Awake entries are active, the rest backups.
+    assert servers_of(text, "model_a") == [
+        ("n1", False, "n1", "awake"),
+        ("n2", False, "n2", "awake"),
+        ("n3", False, "n3", "awake"),
+        ("n1.asleep", True, "n1", "asleep"),
+        ("n2.asleep", True, "n2", "asleep"),
+        ("n3.asleep", True, "n3", "asleep"),
+        ("n1.cold", True, "n1", "cold"),
+        ("n2.cold", True, "n2", "cold"),
+        ("n3.cold", True, "n3", "cold"),
+        ("n1.queue", True, "n1", "queue"),
+        ("n2.queue", True, "n2", "queue"),
+        ("n3.queue", True, "n3", "queue"),
     ]
+    # Model b, the second, is only on n1: its home is n1 whatever its index.
+    assert [s[0] for s in servers_of(text, "model_b")] == ["n1", "n1.asleep", "n1.cold", "n1.queue"]
+    # only3 (the third) is on n3 alone.
+    assert [s[0] for s in servers_of(text, "model_only3")][:2] == ["n3", "n3.asleep"]
+    backend = text.split("backend model_a\n")[1].split("\n\n")[0]
     assert "agent-addr 10.0.0.2 agent-port 3010" in backend
     assert "default-server weight 100 disabled agent-check" in backend
-    only3 = text.split("backend model_only3\n")[1].split("\n\n")[0]
-    assert re.findall(r"\n    server (\S+)", only3) == ["n3", "n3.asleep", "n3.any"]
     assert "option allbackups" not in text  # only the first usable backup takes a burst
+
+
+def test_cold_models_get_different_home_nodes() -> None:
+    fleet = parse_fleet(fleet_file("n1", "n2", "n3"))
+    configs = {
+        n: node_config(i + 1, {"x": "m", "y": "m", "z": "m"})
+        for i, n in enumerate(("n1", "n2", "n3"))
+    }
+    text = render_haproxy(plan_fleet(fleet, configs))
+    homes = [
+        next(name for name, _, _, tier in servers_of(text, f"model_{m}") if tier == "cold")
+        for m in "xyz"
+    ]
+    assert homes == ["n1.cold", "n2.cold", "n3.cold"]
+    assert "#   y: n2, n3, n1" in text
 
 
 def test_unknown_and_unroutable_models_get_openai_shaped_answers() -> None:

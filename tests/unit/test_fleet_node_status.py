@@ -103,6 +103,7 @@ def test_a_busy_model_is_never_evicted_for_another_an_idle_one_may_be() -> None:
     b = node.read().models["b"]
     assert not b.can_host_now
     assert "no evictable model" in b.blocked
+    assert b.can_queue  # a request would wait for a to be drained
     node.feed(node.core.release(1, node.now))  # idle now: a could be evicted for b
     assert node.read().models["b"].can_host_now
 
@@ -117,7 +118,7 @@ def test_manual_mode_shutdown_and_failure_block_hosting() -> None:
     node.submit(2, "b")
     node.finish_ops(OpResult.FAILED)  # one failure is the limit here: failed, retry in 60 s
     b = node.read().models["b"]
-    assert (b.state, b.can_host_now) == (M.FAILED, False)
+    assert (b.state, b.can_host_now, b.can_queue) == (M.FAILED, False, False)
     node.now += 61
     assert node.read().models["b"].can_host_now  # the half-open retry may start it
     node.state = DaemonState.DRAINING
@@ -157,6 +158,7 @@ def test_json_and_endpoint_picker_forms() -> None:
             "wake_cost_secs": 0.0,
             "can_host_now": True,
             "blocked": None,
+            "can_queue": True,
         },
         "b": {
             "state": "starting",
@@ -167,6 +169,7 @@ def test_json_and_endpoint_picker_forms() -> None:
             "wake_cost_secs": 30.0,
             "can_host_now": True,
             "blocked": None,
+            "can_queue": True,
         },
     }
     epp = epp_snapshot(status)

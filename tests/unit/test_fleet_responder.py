@@ -17,7 +17,7 @@ pytestmark = pytest.mark.unit
 
 
 def status() -> NodeStatus:
-    ready = ModelStatus("m", ModelState.READY, 0, 0, 8, 0.0, True, "")
+    ready = ModelStatus("m", ModelState.READY, 0, 0, 8, 0.0, "", "")
     return NodeStatus(
         "n1", DaemonState.SERVING, "auto", None, MappingProxyType({"m": ready}), (), None, None
     )
@@ -79,7 +79,7 @@ async def test_bad_peers_get_maint_and_the_agent_keeps_answering(
     # A peer that connects and vanishes without a word.
     _, writer = await asyncio.open_connection("127.0.0.1", responder.port)
     writer.close()
-    replies = await asyncio.gather(*(ask(responder.port, b"m any\n") for _ in range(50)))
+    replies = await asyncio.gather(*(ask(responder.port, b"m cold\n") for _ in range(50)))
     assert set(replies) == {b"up ready 100%\n"}
 
 

@@ -44,8 +44,18 @@ class ModelStatus:
     inflight: int
     max_concurrency: int  # requests the backend batches at once (`max_num_seqs`)
     wake_cost_secs: float  # learned seconds from this state to ready (0 when ready)
-    can_host_now: bool  # ready, coming up, or can come up without evicting pinned/busy
-    blocked: str  # why it cannot host now ("" when it can)
+    blocked: str  # why it cannot be served now without evicting a pinned or busy model
+    refused: str  # why a request sent now would not even wait for it (full, failed, ...)
+
+    @property
+    def can_host_now(self) -> bool:
+        """Ready, coming up, or can come up without evicting a pinned or busy model."""
+        return not self.blocked
+
+    @property
+    def can_queue(self) -> bool:
+        """A request sent now would wait its turn here rather than be refused."""
+        return not self.refused
 
     @property
     def saturated(self) -> bool:
@@ -97,7 +107,7 @@ def read_node_status(src: NodeSources) -> NodeStatus:
     }
     models = {}
     for alias, slot in core.slots.items():
-        blocked = _blocked(slot, core.shutting_down, core.pinned, tenants, src.capacity, now)
+        blocked, refused = _judge(slot, core.shutting_down, core.pinned, tenants, src.capacity, now)
         models[alias] = ModelStatus(
             model=alias,
             state=slot.state,
@@ -105,8 +115,8 @@ def read_node_status(src: NodeSources) -> NodeStatus:
             inflight=len(slot.leases),
             max_concurrency=slot.config.max_num_seqs,
             wake_cost_secs=_wake_cost(core.costs.op_cost, slot),
-            can_host_now=not blocked,
             blocked=blocked,
+            refused=refused,
         )
     resources = src.resources
     return NodeStatus(
@@ -134,30 +144,37 @@ def _as_placement_sees_it(slot: Slot, wake_cost_secs: float) -> Tenant:
     return dataclasses.replace(tenant, pinned=True) if not slot.idle else tenant
 
 
-def _blocked(
+def _judge(
     slot: Slot,
     shutting_down: bool,
     pinned: str | None,
     tenants: Mapping[str, Tenant],
     capacity: Mapping[int, int],
     now: float,
-) -> str:
-    """Why `slot` cannot be served now without evicting a pinned or busy model ("" = it can)."""
+) -> tuple[str, str]:
+    """(why `slot` cannot be served now without evicting a pinned or busy model, why a
+    request for it would not even wait); "" where it can."""
+    never = ""
     if shutting_down:
-        return "the node is shutting down"
-    if slot.state is M.READY or slot.state in COMING_UP:
-        return ""
-    if pinned is not None and pinned != slot.alias:
-        return f"manual mode: only `{pinned}` is woken"
-    if slot.state is M.FAILED and (slot.retry_not_before is None or now < slot.retry_not_before):
-        return f"failed: {slot.last_error}" if slot.last_error else "failed"
+        never = "the node is shutting down"
+    elif len(slot.queue) >= slot.config.max_queue:
+        never = "its queue is full"
+    elif slot.state is M.READY or slot.state in COMING_UP:
+        return "", ""
+    elif pinned is not None and pinned != slot.alias:
+        never = f"manual mode: only `{pinned}` is woken"
+    elif slot.state is M.FAILED and (slot.retry_not_before is None or now < slot.retry_not_before):
+        never = f"failed: {slot.last_error}" if slot.last_error else "failed"
+    if never:
+        return never, never
     admission = admit(slot.alias, tenants, capacity, now)
     if admission.fits_now or admission.victims:
-        return ""
+        return "", ""
     if admission.impossible:
-        return admission.impossible
-    # No victims and no reason: evictions already under way make room.
-    return admission.reason
+        return admission.impossible, admission.impossible
+    # Busy models hold the memory: a request waits until the policy drains one of them.
+    # (No victims and no reason: evictions already under way make room.)
+    return admission.reason, ""
 
 
 def node_json(status: NodeStatus) -> dict[str, object]:
@@ -177,6 +194,7 @@ def node_json(status: NodeStatus) -> dict[str, object]:
                 "wake_cost_secs": round(m.wake_cost_secs, 3),
                 "can_host_now": m.can_host_now,
                 "blocked": m.blocked or None,
+                "can_queue": m.can_queue,
             }
             for alias, m in status.models.items()
         },

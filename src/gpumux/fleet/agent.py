@@ -7,20 +7,26 @@ Does not: do I/O (`responder` owns the socket) or read the scheduler (node statu
 HAProxy connects to `agent_port`, sends the server's `agent-send` string and reads one
 line back (then either side closes). Here the request is one line:
 
-    <model>[ <tier>]\n        tier: awake | asleep | any (the default)
+    <model>[ <tier>]\n        tier: awake | asleep | cold (the default) | queue
 
 and the reply one of
 
     up ready <weight>%\n   route here, with this share of the server's configured weight
-    drain\n                not now: it cannot come up without evicting a pinned or busy
-                           model (or it failed), or it is colder than the tier asked about
+    drain\n                not for this tier now (see below)
     maint\n                never: unknown model, node not serving, or a malformed request
+
+Without a tier word the answer is the node's plain one: awake and not saturated → up at
+full weight; asleep → up with a weight that falls with its learned wake cost; cannot be
+brought up now without evicting a pinned or busy model (or failed) → drain. A tier word
+narrows it: `awake` and `asleep` drain a model colder than that; `queue` widens it, up
+(at 1%) for a model that cannot come up now but whose request would wait its turn here.
 
 Every reply names the admin state (`ready` clears an earlier `drain` or `maint`: only the
 agent can undo what the agent set). The generated haproxy.cfg asks about each model in
-three nested tiers — awake ⊂ asleep ⊂ any — one server entry per node and tier, so
-HAProxy prefers a node where the model is awake, then one where it sleeps, then any node
-that can host it, and a tier never empties while a model moves between tiers.
+four nested tiers — awake ⊂ asleep ⊂ cold ⊂ queue — one server entry per node and tier,
+so HAProxy prefers a node where the model is awake, then one where it sleeps, then one
+that can start it without evicting a busy model, then one where it can wait, and a tier
+never empties while a model moves between tiers.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ READY_WEIGHT = 100
 SATURATED_WEIGHT = 50  # awake but at its concurrency: another awake replica gets more
 COMING_UP_WEIGHT = 30  # a bring-up under way serves the burst that caused it
 ASLEEP_MAX_WEIGHT = 90
+QUEUE_WEIGHT = 1  # a last resort: it waits for a busy model to be drained
 #: A wake this long (seconds) gets half of ASLEEP_MAX_WEIGHT; longer ones less.
 HALF_WEIGHT_WAKE_SECS = 10.0
 
@@ -51,7 +58,8 @@ class Tier(StrEnum):
 
     AWAKE = "awake"
     ASLEEP = "asleep"
-    ANY = "any"
+    COLD = "cold"
+    QUEUE = "queue"
 
 
 class Warmth(IntEnum):
@@ -62,7 +70,12 @@ class Warmth(IntEnum):
     COLD = 2
 
 
-TIER_WARMTH = {Tier.AWAKE: Warmth.AWAKE, Tier.ASLEEP: Warmth.ASLEEP, Tier.ANY: Warmth.COLD}
+TIER_WARMTH = {
+    Tier.AWAKE: Warmth.AWAKE,
+    Tier.ASLEEP: Warmth.ASLEEP,
+    Tier.COLD: Warmth.COLD,
+    Tier.QUEUE: Warmth.COLD,
+}
 WARMTH: dict[ModelState, Warmth] = {
     M.READY: Warmth.AWAKE,
     M.STARTING: Warmth.AWAKE,
@@ -82,7 +95,7 @@ WARMTH: dict[ModelState, Warmth] = {
 @dataclass(frozen=True)
 class AgentQuery:
     model: str
-    tier: Tier = Tier.ANY
+    tier: Tier = Tier.COLD
 
 
 def parse_request(raw: bytes) -> AgentQuery | None:
@@ -111,7 +124,11 @@ def reply_for(status: NodeStatus, query: AgentQuery | None) -> str:
     model = status.models.get(query.model)
     if model is None:
         return MAINT + "\n"
-    if not model.can_host_now or WARMTH[model.state] > TIER_WARMTH[query.tier]:
+    if not model.can_host_now:
+        if query.tier is Tier.QUEUE and model.can_queue:
+            return f"up ready {QUEUE_WEIGHT}%\n"
+        return DRAIN + "\n"
+    if WARMTH[model.state] > TIER_WARMTH[query.tier]:
         return DRAIN + "\n"
     return f"up ready {weight_percent(model)}%\n"
 

@@ -2,18 +2,20 @@
 
 Owns: the `nodes` backend (one health-checked server per node: the check all of the
 node's model entries track, and where requests naming no model go) and each model's
-backend — per node three server entries in nested tiers (awake, asleep, any) whose
-state and weight the node's agent sets — with a comment above every directive.
+backend — per node four server entries in nested tiers (awake, asleep, cold, queue)
+whose state and weight the node's agent sets — with a comment above every directive.
 Does not: write the frontend (`haproxy`) or decide tiers' meaning (`agent` does).
 Pure.
 
-Why three entries per node: HAProxy has two tiers of servers (active, backup) and uses
+Why four entries per node: HAProxy has two tiers of servers (active, backup) and uses
 only the first usable backup unless told otherwise. Active entries are the awake tier,
-balanced by least connections; the backups list every node's asleep entry before any
-node's `any` entry, so "the first usable backup" is a node where the model sleeps if
-there is one, else the first node that can bring it up. Tiers nest (awake ⊂ asleep ⊂
-any): as a model comes up, a node's warmer entries turn usable while its colder ones
-stay usable, so HAProxy never sees a gap in which a second node looks best.
+balanced by least connections. The backups list every node's asleep entry, then every
+node's cold entry, then every node's queue entry (each group in the model's preferred
+node order), so "the first usable backup" is a node where the model sleeps, else one
+that can start it without evicting a busy model, else one where its request can wait.
+Tiers nest (awake ⊂ asleep ⊂ cold ⊂ queue): as a model comes up, a node's warmer entries
+turn usable while its colder ones stay usable, so HAProxy never sees a gap in which a
+second node looks best; a burst for a cold model goes to one node and wakes it once.
 """
 
 from __future__ import annotations
@@ -69,19 +71,23 @@ def model_backend(plan: FleetPlan, model: PlannedModel) -> Section:
         "Every entry starts in maintenance and turns usable on its agent's first answer\n"
         f"(asked every {interval} ms), so a fresh HAProxy never guesses.",
     )
-    for tier in (Tier.AWAKE, Tier.ASLEEP, Tier.ANY):
-        for node in model.nodes:
-            first = node is model.nodes[0]
-            section.add(_server(model, node, tier), _TIER_WHY[tier] if first else "")
+    order = ", ".join(n.name for n in model.preferred)
+    for tier in Tier:
+        nodes = model.nodes if tier is Tier.AWAKE else model.preferred
+        for node in nodes:
+            why = _TIER_WHY[tier].format(order=order) if node is nodes[0] else ""
+            section.add(_server(model, node, tier), why)
     return section
 
 
 _TIER_WHY = {
     Tier.AWAKE: "Active entries: usable while the model is awake or coming up on the node.",
-    Tier.ASLEEP: "Backup entries, tried first: the model is awake or asleep on the node.",
-    Tier.ANY: "Backup entries, tried last: the node can bring the model up without\n"
-    "evicting a pinned or busy model. Listed in fleet-file order: the first usable\n"
-    "one takes a cold model's whole burst.",
+    Tier.ASLEEP: "Backups, tried in this order ({order}: the model's home node first):\n"
+    "awake or asleep on the node, and it can come up there without evicting a pinned\n"
+    "or busy model. The first usable backup takes every request.",
+    Tier.COLD: "Then: the node can start it without evicting a pinned or busy model.",
+    Tier.QUEUE: "Last: the node serves it but must first drain a busy model; the request\n"
+    "waits there (the node's policy decides when) rather than being refused.",
 }
 
 

@@ -23,16 +23,17 @@ Change the fleet file or a node's gpumux config and generate it again; edits her
 
 How a request is routed (docs/fleet.md):
  1. The frontend buffers the body and reads its "model".
- 2. Each model has a backend listing, for every node configured with it, three server
+ 2. Each model has a backend listing, for every node configured with it, four server
     entries that ask the node's gpumux agent (agent_port) about the model:
       <node>         active: the model is awake (or coming up) there
-      <node>.asleep  backup: awake, or asleep with its process or image kept
-      <node>.any     backup: anything the node can bring up without evicting a busy model
-    The agent answers "drain" for an entry colder than the model is, "maint" when the
-    node is not serving. HAProxy balances over awake nodes (least connections, weighted
-    by the agent) and, when the model is awake nowhere, sends every request to the
-    first usable backup: one node, so a burst for a cold model wakes it once, on the
-    node where that is cheapest first (asleep before cold) and in fleet-file order.
+      <node>.asleep  backup: asleep there, and it can wake without evicting a busy model
+      <node>.cold    backup: the node can start it without evicting a busy model
+      <node>.queue   backup: the node serves it, after draining a busy model
+    The agent answers "drain" for an entry that does not fit the model's state there,
+    "maint" when the node is not serving. HAProxy balances over awake nodes (least
+    connections, weighted by the agent) and, when the model is awake nowhere, sends every
+    request to the first usable backup (asleep, then cold, then queue entries, each in
+    the model's own node order): one node, so a burst for a cold model wakes it once.
  3. All entries of a node track one health check of its /health (backend "nodes").
  4. A request a node never answered (refused, reset, no response) or answered 503 is
     retried on another node; a response already streaming cannot be, and is cut."""
@@ -56,8 +57,8 @@ def render_haproxy(plan: FleetPlan) -> str:
 def _inventory(plan: FleetPlan) -> list[str]:
     lines = ["#", "# Nodes (proxy, agent):"]
     lines += [f"#   {n.name}: {n.address}:{n.port}, agent {n.agent_port}" for n in plan.nodes]
-    lines.append("# Models (nodes, in bring-up order):")
-    lines += [f"#   {m.name}: {', '.join(n.name for n in m.nodes)}" for m in plan.models]
+    lines.append("# Models (nodes, in the order a bring-up tries them):")
+    lines += [f"#   {m.name}: {', '.join(n.name for n in m.preferred)}" for m in plan.models]
     return lines
 
 

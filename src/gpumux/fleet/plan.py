@@ -1,11 +1,12 @@
 """What the generated haproxy.cfg is made of, derived from the fleet file and node configs.
 
 Owns: `FleetPlan` — the nodes in fleet-file order (where each proxy and agent is reached),
-each model with the names a request may use, its backend name and the nodes that serve
-it, the buffer size (the largest `max_request_body_bytes` plus room for headers), the
-timeouts (long enough that a node's own queue and idle limits answer first), the retry
-count (enough attempts to outlast the health checks finding a dead node), and the
-warnings worth printing (a model configured differently on two nodes).
+each model with the names a request may use, its backend name, the nodes that serve it
+and the order they are tried in for a bring-up, the buffer size (the largest
+`max_request_body_bytes` plus room for headers), the timeouts (long enough that a node's
+own queue and idle limits answer first), the retry count (enough attempts to outlast
+the health checks finding a dead node), and the warnings worth printing (a model
+configured differently on two nodes).
 Does not: validate (`spec.fleet_errors` runs first) or write text (`haproxy`). Pure.
 """
 
@@ -44,7 +45,11 @@ class PlannedModel:
     name: str
     names: tuple[str, ...]  # what a request's `model` may say (the name, then aliases)
     backend: str
-    nodes: tuple[PlannedNode, ...]  # fleet-file order: the order bring-ups prefer
+    nodes: tuple[PlannedNode, ...]  # fleet-file order
+    #: The nodes in the order a bring-up tries them: fleet order rotated to start at the
+    #: model's home node (the i-th model's is the i-th node, round robin), so cold models
+    #: spread over the fleet instead of piling onto its first node.
+    preferred: tuple[PlannedNode, ...]
 
 
 @dataclass(frozen=True)
@@ -89,8 +94,9 @@ def plan_fleet(fleet: FleetFile, configs: Mapping[str, Config]) -> FleetPlan:
             names=(alias, *_aliases(first_seen[alias][1])),
             backend=_backend_name(alias, used),
             nodes=tuple(serving),
+            preferred=tuple(serving[index % len(serving) :] + serving[: index % len(serving)]),
         )
-        for alias, serving in by_model.items()
+        for index, (alias, serving) in enumerate(by_model.items())
     )
     all_configs = list(configs.values())
     fast_check_ms = min(fleet.check_interval_ms, FAST_CHECK_MS)
