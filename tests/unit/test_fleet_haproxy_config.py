@@ -183,6 +183,10 @@ def test_the_same_plan_always_renders_the_same_bytes() -> None:
     assert "stats socket /run/haproxy/gpumux.sock" in render(
         stats_socket="/run/haproxy/gpumux.sock"
     )
+    assert "server-state-file" not in render()
+    stateful = render(server_state_file="/var/lib/haproxy/gpumux.state")
+    assert "    server-state-file /var/lib/haproxy/gpumux.state\n" in stateful
+    assert "    load-server-state-from-file global\n" in stateful
 
 
 def test_fleet_file_schema_errors_are_listed() -> None:

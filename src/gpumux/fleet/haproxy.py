@@ -83,6 +83,12 @@ def _global(plan: FleetPlan) -> Section:
             "Runtime API (`show stat`, `show servers state`): what each agent said last.\n"
             "A relative path is relative to HAProxy's working directory.",
         )
+    if plan.fleet.server_state_file:
+        section.add(
+            f"server-state-file {plan.fleet.server_state_file}",
+            "What every agent said last, dumped before a reload (`show servers state`), so a\n"
+            "reloaded HAProxy routes at once instead of waiting for each agent's first answer.",
+        )
     return section
 
 
@@ -90,6 +96,8 @@ def _defaults(plan: FleetPlan) -> Section:
     section = Section("defaults", ("Settings every section below inherits.",))
     section.add("mode http", "HTTP: HAProxy reads requests, so it can route on the body.")
     section.add("log global", "Log with the global `log` line.")
+    if plan.fleet.server_state_file:
+        section.add("load-server-state-from-file global", "Start from the dumped states.")
     section.add(
         'log-format "%ci:%cp %ft %b/%s %ST %B %Tq/%Tw/%Tc/%Tr/%Ta %tsc %rc '
         '%{+Q}[var(txn.model)] %{+Q}r"',

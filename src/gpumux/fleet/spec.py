@@ -1,7 +1,8 @@
 """The fleet file: which gpumux nodes sit behind one HAProxy, and whether they can.
 
 Owns: the schema of FLEET.json (design §8: `{"port", "nodes": [{"name", "address",
-"config"}]}`, plus optional `bind`, `check_interval_ms` and `stats_socket`), resolving
+"config"}]}`, plus optional `bind`, `check_interval_ms`, `stats_socket` and
+`server_state_file`), resolving
 each node's `config` path (relative to the fleet file), and the cross-checks between
 the fleet file and the nodes' own configs that a generated haproxy.cfg depends on —
 every node runs the agent, HAProxy can reach its proxy and agent, names are safe to
@@ -48,6 +49,10 @@ class FleetFile(_Strict):
     )
     stats_socket: str | None = Field(
         default=None, description="Path of HAProxy's runtime API socket (level operator)."
+    )
+    server_state_file: str | None = Field(
+        default=None,
+        description="Where a reload finds the agents' last answers (dumped just before it).",
     )
 
 
