@@ -83,7 +83,7 @@ def test_sigkill_loses_no_retryable_request_and_cuts_streams_loudly(
             thread.join(timeout=60)
 
         for stream in streams:  # the SDK raises: the body ended without its last chunk
-            with pytest.raises(openai.APIConnectionError):
+            with stream, pytest.raises(openai.APIConnectionError):
                 for _ in stream:
                     pass
     assert not failures, failures

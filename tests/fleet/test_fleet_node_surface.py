@@ -121,6 +121,7 @@ def test_reading_changes_nothing_and_the_agent_says_maint_once_shutting_down(
         with pytest.raises(urllib.error.HTTPError) as refused:  # token-protected like the rest
             get_json(f"http://127.0.0.1:{top['admin_port']}/api/node")
         assert refused.value.code == 401
+        refused.value.close()  # it holds the response's socket
 
         # A 4-second answer from b keeps the daemon draining after SIGTERM.
         worker = threading.Thread(target=lambda: chat(daemon, "b", max_tokens=40, timeout=30))
