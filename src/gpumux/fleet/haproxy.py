@@ -199,8 +199,8 @@ def _frontend(plan: FleetPlan) -> Section:
     )
     for model in plan.models:
         unroutable = openai_error(
-            f"No node can serve `{model.name}` now (its nodes are down, busy with pinned or "
-            "busy models, or failed it); try again.",
+            f"No node can take `{model.name}` now (its nodes are down or shutting down, "
+            "failed it, have a full queue for it, or are in manual mode); try again.",
             "server_error",
             "model_unavailable",
         )
