@@ -200,6 +200,7 @@ def test_openapi_lists_exactly_the_routes_served(tmp_path: Path) -> None:
     api = {
         "/api/openapi.json",
         "/api/status",
+        "/api/node",
         "/api/switch",
         "/api/models/{model}/{action}",
         "/api/mode",

@@ -116,6 +116,7 @@ def http_status(url: str, timeout: float = 1.0) -> int | None:
             status: int = response.status
             return status
     except urllib.error.HTTPError as exc:
+        exc.close()  # it holds the response's socket (a 503 while the daemon starts)
         return exc.code
     except (urllib.error.URLError, OSError):
         return None

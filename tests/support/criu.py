@@ -114,13 +114,15 @@ def printed_image(stdout: str) -> Path | None:
     return Path(match[1]) if match else None
 
 
-def run_prebake(tmp: Path, config: dict[str, Any], *extra: str, timeout: float) -> Prebake:
-    """Pre-bake model `a` of `config` as a real subprocess (bounded by `timeout`)."""
+def run_prebake(
+    tmp: Path, config: dict[str, Any], *extra: str, timeout: float, model: str = "a"
+) -> Prebake:
+    """Pre-bake `model` of `config` as a real subprocess (bounded by `timeout`)."""
     path = tmp / "prebake.json"
     path.write_text(json.dumps(config))
     started = time.monotonic()
     result = subprocess.run(
-        [sys.executable, "-m", "gpumux", "serve", str(path), "--checkpoint", "a", *extra],
+        [sys.executable, "-m", "gpumux", "serve", str(path), "--checkpoint", model, *extra],
         capture_output=True,
         text=True,
         timeout=timeout,

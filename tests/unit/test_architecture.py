@@ -48,10 +48,11 @@ UNITS: tuple[tuple[str, int, tuple[str, ...]], ...] = (
     ("telemetry", 7, ("gpumux.telemetry", "gpumux.telemetry.*")),
     ("http", 8, ("gpumux.http", "gpumux.http.*")),
     ("admin", 9, ("gpumux.admin", "gpumux.admin.*")),
-    ("daemon", 10, ("gpumux.daemon", "gpumux.daemon.*")),
-    ("simulate", 11, ("gpumux.simulate", "gpumux.simulate.*")),
-    ("cli", 12, ("gpumux.cli", "gpumux.cli.*")),
-    ("entry", 13, ("gpumux", "gpumux.__main__")),
+    ("fleet", 10, ("gpumux.fleet", "gpumux.fleet.*")),
+    ("daemon", 11, ("gpumux.daemon", "gpumux.daemon.*")),
+    ("simulate", 12, ("gpumux.simulate", "gpumux.simulate.*")),
+    ("cli", 13, ("gpumux.cli", "gpumux.cli.*")),
+    ("entry", 14, ("gpumux", "gpumux.__main__")),
 )
 #: Units with no I/O, no clock and no logging (design §2): the pure core.
 PURE_UNITS = frozenset({"core", "policy", "scheduler-state"})

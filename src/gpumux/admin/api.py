@@ -4,12 +4,12 @@ Owns: the routes — `GET /` (dashboard) and its static files, `GET /api/status`
 `POST /api/switch`, `POST /api/models/{model}/{wake|evict|pin|unpin|restart|reset}` (evict takes
 `{"force": true}` for a pinned model),
 `POST /api/mode`, `GET /api/events` (SSE), `GET /api/logs/{model}`, `POST /api/chat`,
-`GET /api/requests` (the request log), `GET /api/openapi.json` — plus bearer-token auth
-on `/api/*`, OpenAI-shaped errors and security headers (a strict CSP: the page loads
-nothing from anywhere else).
+`GET /api/requests` (the request log), `GET /api/node` (read-only node status for a
+fleet), `GET /api/openapi.json` — plus bearer-token auth on `/api/*`, OpenAI-shaped errors
+and security headers (a strict CSP: the page loads nothing from anywhere else).
 Does not: decide. Every command goes to the scheduler's owner task as a typed admin
 input and answers with its `AdminReply` (a refusal maps to an HTTP status here); status
-is built from the scheduler's frozen view.
+and node status are built from the scheduler's frozen view.
 
 Open without a token: the dashboard's static files and the OpenAPI document (neither
 holds data). Everything else under `/api/` needs the token when one is configured; the
@@ -28,6 +28,7 @@ from aiohttp import web
 from gpumux.admin.auth import AdminToken
 from gpumux.admin.chat import ChatForwarder
 from gpumux.admin.events import EventHub
+from gpumux.admin.node import NodeStatus, node_json
 from gpumux.admin.openapi import openapi_document
 from gpumux.admin.status import StatusSources, build_status
 from gpumux.core.errors import (
@@ -102,9 +103,11 @@ class AdminApi:
         token: AdminToken,
         chat: ChatForwarder,
         recent_output: Callable[[str], list[str]],
+        node_status: Callable[[], NodeStatus],
         requests: RequestRows = _no_request_log,
     ) -> None:
         self._scheduler = scheduler
+        self._node_status = node_status
         self._requests = requests
         self._status = status
         self._token = token
@@ -121,6 +124,7 @@ class AdminApi:
             app.router.add_get(path, _static_handler(body, DASHBOARD_FILES[name]))
         app.router.add_get("/api/openapi.json", self._openapi)
         app.router.add_get("/api/status", self._get_status)
+        app.router.add_get("/api/node", self._get_node)
         app.router.add_post("/api/switch", self._switch)
         app.router.add_post("/api/models/{model}/{action}", self._model_action)
         app.router.add_post("/api/mode", self._mode)
@@ -163,6 +167,9 @@ class AdminApi:
 
     async def _get_status(self, request: web.Request) -> web.Response:
         return web.json_response(build_status(self._status), dumps=_dumps)
+
+    async def _get_node(self, request: web.Request) -> web.Response:
+        return web.json_response(node_json(self._node_status()))
 
     async def _logs(self, request: web.Request) -> web.Response:
         model = self._known_model(request.match_info["model"])

@@ -63,6 +63,13 @@ def openapi_document() -> dict[str, Any]:
                     "responses": {"200": _json({"type": "object"}), **_AUTH_ERRORS},
                 }
             },
+            "/api/node": {
+                "get": {
+                    "summary": "Read-only node status for a fleet (never wakes, resets a TTL "
+                    "or takes a lease)",
+                    "responses": {"200": _json({"type": "object"}), **_AUTH_ERRORS},
+                }
+            },
             "/api/switch": {
                 "post": _command(
                     "Force a switch to a model (drain, evict, wake) through the scheduler",

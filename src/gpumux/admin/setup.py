@@ -18,6 +18,7 @@ import aiohttp
 from gpumux.admin.api import AdminApi, RequestRows
 from gpumux.admin.auth import AdminToken
 from gpumux.admin.chat import ChatForwarder
+from gpumux.admin.node import NodeStatus
 from gpumux.admin.status import StatusSources
 from gpumux.core.config import Config
 from gpumux.scheduler.runner import Scheduler
@@ -54,6 +55,7 @@ def build_admin(
     clock: Callable[[], float],
     daemon_state: Callable[[], str],
     requests: RequestRows,
+    node_status: Callable[[], NodeStatus],
 ) -> AdminApi:
     sup = config().supervision
     status = StatusSources(
@@ -74,4 +76,4 @@ def build_admin(
         connect_timeout_secs=sup.upstream_connect_timeout_secs,
         idle_timeout_secs=sup.upstream_idle_timeout_secs,
     )
-    return AdminApi(scheduler, status, token, chat, recent_output, requests)
+    return AdminApi(scheduler, status, token, chat, recent_output, node_status, requests)

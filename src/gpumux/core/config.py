@@ -335,6 +335,10 @@ class Config(_Strict):
     metrics_port: int = Field(default=9090, ge=0, le=65535, strict=True)
     admin_port: int | None = Field(default=None, ge=0, le=65535, strict=True)
     admin_host: str = "127.0.0.1"
+    #: HAProxy agent-check responder (docs/fleet.md); null = off. It answers without a
+    #: token (HAProxy's protocol has none), so it binds loopback unless told otherwise.
+    agent_port: int | None = Field(default=None, ge=1, le=65535, strict=True)
+    agent_host: str = "127.0.0.1"
     vllm_command: str | list[str] = "vllm"
     checkpoint: CheckpointConfig | None = None
     warmup: bool = False
@@ -468,6 +472,7 @@ def _raw_port_collisions(raw: object) -> Iterator[str]:
         ("port", raw.get("port", 3000)),
         ("metrics_port", raw.get("metrics_port", 9090)),
         ("admin_port", raw.get("admin_port")),
+        ("agent_port", raw.get("agent_port")),
     ]
     models = raw.get("models")
     if isinstance(models, dict):
@@ -517,6 +522,8 @@ def semantic_errors(config: Config) -> Iterator[str]:
         claims.append(("metrics_port", config.metrics_port))
     if config.admin_port:
         claims.append(("admin_port", config.admin_port))
+    if config.agent_port:
+        claims.append(("agent_port", config.agent_port))
     claims += [(f"models.{alias}.port", m.port) for alias, m in config.models.items()]
     yield from _collisions(claims)
     yield from _checkpoint_errors(config)
@@ -669,6 +676,12 @@ def _tp_or_one(model: ModelConfig) -> int:
 
 
 def semantic_warnings(config: Config) -> Iterator[str]:
+    if config.agent_port is not None and config.agent_host in ("", "0.0.0.0", "::"):
+        yield (
+            f"agent_host: {config.agent_host or '(empty)'} answers anyone who can reach "
+            "agent_port with model names and states (the agent protocol has no token); "
+            "bind the address HAProxy connects to"
+        )
     for alias, model in config.models.items():
         where = f"models.{alias}"
         eviction = config.eviction_for(alias)

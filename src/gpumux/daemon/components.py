@@ -15,13 +15,16 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
+from functools import partial
 
 from aiohttp import web
 
 from gpumux.admin.api import AdminApi
 from gpumux.admin.auth import AdminToken
+from gpumux.admin.node import NodeSources, NodeStatus, epp_snapshot, read_node_status
 from gpumux.admin.setup import admin_port, build_admin, proxy_url
 from gpumux.backends.effects import Backends
 from gpumux.checkpoint.checkpoints import Checkpoints
@@ -40,6 +43,7 @@ from gpumux.daemon.lifecycle import DaemonLifecycle
 from gpumux.daemon.reload import Reloader
 from gpumux.daemon.sdnotify import Notifier
 from gpumux.daemon.state_dir import prepare_fake_ledger, resolve_state_dir
+from gpumux.fleet.responder import AgentResponder
 from gpumux.gpu.probe import GpuProbe, open_probe
 from gpumux.http.auth import ApiKeys
 from gpumux.http.passive_health import BackendStreaks
@@ -49,6 +53,7 @@ from gpumux.scheduler.orchestrator import Orchestrator
 from gpumux.scheduler.runner import Scheduler
 from gpumux.scheduler.state.core import SchedulerCore
 from gpumux.telemetry.backend_metrics import BACKENDS_PATH, BackendMetrics
+from gpumux.telemetry.epp import EPP_PATH, EppMetrics
 from gpumux.telemetry.metrics import Metrics, metrics_app
 from gpumux.telemetry.observer import DaemonObserver
 from gpumux.telemetry.resources import Resources
@@ -99,6 +104,9 @@ class Components:
     reloader: Reloader
     health: HealthMonitor
     admin: AdminApi | None
+    node_status: Callable[[], NodeStatus]  # the fleet's read-only answer (`/api/node`)
+    agent: AgentResponder  # HAProxy's agent-check on `agent_port` (started only if set)
+    epp: EppMetrics  # llm-d's endpoint-picker series on the metrics port
     _opened: AsyncExitStack = field(repr=False)  # what `close()` releases
 
     @property
@@ -110,6 +118,7 @@ class Components:
         app = metrics_app(self.metrics)
         scraper = BackendMetrics(self.parts.session, self.backends.live_ports)
         app.router.add_get(BACKENDS_PATH, scraper.handle)
+        app.router.add_get(EPP_PATH, self.epp.handle)
         return app
 
     async def close(self) -> None:
@@ -192,6 +201,13 @@ async def _build(
         streaks=streaks,
     )
     resources = Resources(probe, metrics, scheduler.report_host_memory)
+    node_status = partial(
+        read_node_status,
+        NodeSources(lambda: scheduler.view, resources, lambda: lifecycle.state),
+    )
+    agent = AgentResponder(node_status, config.agent_host, config.agent_port or 0)
+    stack.push_async_callback(agent.close)
+    epp = EppMetrics(lambda: epp_snapshot(node_status()), parts.session, backends.live_ports)
     reloader = Reloader(
         options.config_path,
         config,
@@ -225,6 +241,7 @@ async def _build(
             clock=loop.time,
             daemon_state=lifecycle.state_name,
             requests=proxy.request_log.latest,
+            node_status=node_status,
         )
     return Components(
         config=config,
@@ -241,5 +258,8 @@ async def _build(
         reloader=reloader,
         health=health,
         admin=admin,
+        node_status=node_status,
+        agent=agent,
+        epp=epp,
         _opened=stack,
     )

@@ -97,6 +97,8 @@ class Daemon:
             await self._listen(
                 parts.admin.app(), config.admin_host, ports.admin, cancel_on_disconnect=True
             )
+        if config.agent_port is not None:  # answers `maint` until the daemon is SERVING
+            await parts.agent.start()
 
     async def _listen(
         self, app: web.Application, host: str, port: int, *, cancel_on_disconnect: bool = False

@@ -39,6 +39,10 @@ class ModelStatus:
     gpu_memory_utilization: float
     host_pin_bytes: int | None  # host RAM it pins asleep at level 1 or suspended, if known
     idle_step_at: float | None = None  # scheduler clock: its next idle-TTL step, if any
+    max_concurrency: int = 1  # requests served at once (`max_concurrency`, else `max_num_seqs`)
+    wake_cost_secs: float = 0.0  # learned seconds from this state to READY (0 when ready)
+    blocked: str = ""  # why it cannot be served now without evicting a pinned or busy model
+    refused: str = ""  # why a request sent now would not even wait for it
 
 
 @dataclass(frozen=True, slots=True)

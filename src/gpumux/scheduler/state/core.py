@@ -76,6 +76,7 @@ class SchedulerCore:
         costs: SwitchCosts | None = None,
         initial_states: Mapping[str, tuple[ModelState, WeightStrategy | None]] | None = None,
     ) -> None:
+        self._last_now = 0.0
         self._config = config
         self._policy = policy
         self.costs = costs or SwitchCosts()
@@ -105,6 +106,7 @@ class SchedulerCore:
     def handle(self, message: Input, now: float) -> list[Command]:
         """Apply one input, bring every decision up to date, return what to carry out."""
         out = Outbox()
+        self._last_now = now  # the view's judgments are as of the last input
         self._apply(message, now, out)
         self._reconcile(now, out)
         return out.take()
@@ -392,4 +394,5 @@ class SchedulerCore:
             self.idle,
             preload=self.preload.outcomes,
             shutting_down=self.shutting_down,
+            now=self._last_now,
         )

@@ -13,6 +13,7 @@ from types import MappingProxyType
 
 from gpumux.policy.costs import SwitchCosts
 from gpumux.scheduler.state.host_budget import HostBudget
+from gpumux.scheduler.state.hosting import Hosting, judge
 from gpumux.scheduler.state.idle import Idle
 from gpumux.scheduler.state.models import Models
 from gpumux.scheduler.state.slots import Slot
@@ -29,10 +30,15 @@ def publish(
     *,
     preload: Mapping[str, str],
     shutting_down: bool,
+    now: float,
 ) -> SchedulerView:
+    hosting = judge(models, costs, shutting_down=shutting_down, now=now)
     return SchedulerView(
         models=MappingProxyType(
-            {alias: _model(slot, models, host, idle) for alias, slot in models.slots.items()}
+            {
+                alias: _model(slot, models, host, idle, hosting[alias])
+                for alias, slot in models.slots.items()
+            }
         ),
         switches=tuple(
             SwitchStatus(s.switch_id, s.target, tuple(s.victims), s.started_at, tuple(s.phases))
@@ -51,7 +57,9 @@ def publish(
     )
 
 
-def _model(slot: Slot, models: Models, host: HostBudget, idle: Idle) -> ModelStatus:
+def _model(
+    slot: Slot, models: Models, host: HostBudget, idle: Idle, hosting: Hosting
+) -> ModelStatus:
     return ModelStatus(
         alias=slot.alias,
         state=slot.state,
@@ -72,4 +80,8 @@ def _model(slot: Slot, models: Models, host: HostBudget, idle: Idle) -> ModelSta
         gpu_memory_utilization=slot.config.gpu_memory_utilization,
         host_pin_bytes=host.pin_estimate(slot),
         idle_step_at=idle.next_step_at(slot.alias),
+        max_concurrency=slot.config.max_concurrency or slot.config.max_num_seqs,
+        wake_cost_secs=hosting.wake_cost_secs,
+        blocked=hosting.blocked,
+        refused=hosting.refused,
     )
