@@ -15,8 +15,10 @@ from pathlib import Path
 import openai
 import pytest
 
-from tests.support.daemon import get_json, mock_model, post_json, wait_until
+from tests.support.client import get_json, post_json
+from tests.support.daemon import mock_model
 from tests.support.fleet import RunningFleet, chat_via, node_configs, running_fleet
+from tests.support.waits import wait_until
 
 pytestmark = pytest.mark.fleet
 

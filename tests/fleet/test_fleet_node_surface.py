@@ -18,16 +18,11 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support.daemon import (
-    RunningDaemon,
-    chat,
-    free_port,
-    get_json,
-    metric_value,
-    mock_model,
-    running_daemon,
-    wait_until,
-)
+from tests.support.client import get_json
+from tests.support.daemon import RunningDaemon, chat, mock_model, running_daemon
+from tests.support.metrics import metric_value
+from tests.support.ports import free_port
+from tests.support.waits import wait_until
 
 pytestmark = pytest.mark.fleet
 

@@ -18,9 +18,11 @@ from typing import Any
 import openai
 import pytest
 
-from tests.support.daemon import get_json, mock_model, post_json, wait_until
+from tests.support.client import get_json, post_json
+from tests.support.daemon import mock_model
 from tests.support.fleet import STATS_SOCKET, RunningFleet, chat_via, node_configs, running_fleet
 from tests.support.haproxy import running_haproxy
+from tests.support.waits import wait_until
 
 pytestmark = pytest.mark.fleet
 

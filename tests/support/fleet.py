@@ -23,8 +23,9 @@ from typing import Any
 
 import openai
 
-from tests.support.daemon import RunningDaemon, daemon_config, free_port, start_daemon
+from tests.support.daemon import RunningDaemon, daemon_config, start_daemon
 from tests.support.haproxy import Haproxy, check_config, running_haproxy
+from tests.support.ports import free_port
 
 NODES = ("n1", "n2", "n3")
 CHECK_INTERVAL_MS = 200
