@@ -15,6 +15,7 @@ import asyncio
 import signal
 
 import structlog
+import uvloop
 from aiohttp import web
 
 from gpumux.core.config import Config
@@ -153,4 +154,8 @@ class _Finished(Exception):
 
 
 def serve(config: Config, options: ServeOptions) -> int:
-    return asyncio.run(Daemon(config, options).run())
+    # uvloop for gpumux's own loop only: the proxy's per-chunk socket work is the daemon's
+    # main CPU cost under load, and libuv halves it. Backends are separate processes with
+    # their own loops, and CRIU never dumps gpumux itself, so nothing else sees it.
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(Daemon(config, options).run())
