@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -22,6 +22,7 @@ import aiohttp
 import structlog
 from aiohttp import web
 from multidict import MultiMapping
+from yarl import URL
 
 from gpumux.backends.upstream import UpstreamPools
 from gpumux.core.config import Config
@@ -130,6 +131,7 @@ class Proxy:
             sock_connect=sup.upstream_connect_timeout_secs,
             sock_read=sup.upstream_idle_timeout_secs,
         )
+        self._upstream_urls: dict[tuple[int, str], URL] = {}
 
     def reload(self, config: Config) -> None:
         """Serve a new model table (SIGHUP); limits and timeouts stay as started."""
@@ -222,7 +224,7 @@ class Proxy:
         except GpumuxError as exc:
             # Client-chosen names never become label values (unbounded series).
             label = model if model in self._config.models else UNKNOWN_MODEL_LABEL
-            self._metrics.requests.labels(label, endpoint, str(exc.http_status)).inc()
+            self._metrics.count_request(label, endpoint, exc.http_status)
             raise
         try:
             return await self._forward(request, lease, body, path, stream, started)
@@ -238,8 +240,7 @@ class Proxy:
         stream: bool,
         started: float,
     ) -> web.StreamResponse:
-        model = self._config.models[lease.model]
-        url = f"http://127.0.0.1:{model.port}{request.raw_path}"
+        url = self._upstream_url(self._config.models[lease.model].port, request.raw_path)
         headers = end_to_end_headers(request.headers)
         headers[REQUEST_ID] = request[REQUEST_ID]
         pid = self._scheduler.core.slots[lease.model].pid  # the leased request's process
@@ -264,8 +265,19 @@ class Proxy:
             status=upstream.status, body=payload, headers=self._response_headers(upstream, request)
         )
 
+    def _upstream_url(self, port: int, raw_path: str) -> URL:
+        """The backend URL for `raw_path`, parsed once per (port, route): query strings are
+        the client's and unbounded, so a URL with one is parsed afresh, never kept."""
+        if "?" in raw_path:
+            return URL(f"http://127.0.0.1:{port}{raw_path}")
+        key = (port, raw_path)  # raw_path is then one of FORWARDED_PATHS
+        url = self._upstream_urls.get(key)
+        if url is None:
+            url = self._upstream_urls[key] = URL(f"http://127.0.0.1:{port}{raw_path}")
+        return url
+
     async def _open_upstream(
-        self, url: str, body: bytes, headers: dict[str, str], model: str
+        self, url: URL, body: bytes, headers: dict[str, str], model: str
     ) -> aiohttp.ClientResponse:
         """Send upstream; retry once only when nothing was exchanged (stale pooled connection)."""
         for attempt in (1, 2):
@@ -291,13 +303,16 @@ class Proxy:
             status=upstream.status, headers=self._response_headers(upstream, request)
         )
         await response.prepare(request)
-        first = True
+        # Bytes go through as they arrive: never split into SSE events or parsed; the
+        # only per-stream bookkeeping is the time to the first chunk.
+        read = upstream.content.readany
         try:
-            async for chunk in upstream.content.iter_any():
-                if first:
-                    self._observe_ttft(model, started)
-                    first = False
+            chunk = await read()
+            if chunk:
+                self._observe_ttft(model, started)
+            while chunk:
                 await response.write(chunk)
+                chunk = await read()
         except (aiohttp.ClientError, TimeoutError) as exc:
             # Never a clean EOF on failure: an error event, then [DONE] (the SDK raises).
             await response.write(sse_error_event(_upstream_error(exc, model)))
@@ -316,12 +331,12 @@ class Proxy:
         return headers
 
     def _count(self, model: str, endpoint: str, status: int) -> None:
-        self._metrics.requests.labels(model, endpoint, str(status)).inc()
+        self._metrics.count_request(model, endpoint, status)
         # request_id and model come from the context the middleware and _dispatch bound.
         log.info("request_finished", endpoint=endpoint, status=status)
 
     def _observe_ttft(self, model: str, started: float) -> None:
-        self._metrics.time_to_first_token.labels(model).observe(time.monotonic() - started)
+        self._metrics.observe_time_to_first_token(model, time.monotonic() - started)
 
 
 def client_request_id(given: str | None) -> str:
@@ -329,7 +344,7 @@ def client_request_id(given: str | None) -> str:
     a fresh one: the id is logged, echoed and forwarded to vLLM, so it is never free text."""
     if given and _REQUEST_ID_RE.fullmatch(given):
         return given
-    return uuid.uuid4().hex
+    return os.urandom(16).hex()  # as random as uuid4().hex, without building a UUID
 
 
 def _peek(body: bytes) -> tuple[str, bool]:
