@@ -194,9 +194,7 @@ class Metrics:
         key = (model, endpoint, status)
         child = self._request_counters.get(key)
         if child is None:
-            child = self._request_counters[key] = self.requests.labels(
-                model, endpoint, str(status)
-            )
+            child = self._request_counters[key] = self.requests.labels(model, endpoint, str(status))
         child.inc()
 
     def observe_time_to_first_token(self, model: str, seconds: float) -> None:
