@@ -18,12 +18,13 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-import aiohttp
 import structlog
 from aiohttp import web
 from multidict import MultiMapping
 from yarl import URL
 
+from gpumux.backends.http1 import HOST
+from gpumux.backends.http1_reply import Reply, UpstreamError, UpstreamUnreachable
 from gpumux.backends.upstream import UpstreamPools
 from gpumux.core.config import Config
 from gpumux.core.errors import (
@@ -107,11 +108,10 @@ class Proxy:
         self,
         config: Config,
         scheduler: Scheduler,
-        session: aiohttp.ClientSession,
+        upstream: UpstreamPools,
         metrics: Metrics,
         api_keys: ApiKeys,
         is_shutting_down: Callable[[], bool],
-        upstream: UpstreamPools | None = None,
         streaks: BackendStreaks | None = None,
     ) -> None:
         self._config = config
@@ -119,19 +119,13 @@ class Proxy:
         # `created` in /v1/models: stable for the daemon's life, like a model registry's.
         self._started_at = int(time.time())
         self._scheduler = scheduler
-        self._session = session
-        # Per-model pools, when given, let a CRIU dump drop one backend's connections.
+        # Per-model pools let a CRIU dump drop one backend's connections.
         self._upstream = upstream
         self._metrics = metrics
         self._keys = api_keys
         self._shutting_down = is_shutting_down
-        sup = config.supervision
-        self._timeout = aiohttp.ClientTimeout(
-            total=None,
-            sock_connect=sup.upstream_connect_timeout_secs,
-            sock_read=sup.upstream_idle_timeout_secs,
-        )
-        self._upstream_urls: dict[tuple[int, str], URL] = {}
+        self._connect_timeout = config.supervision.upstream_connect_timeout_secs
+        self._idle_timeout = config.supervision.upstream_idle_timeout_secs
 
     def reload(self, config: Config) -> None:
         """Serve a new model table (SIGHUP); limits and timeouts stay as started."""
@@ -240,11 +234,10 @@ class Proxy:
         stream: bool,
         started: float,
     ) -> web.StreamResponse:
-        url = self._upstream_url(self._config.models[lease.model].port, request.raw_path)
         headers = end_to_end_headers(request.headers)
         headers[REQUEST_ID] = request[REQUEST_ID]
         pid = self._scheduler.core.slots[lease.model].pid  # the leased request's process
-        upstream = await self._open_upstream(url, body, headers, lease.model)
+        upstream = await self._open_upstream(request.raw_path, body, headers, lease.model)
         if self._streaks is not None:  # gpumux's own errors raised above; never counted
             self._streaks.record(lease.model, pid, upstream.status)
         try:
@@ -252,12 +245,12 @@ class Proxy:
                 return await self._relay_stream(request, upstream, lease.model, path, started)
             try:
                 payload = await upstream.read()
-            except (aiohttp.ClientError, TimeoutError) as exc:
+            except UpstreamError as exc:
                 self._count(lease.model, path, 502)
                 raise _upstream_error(exc, lease.model) from exc
         finally:
-            # close(), not release(): a response the client abandoned must drop the
-            # connection so vLLM aborts the request and frees its KV cache.
+            # A reply the client abandoned closes its connection, so vLLM aborts the
+            # request and frees its KV cache; a finished one was already pooled again.
             upstream.close()
         self._observe_ttft(lease.model, started)
         self._count(lease.model, path, upstream.status)
@@ -265,36 +258,26 @@ class Proxy:
             status=upstream.status, body=payload, headers=self._response_headers(upstream, request)
         )
 
-    def _upstream_url(self, port: int, raw_path: str) -> URL:
-        """The backend URL for `raw_path`, parsed once per (port, route): query strings are
-        the client's and unbounded, so a URL with one is parsed afresh, never kept."""
-        if "?" in raw_path:
-            return URL(f"http://127.0.0.1:{port}{raw_path}")
-        key = (port, raw_path)  # raw_path is then one of FORWARDED_PATHS
-        url = self._upstream_urls.get(key)
-        if url is None:
-            url = self._upstream_urls[key] = URL(f"http://127.0.0.1:{port}{raw_path}")
-        return url
-
     async def _open_upstream(
-        self, url: URL, body: bytes, headers: dict[str, str], model: str
-    ) -> aiohttp.ClientResponse:
-        """Send upstream; retry once only when nothing was exchanged (stale pooled connection)."""
-        for attempt in (1, 2):
-            try:
-                session = self._upstream.session(model) if self._upstream else self._session
-                return await session.post(url, data=body, headers=headers, timeout=self._timeout)
-            except aiohttp.ServerDisconnectedError as exc:
-                if attempt == 2:
-                    raise _upstream_error(exc, model) from exc
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                raise _upstream_error(exc, model) from exc
-        raise AssertionError("unreachable")
+        self, raw_path: str, body: bytes, headers: dict[str, str], model: str
+    ) -> Reply:
+        """Send upstream (the pool retries once when nothing was exchanged: a stale
+        pooled connection) and wait for the reply's head."""
+        port = self._config.models[model].port
+        try:
+            return await self._upstream.forwarding(model).send(
+                port,
+                request_bytes(raw_path, port, headers, body),
+                connect_timeout=self._connect_timeout,
+                idle_timeout=self._idle_timeout,
+            )
+        except UpstreamError as exc:
+            raise _upstream_error(exc, model) from exc
 
     async def _relay_stream(
         self,
         request: web.Request,
-        upstream: aiohttp.ClientResponse,
+        upstream: Reply,
         model: str,
         path: str,
         started: float,
@@ -303,29 +286,32 @@ class Proxy:
             status=upstream.status, headers=self._response_headers(upstream, request)
         )
         await response.prepare(request)
-        # Bytes go through as they arrive: never split into SSE events or parsed; the
-        # only per-stream bookkeeping is the time to the first chunk.
-        read = upstream.content.readany
+        # Bytes go through as they arrive, never split into SSE events or parsed; the only
+        # per-stream bookkeeping is the time to the first chunk. When aiohttp chunks this
+        # response too (an HTTP/1.1 client), the backend's chunks go out as they came.
+        chunked = "chunked" in response.headers.get("Transfer-Encoding", "").lower()
         try:
-            chunk = await read()
-            if chunk:
-                self._observe_ttft(model, started)
-            while chunk:
-                await response.write(chunk)
-                chunk = await read()
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            # Never a clean EOF on failure: an error event, then [DONE] (the SDK raises).
+            await upstream.relay(
+                request.transport if chunked else None,
+                request.writer.drain,
+                response.write,
+                lambda: self._observe_ttft(model, started),
+            )
+        except UpstreamError as exc:
+            # What a chunk cut short had brought, then never a clean EOF: an error event
+            # and [DONE] (the SDK raises).
+            await response.write(upstream.unsent_payload())
             await response.write(sse_error_event(_upstream_error(exc, model)))
             self._count(model, path, 502)
             log.warning("stream_failed", model=model, error=type(exc).__name__)
             return response
+        except ConnectionResetError:  # ClientGone, or aiohttp's own while draining
+            return response  # nobody to tell; aiohttp is cancelling this handler
         self._count(model, path, upstream.status)
         await response.write_eof()
         return response
 
-    def _response_headers(
-        self, upstream: aiohttp.ClientResponse, request: web.Request
-    ) -> dict[str, str]:
+    def _response_headers(self, upstream: Reply, request: web.Request) -> dict[str, str]:
         headers = end_to_end_headers(upstream.headers)
         headers[REQUEST_ID] = request[REQUEST_ID]
         return headers
@@ -361,9 +347,24 @@ def _peek(body: bytes) -> tuple[str, bool]:
     return model, document.get("stream") is True
 
 
+def request_bytes(raw_path: str, port: int, headers: dict[str, str], body: bytes) -> bytes:
+    """The request head and body sent upstream, in one piece.
+
+    The target is the client's path; a query string is re-quoted as aiohttp's client did.
+    Headers go out as the client sent them (aiohttp's server decoded them as UTF-8 with
+    surrogate escapes, so they encode back to the same bytes), after `end_to_end_headers`;
+    none are added but Host and Content-Length.
+    """
+    target = URL(f"http://{HOST}{raw_path}").raw_path_qs if "?" in raw_path else raw_path
+    lines = [f"POST {target} HTTP/1.1\r\nHost: {HOST}:{port}\r\n"]
+    lines += [f"{name}: {value}\r\n" for name, value in headers.items()]
+    lines.append(f"Content-Length: {len(body)}\r\n\r\n")
+    return "".join(lines).encode("utf-8", "surrogateescape") + body
+
+
 def _upstream_error(exc: BaseException, model: str) -> GpumuxError:
     if isinstance(exc, TimeoutError | asyncio.TimeoutError):
         return UpstreamTimeout(f"The backend for `{model}` stopped responding.", retry_after=5)
-    if isinstance(exc, aiohttp.ClientConnectorError):
+    if isinstance(exc, UpstreamUnreachable):
         return BackendUnreachable(f"The backend for `{model}` is unreachable.", retry_after=5)
     return BackendCrashed(f"The backend for `{model}` failed mid-request.", retry_after=5)
