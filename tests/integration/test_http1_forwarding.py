@@ -4,7 +4,7 @@ and relayed bodies, stale connections, a backend that dies or stalls, a slow cli
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
@@ -60,8 +60,8 @@ class Backend:
                     elif isinstance(step, bytes):
                         writer.write(step)
                         await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
+            pass  # the test is over, or the client closed
         finally:
             writer.close()
 
@@ -99,21 +99,27 @@ async def send(pool: ForwardPool, backend: Backend, idle: float | None = 5.0) ->
     return await pool.send(backend.port, REQUEST, connect_timeout=5.0, idle_timeout=idle)
 
 
-async def relay_into(
-    reply: Reply, sink: FakeSink, drain: Callable[[], object] | None = None
-) -> tuple[list[bytes], list[int]]:
-    written: list[bytes] = []
-    firsts: list[int] = []
+@dataclass
+class Relayed:
+    written: list[bytes] = field(default_factory=list)  # through the response's writer
+    firsts: int = 0  # on_first_bytes calls
+    tail: bytes = b""  # for write_eof
+
+
+async def relay_into(reply: Reply, sink: FakeSink, relayed: Relayed | None = None) -> Relayed:
+    out = relayed or Relayed()
 
     async def write(data: bytes) -> None:
-        written.append(data)
+        out.written.append(data)
 
     async def no_wait() -> None:
-        if drain is not None:
-            drain()
+        return None
 
-    await reply.relay(sink, no_wait, write, lambda: firsts.append(1))
-    return written, firsts
+    def first() -> None:
+        out.firsts += 1
+
+    out.tail = await reply.relay(sink, no_wait, write, first)
+    return out
 
 
 async def test_whole_bodies_are_read_and_the_connection_is_kept() -> None:
@@ -133,16 +139,25 @@ async def test_whole_bodies_are_read_and_the_connection_is_kept() -> None:
         pool.close()
 
 
-async def test_a_chunked_reply_is_relayed_as_its_chunks_without_the_last() -> None:
+async def test_a_chunked_reply_is_relayed_as_its_chunks() -> None:
+    """The first chunks go through the writer (the head leaves with them), later ones
+    straight to the client as they came, and those that came with the end are the tail
+    (they leave with the last chunk)."""
     script: list[Step] = [STREAM_HEAD, FRAMES[0], 0.05, FRAMES[1][:5], 0.05, FRAMES[1][5:]]
-    async with serving([*script, FRAMES[2] + LAST]) as backend:
+    async with serving([*script, 0.05, FRAMES[2] + LAST]) as backend:
         pool = ForwardPool(keepalive_secs=4.0)
         reply = await send(pool, backend)
         sink = FakeSink()
-        written, firsts = await relay_into(reply, sink)
-        assert sink.data == b"".join(FRAMES)
-        assert (written, firsts) == ([], [1])
+        relayed = await relay_into(reply, sink)
+        assert (relayed.written, sink.data, relayed.tail) == ([EVENTS[0]], FRAMES[1], EVENTS[2])
+        assert relayed.firsts == 1
         assert reply.headers["Content-Type"] == "text/event-stream"
+    # A body that arrives whole leaves whole, with the last chunk.
+    async with serving([STREAM_HEAD + b"".join(FRAMES) + LAST]) as backend:
+        reply = await send(pool, backend)
+        relayed = await relay_into(reply, sink := FakeSink())
+        assert (relayed.written, sink.data, relayed.tail) == ([], b"", b"".join(EVENTS))
+        assert relayed.firsts == 1
         pool.close()
 
 
@@ -167,11 +182,11 @@ async def test_a_backend_dying_mid_chunk_keeps_what_the_chunk_had_brought() -> N
     async with serving([STREAM_HEAD, FRAMES[0], FRAMES[1][:8], 0.05, "close"]) as backend:
         pool = ForwardPool(keepalive_secs=4.0)
         reply = await send(pool, backend)
-        sink = FakeSink()
+        relayed = Relayed()
         with pytest.raises(UpstreamClosed) as failure:
-            await relay_into(reply, sink)
+            await relay_into(reply, FakeSink(), relayed)
         assert not failure.value.before_reply
-        assert sink.data == FRAMES[0]
+        assert relayed.written == [EVENTS[0]]
         assert reply.unsent_payload() == FRAMES[1][3:8]  # after "a\r\n"
         pool.close()
 
@@ -194,17 +209,24 @@ async def test_a_stalled_backend_times_out_and_a_slow_client_does_not() -> None:
         with pytest.raises(UpstreamStalled):
             await relay_into(reply, FakeSink())
     # A client slower than the idle timeout: reading pauses, and the clock with it.
-    async with serving([STREAM_HEAD, FRAMES[0], FRAMES[1], FRAMES[2], LAST]) as backend:
+    script: list[Step] = [STREAM_HEAD, FRAMES[0], 0.05, FRAMES[1], 0.05, FRAMES[2], 0.05, LAST]
+    async with serving(script) as backend:
         reply = await send(pool := ForwardPool(keepalive_secs=4.0), backend, idle=0.3)
         sink = FakeSink()
         sink.full = True
+        drained: list[float] = []
 
         async def slow_drain() -> None:
             await asyncio.sleep(0.6)
             sink.full = False
+            drained.append(0.6)
 
-        await reply.relay(sink, slow_drain, lambda data: asyncio.sleep(0), lambda: None)
-        assert sink.data == b"".join(FRAMES)
+        async def write(data: bytes) -> None:
+            return None
+
+        tail = await reply.relay(sink, slow_drain, write, lambda: None)
+        # FRAMES[2] waited in the socket with the end, so it leaves with the last chunk.
+        assert (sink.data, tail, drained) == (FRAMES[1], EVENTS[2], [0.6])
         pool.close()
 
 
@@ -212,14 +234,14 @@ async def test_a_client_gone_mid_relay_closes_the_backend_connection() -> None:
     async with serving([STREAM_HEAD, FRAMES[0], 0.1, FRAMES[1], 0.5, FRAMES[2], LAST]) as backend:
         pool = ForwardPool(keepalive_secs=4.0)
         reply = await send(pool, backend)
-        sink = FakeSink()
-        task = asyncio.ensure_future(relay_into(reply, sink))
+        sink, relayed = FakeSink(), Relayed()
+        task = asyncio.ensure_future(relay_into(reply, sink, relayed))
         await asyncio.sleep(0.05)
         sink.closing = True
         with pytest.raises(ClientGone):
             await task
         reply.close()
-        assert sink.data == FRAMES[0]
+        assert (relayed.written, sink.data) == ([EVENTS[0]], b"")
         pool.close()
 
 

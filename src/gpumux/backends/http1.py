@@ -140,6 +140,7 @@ class ForwardPool:
 class _Connection(asyncio.Protocol):
     def __init__(self, pool: ForwardPool, port: int) -> None:
         self._pool = pool
+        self._loop = asyncio.get_running_loop()  # made by create_connection, on the loop
         self.port = port
         self.state = ConnState.IDLE
         self.idle_since = 0.0
@@ -159,7 +160,7 @@ class _Connection(asyncio.Protocol):
         transport = self._transport
         if transport is None or transport.is_closing() or self.state is not ConnState.IDLE:
             raise UpstreamClosed("pooled connection already closed", before_reply=True)
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         self._transition(ConnState.WAITING)
         self._exchange = None
         self._head_ready = loop.create_future()
@@ -181,7 +182,7 @@ class _Connection(asyncio.Protocol):
     def resume_reading(self) -> None:
         if self._transport is not None and self.state is ConnState.BODY:
             self._transport.resume_reading()
-            self._last_received = asyncio.get_running_loop().time()
+            self._last_received = self._loop.time()
             self._arm(self._idle_timeout)
 
     def close(self) -> None:
@@ -200,7 +201,7 @@ class _Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self._received_any = True
         if self._idle_timeout is not None:
-            self._last_received = asyncio.get_running_loop().time()
+            self._last_received = self._loop.time()
         try:
             if self.state is ConnState.WAITING:
                 self._head_received(data)
@@ -265,17 +266,18 @@ class _Connection(asyncio.Protocol):
         scanner = exchange.scanner
         if scanner is not None:
             chunks = scanner.feed(data)
-            if chunks:
-                if exchange.sink is not None:
-                    exchange.forward(chunks)
-                    if exchange.sink_full:
-                        self.pause_reading()
-                        exchange.wake()
-                else:
+            if scanner.finished:  # these leave with the reply's end, in one write
+                if chunks:
                     exchange.received.append(chunks)
-                    exchange.wake()
-            if scanner.finished:
                 self._body_ended(scanner.trailing)
+            elif chunks and exchange.sink is not None:
+                exchange.forward(chunks)
+                if exchange.sink_full:
+                    self.pause_reading()
+                    exchange.wake()
+            elif chunks:
+                exchange.received.append(chunks)
+                exchange.wake()
             return
         left = exchange.length_left
         if left is not None and len(data) >= left:
@@ -294,7 +296,7 @@ class _Connection(asyncio.Protocol):
         self._disarm()
         if self._keep_alive and not trailing and self._transport is not None:
             self._transition(ConnState.IDLE)
-            self.idle_since = asyncio.get_running_loop().time()
+            self.idle_since = self._loop.time()
             self._idle_timeout = None
             self._pool._give_back(self)
         else:
@@ -319,7 +321,7 @@ class _Connection(asyncio.Protocol):
     def _arm(self, delay: float | None) -> None:
         self._disarm()
         if delay is not None:
-            self._timer = asyncio.get_running_loop().call_later(delay, self._check_idle)
+            self._timer = self._loop.call_later(delay, self._check_idle)
 
     def _disarm(self) -> None:
         if self._timer is not None:
@@ -331,7 +333,7 @@ class _Connection(asyncio.Protocol):
         timeout = self._idle_timeout
         if timeout is None or self.state not in (ConnState.WAITING, ConnState.BODY):
             return
-        quiet = asyncio.get_running_loop().time() - self._last_received
+        quiet = self._loop.time() - self._last_received
         if quiet < timeout:
             self._arm(timeout - quiet)
             return

@@ -186,6 +186,8 @@ def decode_chunks(frames: bytes) -> bytes:
 
 
 def _chunk_size(line: bytes) -> int:
+    if _HEX.fullmatch(line) is not None:  # the usual line: hex digits and nothing else
+        return int(line, 16)
     field = line.split(b";", 1)[0].strip(b" \t")  # chunk extensions are ignored
     if _HEX.fullmatch(field) is None:
         raise FramingError(f"bad chunk size {line[:40]!r}")

@@ -87,36 +87,49 @@ class Reply:
         drain: Callable[[], Awaitable[None]],
         write: Callable[[bytes], Awaitable[None]],
         on_first_bytes: Callable[[], None],
-    ) -> None:
-        """Pass the body on as it arrives.
+    ) -> bytes:
+        """Pass the body on as it arrives; returns the payload to end the reply with (give
+        it to `write_eof`, which adds the last chunk to it in the same write).
 
         With a `sink` (the client's transport, whose response is chunked too) a chunked
-        body goes straight to it, whole chunks as they came, without the last chunk (the
-        caller's `write_eof` writes one); `drain` waits while the client is slow. Without
-        one, or for a body that is not chunked, the payload goes through `write`. Raises
-        `UpstreamError`, or `ClientGone`; `unsent_payload()` then holds what a chunk that
-        never finished had brought.
+        body goes out as whole chunks: the first ones through `write` (so the response
+        head can leave with them), the ones after straight to `sink` as they came, except
+        those that came with the body's end. `drain` waits while the client is slow.
+        Without a sink, or for a body that is not chunked, it all goes through `write`.
+        Raises `UpstreamError`, or `ClientGone`; `unsent_payload()` then holds what
+        arrived and was not passed on.
         """
         exchange = self._exchange
         if sink is None or exchange.scanner is None:
             await self._relay_through(write, on_first_bytes)
-            return
-        exchange.start_relay(sink, on_first_bytes)
-        while True:
-            if exchange.sink_full and not exchange.done:
+            return b""
+        while not exchange.received and not exchange.done:
+            await exchange.wait()
+        if not exchange.done:
+            on_first_bytes()
+            await write(decode_chunks(exchange.take_received()))
+            exchange.go_direct(sink)
+        while not exchange.done:
+            if exchange.sink_full:
                 self._connection.pause_reading()
                 await drain()
                 exchange.sink_full = False
                 self._connection.resume_reading()
-            elif exchange.done:
-                exchange.raise_failure()
-                return
             else:
                 await exchange.wait()
+        exchange.raise_failure()
+        tail = decode_chunks(exchange.take_received())
+        if tail and exchange.sink is None:
+            on_first_bytes()  # the whole body came at once: it all leaves with write_eof
+        return tail
 
     def unsent_payload(self) -> bytes:
-        scanner = self._exchange.scanner
-        return scanner.held_payload() if scanner is not None else b""
+        """After a failure: the payload that arrived and was not passed on."""
+        exchange = self._exchange
+        kept = b"".join(exchange.received)
+        if exchange.scanner is None:
+            return kept
+        return decode_chunks(kept) + exchange.scanner.held_payload()
 
     def close(self) -> None:
         """Abandon the reply: its connection closes unless the body had already ended."""
@@ -130,7 +143,7 @@ class Reply:
         while True:
             while not exchange.received and not exchange.done:
                 await exchange.wait()
-            data, exchange.received = b"".join(exchange.received), []
+            data = exchange.take_received()
             if exchange.scanner is not None:
                 data = decode_chunks(data)
             if data:
@@ -149,9 +162,7 @@ class Exchange:
     __slots__ = (
         "done",
         "failure",
-        "first",
         "length_left",
-        "on_first",
         "received",
         "scanner",
         "sink",
@@ -163,9 +174,7 @@ class Exchange:
         self.scanner = ChunkedScanner() if head.chunked else None
         self.length_left = head.length  # None: until the connection closes (or chunked)
         self.received: list[bytes] = []
-        self.sink: asyncio.Transport | None = None
-        self.on_first: Callable[[], None] | None = None
-        self.first = True
+        self.sink: asyncio.Transport | None = None  # set once chunks go straight out
         self.sink_full = False
         self.done = head.bodiless or head.length == 0
         self.failure: BaseException | None = None
@@ -183,11 +192,16 @@ class Exchange:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    def start_relay(self, sink: asyncio.Transport, on_first: Callable[[], None]) -> None:
-        self.sink, self.on_first = sink, on_first
-        held, self.received = b"".join(self.received), []
-        if held:  # chunks that came with the head (already scanned: whole ones only)
-            self.forward(held)
+    def take_received(self) -> bytes:
+        data, self.received = b"".join(self.received), []
+        return data
+
+    def go_direct(self, sink: asyncio.Transport) -> None:
+        """From now on whole chunks go straight to `sink`, those kept meanwhile first."""
+        self.sink = sink
+        kept = self.take_received()
+        if kept:
+            self.forward(kept)
 
     def forward(self, chunks: bytes) -> None:
         sink = self.sink
@@ -195,10 +209,6 @@ class Exchange:
         if sink.is_closing():
             raise ClientGone("the client left")
         sink.write(chunks)
-        if self.first:
-            self.first = False
-            assert self.on_first is not None
-            self.on_first()
         if sink.get_write_buffer_size() > CLIENT_BUFFER_LIMIT:
             self.sink_full = True
 

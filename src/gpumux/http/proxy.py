@@ -282,7 +282,7 @@ class Proxy:
         path: str,
         started: float,
     ) -> web.StreamResponse:
-        response = web.StreamResponse(
+        response = _HeadWithFirstChunk(
             status=upstream.status, headers=self._response_headers(upstream, request)
         )
         await response.prepare(request)
@@ -291,7 +291,7 @@ class Proxy:
         # response too (an HTTP/1.1 client), the backend's chunks go out as they came.
         chunked = "chunked" in response.headers.get("Transfer-Encoding", "").lower()
         try:
-            await upstream.relay(
+            tail = await upstream.relay(
                 request.transport if chunked else None,
                 request.writer.drain,
                 response.write,
@@ -308,7 +308,7 @@ class Proxy:
         except ConnectionResetError:  # ClientGone, or aiohttp's own while draining
             return response  # nobody to tell; aiohttp is cancelling this handler
         self._count(model, path, upstream.status)
-        await response.write_eof()
+        await response.write_eof(tail)  # with the last chunk, in one write
         return response
 
     def _response_headers(self, upstream: Reply, request: web.Request) -> dict[str, str]:
@@ -323,6 +323,14 @@ class Proxy:
 
     def _observe_ttft(self, model: str, started: float) -> None:
         self._metrics.observe_time_to_first_token(model, time.monotonic() - started)
+
+
+class _HeadWithFirstChunk(web.StreamResponse):
+    """A stream whose head leaves with its first body bytes, in one write, as aiohttp's
+    `web.Response` does (a `StreamResponse` sends it at `prepare`). Should aiohttp drop
+    this switch, the head goes out at `prepare` again: still correct, one write more."""
+
+    _send_headers_immediately = False
 
 
 def client_request_id(given: str | None) -> str:
