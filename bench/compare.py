@@ -1,19 +1,32 @@
-"""Side by side: gpumux's proxy against nginx and the LiteLLM proxy, same backend, one run.
+"""Side by side: gpumux's proxy, before and after, against nginx and LiteLLM, in one run.
 
-One `mock_vllm` backend (started by gpumux's first request) is reached four ways:
-directly, through gpumux, through nginx (Debian's, `proxy_buffering off` for SSE, upstream
-keep-alive, one worker) and through the LiteLLM proxy (`litellm --config`, one worker,
-the backend declared as an OpenAI-compatible `hosted_vllm/` model). For 1, 16 and 64
-closed-loop clients, streaming and not, the load generator of `bench/proxy_overhead.py`
-(reused, not copied) runs short rounds that rotate the order of the four modes, so drift
-on this shared machine falls on all of them alike.
+Five ways to reach the same `mock_vllm` backend: directly; through gpumux (this tree);
+through gpumux-before (the daemon of a pinned earlier commit, `--before`, exported with
+`git archive` and run by the same interpreter and libraries, so only gpumux's own code
+differs); through nginx and through the LiteLLM proxy (`bench/compare_proxies.py`). Each
+daemon starts its own backend on its first request, so gpumux-before talks to a second,
+identical backend; everything else shares the first.
 
-Reported per (mode, clients, stream): requests/s, latency p50/p99, TTFB for streams,
-errors, and CPU ms per request of the proxy in front (its whole process tree). Derived:
-latency each proxy adds over direct, and its throughput as a fraction of direct.
+Load: Debian's `wrk` (`bench/wrk.py`), a C load generator, so the numbers are the
+proxies' and not a Python client's. For 1, 16 and 64 closed-loop clients, streaming and
+not, short rounds rotate the order of the five modes (after one untimed warm-up each), so
+drift on a shared machine falls on all of them alike.
 
-Needs `bench/setup-compare.sh` first (nginx, and LiteLLM in its own venv). Loopback only.
-Run from the repository root: `.venv/bin/python -m bench.compare [--quick]`.
+CPU placement (`--pin`, on by default with 2+ CPUs): the proxy under test gets a CPU of
+its own and the load generator and backends share another (3+ CPUs: one each), so a
+proxy competes with nothing of the benchmark's for its core, and direct and proxied runs
+drive the backend from the same place. Other work on the machine is not pinned away.
+
+Reported per (mode, clients, stream): requests/s, latency p50/p99 (whole reply), errors,
+and CPU ms per completed request of the proxy's own process tree (user + system, read
+from /proc; a gpumux daemon's tree without the backend it spawned), of the backend, and
+of `wrk`. Derived: latency each proxy adds over direct, its requests/s as a fraction of
+direct, and gpumux's CPU per request as a fraction of gpumux-before's. Targets (issue
+16): at 64 streaming clients, gpumux's CPU per request at most half of gpumux-before's
+and its requests/s at least 80 % of direct.
+
+Needs `bench/setup-compare.sh` first (wrk, nginx, and LiteLLM in its own venv).
+Loopback only. From the repository root: `.venv/bin/python -m bench.compare [--quick]`.
 """
 
 from __future__ import annotations
@@ -23,236 +36,107 @@ import asyncio
 import dataclasses
 import json
 import os
-import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager, suppress
-from dataclasses import dataclass
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import psutil
-
+from bench import wrk
 from bench.common import (
+    REPO_ROOT,
     chat_body,
     environment,
-    environment_lines,
-    fmt,
     get_json_async,
-    markdown_table,
     mock_args,
     publish,
     ratio,
-    summarize_ms,
     timed_post,
 )
-from bench.proxy_overhead import Cell, new_session, run_phase
+from bench.compare_cpu import TreeCpuMeter, choose_placement, pin_tree
+from bench.compare_proxies import MODEL, litellm, nginx, versions
+from bench.compare_report import MODES, check_targets, derive, render
+from bench.proxy_overhead import new_session
 from tests.support.daemon import RunningDaemon, mock_model, running_daemon
-from tests.support.ports import free_port
 
 NAME = "compare"
-MODEL = "m"
-MODES = ("direct", "gpumux", "nginx", "litellm")
-LITELLM_VENV = Path(os.environ.get("LITELLM_VENV", "/opt/gpumux-bench/litellm"))
-NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
-READY_TIMEOUT_SECS = 90.0
+#: gpumux before issue 16's proxy work (main when it began).
+BEFORE_REV = "6062259"
+WARMUP_SECS = 1
 
 
 @dataclass(frozen=True)
 class Plan:
-    """How much load to send; the defaults take about 4–5 minutes on 2 cores."""
+    """How much load to send; the defaults take about 6 minutes."""
 
     concurrencies: tuple[int, ...] = (1, 16, 64)
-    rounds: int = 4  # per (mode, clients, stream); the mode order rotates every round
-    round_secs: float = 1.5
-    round_max_requests: int = 5000
+    rounds: int = 5  # per (mode, clients, stream); the mode order rotates every round
+    round_secs: int = 2  # wrk takes whole seconds
     max_tokens: int = 16
     tokens_per_sec: float = 2000.0
 
     @property
     def budget_secs(self) -> float:
-        return len(self.concurrencies) * 2 * len(MODES) * (self.rounds + 1) * self.round_secs
+        per_cell = self.rounds * self.round_secs + WARMUP_SECS
+        return len(self.concurrencies) * 2 * len(MODES) * per_cell
 
 
-QUICK = Plan(rounds=2, round_secs=0.6, round_max_requests=1000)
+QUICK = Plan(rounds=2, round_secs=1)
 
 
-# ---- the proxies in front --------------------------------------------------------------
+# ---- the two gpumux daemons ------------------------------------------------------------------
 
 
-def wait_http(url: str, timeout: float = READY_TIMEOUT_SECS) -> None:
-    """Poll `url` until it answers 2xx, or raise after `timeout`."""
-    deadline = time.monotonic() + timeout
-    last = ""
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status < 300:
-                    return
-        except (urllib.error.URLError, OSError) as exc:
-            last = str(exc)
-        time.sleep(0.2)
-    raise RuntimeError(f"{url} not ready in {timeout:g}s ({last})")
-
-
-NGINX_CONF = """\
-worker_processes 1;
-daemon off;
-pid {tmp}/nginx.pid;
-error_log {tmp}/error.log warn;
-events {{ worker_connections 4096; }}
-http {{
-    access_log off;
-    client_body_temp_path {tmp}/body;
-    proxy_temp_path {tmp}/proxy;
-    fastcgi_temp_path {tmp}/fastcgi;
-    uwsgi_temp_path {tmp}/uwsgi;
-    scgi_temp_path {tmp}/scgi;
-    upstream backend {{
-        server 127.0.0.1:{backend};
-        keepalive 128;
-    }}
-    server {{
-        listen 127.0.0.1:{port};
-        client_max_body_size 32m;
-        location / {{
-            proxy_pass http://backend;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_buffering off;
-            proxy_request_buffering off;
-            proxy_read_timeout 600s;
-        }}
-    }}
-}}
-"""
+def export_tree(rev: str, into: Path) -> str:
+    """`rev`'s `src/` under `into` (git archive); returns the full commit id."""
+    commit = subprocess.run(
+        ["git", "rev-parse", "--verify", f"{rev}^{{commit}}"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    into.mkdir(parents=True)
+    archive = subprocess.run(
+        ["git", "archive", "--format=tar", commit, "src"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        check=True,
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    if not (into / "src" / "gpumux" / "__init__.py").exists():
+        raise SystemExit(f"{rev} has no src/gpumux")
+    return commit
 
 
 @contextmanager
-def nginx(backend_port: int, tmp: Path) -> Iterator[tuple[str, int]]:
-    """nginx in front of the backend; yields (base URL, pid of its worker)."""
-    port = free_port()
-    (tmp / "nginx.conf").write_text(NGINX_CONF.format(tmp=tmp, backend=backend_port, port=port))
-    log = (tmp / "nginx.out").open("wb")
-    process = subprocess.Popen(
-        [NGINX, "-c", str(tmp / "nginx.conf"), "-p", str(tmp)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
+def gpumux_daemon(
+    tmp: Path, plan: Plan, src: Path | None = None
+) -> Iterator[tuple[RunningDaemon, int]]:
+    """A daemon with one mock model, its backend started; yields it and the backend's pid.
+    `src` runs another tree's gpumux (PYTHONPATH) with this interpreter and libraries."""
+    backend_args = mock_args(
+        ttft_ms=0, tokens_per_sec=plan.tokens_per_sec, startup_secs=0, keepalive_timeout_secs=60
     )
-    try:
-        wait_http(f"http://127.0.0.1:{port}/health")
-        yield f"http://127.0.0.1:{port}", process.pid
-    finally:
-        process.send_signal(signal.SIGQUIT)
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
-        log.close()
+    models = {MODEL: mock_model(extra_args=[*backend_args, "--disable-uvicorn-access-log"])}
+    env = {"PYTHONPATH": str(src)} if src else None
+    with running_daemon(tmp, models, env=env) as daemon:
+        yield daemon, asyncio.run(start_backend(daemon))
 
 
-LITELLM_CONF = """\
-model_list:
-  - model_name: {model}
-    litellm_params:
-      model: hosted_vllm/{model}
-      api_base: http://127.0.0.1:{backend}/v1
-      api_key: unused
-litellm_settings:
-  drop_params: true
-  telemetry: false
-  num_retries: 0
-  request_timeout: 600
-general_settings:
-  disable_spend_logs: true
-"""
-
-
-@contextmanager
-def litellm(backend_port: int, tmp: Path) -> Iterator[tuple[str, int]]:
-    """The LiteLLM proxy in front of the backend; yields (base URL, its pid)."""
-    program = LITELLM_VENV / "bin" / "litellm"
-    if not program.exists():
-        raise SystemExit(f"{program} is missing: run bench/setup-compare.sh first")
-    port = free_port()
-    (tmp / "litellm.yaml").write_text(LITELLM_CONF.format(model=MODEL, backend=backend_port))
-    env = {
-        "PATH": f"{LITELLM_VENV / 'bin'}:{os.environ.get('PATH', '')}",
-        "HOME": str(tmp),
-        # Offline: the bundled model-cost map, no telemetry, no update checks.
-        "LITELLM_LOCAL_MODEL_COST_MAP": "True",
-        "LITELLM_TELEMETRY": "False",
-        "LITELLM_LOG": "ERROR",
-        "DISABLE_SCHEMA_UPDATE": "True",
-    }
-    log = (tmp / "litellm.out").open("wb")
-    process = subprocess.Popen(
-        [
-            str(program),
-            "--config",
-            str(tmp / "litellm.yaml"),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--num_workers",
-            "1",
-            "--telemetry",
-            "False",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        env=env,
-        start_new_session=True,
-    )
-    try:
-        try:
-            wait_http(f"http://127.0.0.1:{port}/health/liveliness")
-        except RuntimeError:
-            log.flush()
-            sys.stderr.write((tmp / "litellm.out").read_text(errors="replace")[-3000:])
-            raise
-        yield f"http://127.0.0.1:{port}", process.pid
-    finally:
-        with suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            with suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=10)
-        log.close()
-
-
-# ---- measuring -----------------------------------------------------------------------------
-
-
-class TreeCpuMeter:
-    """CPU seconds (user + system) of named process trees (a root and its descendants)."""
-
-    def __init__(self, pids: dict[str, int]) -> None:
-        self._roots = {who: psutil.Process(pid) for who, pid in pids.items()}
-
-    def read(self) -> dict[str, float]:
-        readings = {}
-        for who, root in self._roots.items():
-            total = 0.0
-            for proc in [root, *root.children(recursive=True)]:
-                with suppress(psutil.Error):
-                    times = proc.cpu_times()
-                    total += times.user + times.system
-            readings[who] = total
-        return readings
+async def start_backend(daemon: RunningDaemon) -> int:
+    async with new_session(1) as probe:
+        first = await timed_post(
+            probe, daemon.url + "/v1/chat/completions", chat_body(MODEL, max_tokens=1, stream=False)
+        )
+        if not first.ok:
+            raise SystemExit(f"gpumux could not serve {MODEL!r}: {first.error}")
+        state = await get_json_async(probe, daemon.backend_url(MODEL) + "/mock/state")
+    return int(state["pid"])
 
 
 async def check_replies(urls: dict[str, str], max_tokens: int) -> dict[str, Any]:
@@ -265,7 +149,7 @@ async def check_replies(urls: dict[str, str], max_tokens: int) -> dict[str, Any]
                     session, url, chat_body(MODEL, max_tokens=max_tokens, stream=stream)
                 )
                 notes[f"{mode} {'stream' if stream else 'whole'}"] = {
-                    "ok": sample.ok,
+                    "ok": sample.ok and sample.completion_tokens == max_tokens,
                     "status": sample.status,
                     "completion_tokens": sample.completion_tokens,
                     "error": sample.error,
@@ -273,248 +157,153 @@ async def check_replies(urls: dict[str, str], max_tokens: int) -> dict[str, Any]
     return notes
 
 
-async def measure(
-    daemon: RunningDaemon, plan: Plan, tmp: Path
-) -> tuple[list[Cell], dict[str, Any], dict[str, Any]]:
-    async with new_session(1) as probe:
-        first = await timed_post(
-            probe, daemon.url + "/v1/chat/completions", chat_body(MODEL, max_tokens=1, stream=False)
-        )
-        if not first.ok:
-            raise SystemExit(f"gpumux could not serve {MODEL!r}: {first.error}")
-        state = await get_json_async(probe, daemon.backend_url(MODEL) + "/mock/state")
-    backend_pid = int(state["pid"])
-    backend_port = int(daemon.config["models"][MODEL]["port"])
+# ---- measuring -------------------------------------------------------------------------------
+
+
+@dataclass
+class Cell:
+    """Everything measured for one (mode, clients, stream), summed over its rounds."""
+
+    mode: str
+    concurrency: int
+    stream: bool
+    rounds: list[wrk.Round] = field(default_factory=list)
+    cpu_secs: dict[str, float] = field(default_factory=dict)  # user + system
+    system_secs: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def requests(self) -> int:
+        return sum(r.requests for r in self.rounds)
+
+    @property
+    def rps(self) -> float:
+        return ratio(self.requests, sum(r.elapsed_secs for r in self.rounds))
+
+    def latency_ms(self, q: float) -> float:
+        return 1000 * wrk.merged_percentile(self.rounds, q) if self.requests else float("nan")
+
+    def cpu_ms_per_request(self, who: str) -> float:
+        return ratio(1000.0 * self.cpu_secs.get(who, 0.0), self.requests)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "mode": self.mode,
+            "concurrency": self.concurrency,
+            "stream": self.stream,
+            "requests": self.requests,
+            "errors": sum(r.errors for r in self.rounds),
+            "elapsed_s": round(sum(r.elapsed_secs for r in self.rounds), 3),
+            "rps": round(self.rps, 1),
+            "latency_ms": {
+                "p50": round(self.latency_ms(50), 3),
+                "p99": round(self.latency_ms(99), 3),
+            },
+            "cpu_ms_per_request": {
+                who: round(self.cpu_ms_per_request(who), 4) for who in sorted(self.cpu_secs)
+            },
+            "system_cpu_ms_per_request": {
+                who: round(ratio(1000.0 * secs, self.requests), 4)
+                for who, secs in sorted(self.system_secs.items())
+            },
+        }
+
+
+def run_cells(
+    plan: Plan, urls: dict[str, str], meter: TreeCpuMeter, loadgen: frozenset[int] | None, tmp: Path
+) -> list[Cell]:
+    cells: list[Cell] = []
+    for concurrency in plan.concurrencies:
+        for stream in (False, True):
+            body = chat_body(MODEL, max_tokens=plan.max_tokens, stream=stream)
+            script = wrk.write_script(tmp / f"{'stream' if stream else 'whole'}.lua", body)
+            by_mode = {mode: Cell(mode, concurrency, stream) for mode in MODES}
+            for mode in MODES:  # warm-up, untimed
+                wrk.run_round(urls[mode], script, concurrency, WARMUP_SECS, loadgen)
+            for round_no in range(plan.rounds):
+                shift = round_no % len(MODES)
+                for mode in MODES[shift:] + MODES[:shift]:
+                    cell = by_mode[mode]
+                    before = meter.read()
+                    result = wrk.run_round(
+                        urls[mode], script, concurrency, plan.round_secs, loadgen
+                    )
+                    after = meter.read()
+                    cell.rounds.append(result)
+                    for who, (user, system) in after.items():
+                        used = user + system - sum(before[who])
+                        cell.cpu_secs[who] = cell.cpu_secs.get(who, 0.0) + used
+                        spent = system - before[who][1]
+                        cell.system_secs[who] = cell.system_secs.get(who, 0.0) + spent
+                    cell.cpu_secs["wrk"] = cell.cpu_secs.get("wrk", 0.0) + result.cpu_secs
+            print(f"  clients={concurrency:<3} stream={stream!s:<5} done", flush=True)
+            cells += by_mode.values()
+    return cells
+
+
+def measure(plan: Plan, before_rev: str, pin: bool, tmp: Path) -> dict[str, Any]:
+    before_commit = export_tree(before_rev, tmp / "before-tree")
     with ExitStack() as stack:
+        daemon, backend_pid = stack.enter_context(gpumux_daemon(tmp / "gpumux", plan))
+        old, old_backend_pid = stack.enter_context(
+            gpumux_daemon(tmp / "gpumux-before", plan, tmp / "before-tree" / "src")
+        )
+        backend_port = int(daemon.config["models"][MODEL]["port"])
+        (tmp / "nginx").mkdir()
+        (tmp / "litellm").mkdir()
         nginx_url, nginx_pid = stack.enter_context(nginx(backend_port, tmp / "nginx"))
         litellm_url, litellm_pid = stack.enter_context(litellm(backend_port, tmp / "litellm"))
         bases = {
             "direct": daemon.backend_url(MODEL),
+            "gpumux-before": old.url,
             "gpumux": daemon.url,
             "nginx": nginx_url,
             "litellm": litellm_url,
         }
         urls = {mode: base + "/v1/chat/completions" for mode, base in bases.items()}
-        conformance = await check_replies(urls, plan.max_tokens)
+        conformance = asyncio.run(check_replies(urls, plan.max_tokens))
+        placement = choose_placement(sorted(os.sched_getaffinity(0))) if pin else None
+        if placement is not None:
+            for proxy_pid in (daemon.process.pid, old.process.pid, nginx_pid, litellm_pid):
+                pin_tree(proxy_pid, placement.proxies)
+            for pid in (backend_pid, old_backend_pid):  # after their daemons: they are children
+                pin_tree(pid, placement.backends)
+            os.sched_setaffinity(0, placement.loadgen)
         pids = {
             "gpumux": daemon.process.pid,
+            "gpumux-before": old.process.pid,
             "nginx": nginx_pid,
             "litellm": litellm_pid,
             "backend": backend_pid,
-            "client": os.getpid(),
+            "backend-before": old_backend_pid,
         }
-        meter = TreeCpuMeter(pids)
-        cells: list[Cell] = []
-        for concurrency in plan.concurrencies:
-            sessions = {mode: new_session(concurrency) for mode in MODES}
-            try:
-                for stream in (False, True):
-                    body = chat_body(MODEL, max_tokens=plan.max_tokens, stream=stream)
-                    by_mode = {mode: Cell(mode, concurrency, stream) for mode in MODES}
-                    for mode in MODES:  # warm-up: fill each pool (it stays warm), untimed
-                        await run_phase(
-                            sessions[mode],
-                            urls[mode],
-                            body,
-                            concurrency,
-                            max_requests=3 * concurrency,
-                            duration_secs=plan.round_secs,
-                        )
-                    for round_no in range(plan.rounds):
-                        shift = round_no % len(MODES)
-                        for mode in MODES[shift:] + MODES[:shift]:
-                            cell = by_mode[mode]
-                            before = meter.read()
-                            samples, elapsed = await run_phase(
-                                sessions[mode],
-                                urls[mode],
-                                body,
-                                concurrency,
-                                max_requests=plan.round_max_requests,
-                                duration_secs=plan.round_secs,
-                            )
-                            after = meter.read()
-                            cell.samples += samples
-                            cell.elapsed_secs += elapsed
-                            for who in after:
-                                cell.cpu_secs[who] = (
-                                    cell.cpu_secs.get(who, 0.0) + after[who] - before[who]
-                                )
-                    print(f"  clients={concurrency:<3} stream={stream!s:<5} done", flush=True)
-                    cells += by_mode.values()
-            finally:
-                for session in sessions.values():
-                    await session.close()
-    return cells, pids, conformance
-
-
-# ---- report --------------------------------------------------------------------------------
-
-
-def proxy_cpu_ms(cell: Cell) -> float:
-    """CPU per request of whatever stands in front of the backend (0 for direct)."""
-    return cell.cpu_ms_per_request(cell.mode) if cell.mode != "direct" else 0.0
-
-
-def derive(cells: list[Cell]) -> list[dict[str, Any]]:
-    index = {(c.mode, c.concurrency, c.stream): c for c in cells}
-    rows = []
-    for cell in cells:
-        if cell.mode == "direct":
-            continue
-        direct = index[("direct", cell.concurrency, cell.stream)]
-        if not direct.ok or not cell.ok:
-            continue
-        d_total = summarize_ms([s.total for s in direct.ok])
-        p_total = summarize_ms([s.total for s in cell.ok])
-        d_ttfb = summarize_ms([s.ttfb for s in direct.ok])
-        p_ttfb = summarize_ms([s.ttfb for s in cell.ok])
-        rows.append(
+        meter = TreeCpuMeter(
             {
-                "mode": cell.mode,
-                "concurrency": cell.concurrency,
-                "stream": cell.stream,
-                "added_p50_ms": round(p_total.p50 - d_total.p50, 3),
-                "added_p99_ms": round(p_total.p99 - d_total.p99, 3),
-                "added_ttfb_p50_ms": round(p_ttfb.p50 - d_ttfb.p50, 3),
-                "rps_ratio": round(ratio(cell.rps, direct.rps), 4),
-                "proxy_cpu_ms_per_request": round(proxy_cpu_ms(cell), 3),
+                "gpumux": (daemon.process.pid, (backend_pid,)),
+                "gpumux-before": (old.process.pid, (old_backend_pid,)),
+                "nginx": (nginx_pid, ()),
+                "litellm": (litellm_pid, ()),
+                "backend": (backend_pid, ()),
+                "backend-before": (old_backend_pid, ()),
             }
         )
-    return rows
+        cells = run_cells(plan, urls, meter, placement.loadgen if placement else None, tmp)
+    return {
+        "before": {"rev": before_rev, "commit": before_commit},
+        "placement": placement.as_dict() if placement else None,
+        "processes": pids,
+        "conformance": conformance,
+        "cells": cells,
+    }
 
 
-def render(payload: dict[str, Any]) -> str:
-    plan, env = payload["plan"], payload["environment"]
-    lines = [
-        "# gpumux vs nginx vs LiteLLM in front of the same mock backend",
-        "",
-        *environment_lines(env),
-        f"- All processes share these {env['cpus_usable']} CPU(s); compare ratios, not absolutes.",
-        f"- Backend: mock_vllm, ttft 0 ms, {plan['tokens_per_sec']:g} tokens/s, max_tokens "
-        f"{plan['max_tokens']}; chat completions. nginx {payload['versions']['nginx']} "
-        "(1 worker, `proxy_buffering off`, upstream keep-alive); LiteLLM "
-        f"{payload['versions']['litellm']} (1 worker, `hosted_vllm/` model).",
-        f"- {plan['rounds']} rounds of <= {plan['round_secs']:g} s per (mode, clients, stream), "
-        "mode order rotating each round, after one untimed warm-up per mode.",
-        "",
-        "## Per mode",
-        "",
-    ]
-    rows = []
-    for c in payload["cells"]:
-        lat, ttfb = c["latency_ms"] or {}, c["ttfb_ms"] or {}
-        cpu = c["cpu_ms_per_request"]
-        rows.append(
-            [
-                c["mode"],
-                c["concurrency"],
-                "yes" if c["stream"] else "no",
-                c["requests"],
-                c["errors"],
-                fmt(c["rps"], 0),
-                fmt(lat.get("p50")),
-                fmt(lat.get("p99")),
-                fmt(ttfb.get("p50")) if c["stream"] else "–",
-                fmt(cpu.get(c["mode"]), 3) if c["mode"] != "direct" else "–",
-            ]
-        )
-    lines.append(
-        markdown_table(
-            [
-                "mode",
-                "clients",
-                "stream",
-                "requests",
-                "errors",
-                "req/s",
-                "p50 (ms)",
-                "p99 (ms)",
-                "TTFB p50 (ms)",
-                "proxy CPU (ms/req)",
-            ],
-            rows,
-        )
-    )
-    lines += ["", "## Added over direct (proxy − direct; req/s as a fraction of direct)", ""]
-    lines.append(
-        markdown_table(
-            [
-                "clients",
-                "stream",
-                *(f"{m} +p50 / +p99 (ms)" for m in MODES[1:]),
-                *(f"{m} req/s ratio" for m in MODES[1:]),
-            ],
-            [
-                [
-                    conc,
-                    "yes" if stream else "no",
-                    *(
-                        f"{fmt(d['added_p50_ms'], 1)} / {fmt(d['added_p99_ms'], 1)}" if d else "–"
-                        for d in (_find(payload["derived"], m, conc, stream) for m in MODES[1:])
-                    ),
-                    *(
-                        fmt(d["rps_ratio"], 2) if d else "–"
-                        for d in (_find(payload["derived"], m, conc, stream) for m in MODES[1:])
-                    ),
-                ]
-                for conc in plan["concurrencies"]
-                for stream in (False, True)
-            ],
-        )
-    )
-    bad = {k: v for k, v in payload["conformance"].items() if not v["ok"]}
-    lines += [
-        "",
-        "Latency is the whole reply (for streams, until the last SSE byte); TTFB the first "
-        "body byte. Proxy CPU is user+system time of the proxy's process tree during the "
-        "timed rounds divided by requests sent (the kernel counts CPU in 10 ms ticks, so "
-        "it is coarse where few requests were sent).",
-        "",
-        "Pre-flight (one request per mode and kind): "
-        + ("all answered 200 with a completion." if not bad else f"failures: {bad}"),
-    ]
-    return "\n".join(lines)
-
-
-def _find(
-    derived: list[dict[str, Any]], mode: str, conc: int, stream: bool
-) -> dict[str, Any] | None:
-    return next(
-        (
-            d
-            for d in derived
-            if d["mode"] == mode and d["concurrency"] == conc and d["stream"] is stream
-        ),
-        None,
-    )
-
-
-def versions() -> dict[str, str]:
-    found = {"nginx": "?", "litellm": "?"}
-    with suppress(OSError, subprocess.SubprocessError):
-        out = subprocess.run([NGINX, "-v"], capture_output=True, text=True, timeout=10).stderr
-        found["nginx"] = out.strip().rsplit("/", 1)[-1]
-    with suppress(OSError, subprocess.SubprocessError):
-        found["litellm"] = subprocess.run(
-            [
-                str(LITELLM_VENV / "bin" / "python"),
-                "-c",
-                "import importlib.metadata as m; print(m.version('litellm'))",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        ).stdout.strip()
-    return found
-
-
-def parse_args(argv: list[str] | None = None) -> tuple[Plan, str]:
+def parse_args(argv: list[str] | None = None) -> tuple[Plan, str, str, bool]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0] if __doc__ else None)
-    parser.add_argument("--quick", action="store_true", help="a ~1 minute smoke run")
+    parser.add_argument("--quick", action="store_true", help="a ~2 minute smoke run")
     parser.add_argument("--rounds", type=int, help="rounds per (mode, clients, stream)")
-    parser.add_argument("--round-secs", type=float, help="seconds per round")
+    parser.add_argument("--round-secs", type=int, help="whole seconds per round")
     parser.add_argument("--concurrency", type=int, nargs="+", help="client counts to try")
+    parser.add_argument("--before", default=BEFORE_REV, help="git rev run as gpumux-before")
+    parser.add_argument("--no-pin", action="store_true", help="leave CPU placement alone")
     parser.add_argument("--name", help="results file stem (default compare[_quick])")
     args = parser.parse_args(argv)
     plan = QUICK if args.quick else Plan()
@@ -524,43 +313,41 @@ def parse_args(argv: list[str] | None = None) -> tuple[Plan, str]:
         "concurrencies": tuple(args.concurrency) if args.concurrency else None,
     }
     plan = dataclasses.replace(plan, **{k: v for k, v in overrides.items() if v is not None})
-    if plan.rounds < 1 or plan.round_secs <= 0 or any(c < 1 for c in plan.concurrencies):
+    if plan.rounds < 1 or plan.round_secs < 1 or any(c < 1 for c in plan.concurrencies):
         parser.error("rounds, round seconds and concurrencies must be positive")
-    return plan, args.name or (NAME + "_quick" if args.quick else NAME)
+    name = args.name or (NAME + "_quick" if args.quick else NAME)
+    return plan, name, args.before, not args.no_pin
 
 
 def main(argv: list[str] | None = None) -> int:
-    plan, name = parse_args(argv)
+    plan, name, before_rev, pin = parse_args(argv)
+    if not wrk.available():
+        raise SystemExit(f"{wrk.WRK} is missing: run bench/setup-compare.sh first")
     env = environment()
-    backend_args = mock_args(
-        ttft_ms=0, tokens_per_sec=plan.tokens_per_sec, startup_secs=0, keepalive_timeout_secs=60
-    )
-    models = {MODEL: mock_model(extra_args=[*backend_args, "--disable-uvicorn-access-log"])}
     print(f"{NAME}: about {plan.budget_secs:.0f} s of load; results → bench/results/{name}.*")
-    with (
-        tempfile.TemporaryDirectory(prefix="gpumux-compare-") as tmp_name,
-        running_daemon(Path(tmp_name) / "gpumux", models) as daemon,
-    ):
-        tmp = Path(tmp_name)
-        for sub in ("nginx", "litellm"):
-            (tmp / sub).mkdir()
-        started = time.perf_counter()
-        cells, pids, conformance = asyncio.run(measure(daemon, plan, tmp))
-        wall = time.perf_counter() - started
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="gpumux-compare-") as tmp_name:
+        measured = measure(plan, before_rev, pin, Path(tmp_name))
+    cells = [c.as_dict() for c in measured.pop("cells")]
+    derived = derive(cells)
     payload: dict[str, Any] = {
         "bench": NAME,
         "environment": env,
         "versions": versions(),
-        "plan": {**plan.__dict__, "concurrencies": list(plan.concurrencies)},
-        "wall_s": round(wall, 1),
-        "processes": pids,
-        "conformance": conformance,
-        "cells": [c.as_dict() for c in cells],
-        "derived": derive(cells),
+        "plan": {
+            **dataclasses.asdict(plan),
+            "concurrencies": list(plan.concurrencies),
+            "warmup_secs": WARMUP_SECS,
+        },
+        "wall_s": round(time.perf_counter() - started, 1),
+        **measured,
+        "cells": cells,
+        "derived": derived,
+        "targets": check_targets(derived),
     }
     markdown = render(payload)
     publish(name, payload, markdown)
-    print(json.dumps({"wall_s": payload["wall_s"]}))
+    print(json.dumps({"wall_s": payload["wall_s"], "targets": payload["targets"]}))
     return 0
 
 

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Install the proxies bench/compare.py measures gpumux against (idempotent; safe to re-run):
+# Install what bench/compare.py needs (idempotent; safe to re-run):
+#   - wrk from Debian, the load generator (C, so the proxies are measured, not the client);
 #   - nginx from Debian (only the binary is used: compare.py starts its own instance on
 #     loopback with a generated config; the package's own service is stopped and disabled);
 #   - the LiteLLM proxy (PyPI `litellm[proxy]`) in its own virtual environment, so none of
@@ -22,6 +23,16 @@ log() { printf '==> %s\n' "$*"; }
 
 as_root() {
   if [[ $(id -u) -eq 0 ]]; then "$@"; else sudo "$@"; fi
+}
+
+install_wrk() {
+  if command -v wrk >/dev/null; then
+    log "wrk present: $(wrk --version 2>&1 | head -1)"
+  else
+    log "installing wrk (Debian)"
+    as_root apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends wrk
+  fi
 }
 
 install_nginx() {
@@ -72,6 +83,7 @@ install_litellm() {
   }
 }
 
+install_wrk
 install_nginx
 install_litellm
-log "ready: nginx $(/usr/sbin/nginx -v 2>&1 | sed 's/.*\///'), litellm $LITELLM_VERSION"
+log "ready: wrk $(wrk --version 2>&1 | head -1 | cut -d' ' -f2), nginx $(/usr/sbin/nginx -v 2>&1 | sed 's/.*\///'), litellm $LITELLM_VERSION"

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+import uvloop
 from structlog.testing import capture_logs
 
 from gpumux.procs import (
@@ -160,6 +161,28 @@ def test_a_second_reaper_cannot_be_installed() -> None:
             current_reaper()
 
     asyncio.run(main())
+
+
+def test_the_reaper_collects_children_on_uvloop() -> None:
+    """The daemon runs on uvloop, which refuses SIGCHLD in add_signal_handler: exits
+    still arrive (the reaper's own handler), and uninstall restores the old handler."""
+    before = signal.getsignal(signal.SIGCHLD)
+
+    async def main() -> None:
+        reaper = Reaper()
+        reaper.install(asyncio.get_running_loop())
+        try:
+            script = "import sys; print('up'); sys.exit(3)"
+            result = await run_command([sys.executable, "-c", script], timeout=DEADLINE_SECS)
+            assert (result.returncode, result.stdout) == (3, "up\n")
+            pid = spawn_unwatched("raise SystemExit(4)")
+            assert await asyncio.wait_for(reaper.watch(pid), DEADLINE_SECS) == 4
+        finally:
+            reaper.uninstall()
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(main())
+    assert signal.getsignal(signal.SIGCHLD) == before
 
 
 # The helpers below run in their own interpreter: being a subreaper, or being

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from gpumux.backends.http1_reply import UpstreamClosed
 from gpumux.backends.upstream import UpstreamPools
 
 pytestmark = pytest.mark.unit
@@ -26,3 +27,18 @@ async def test_drop_closes_one_pool_and_the_next_use_opens_a_new_one() -> None:
     assert b.closed
     with pytest.raises(RuntimeError):
         pools.session("a")
+
+
+async def test_drop_closes_the_forwarding_pool_too() -> None:
+    pools = UpstreamPools(keepalive_secs=1.0)
+    a, b = pools.forwarding("a"), pools.forwarding("b")
+    assert pools.forwarding("a") is a
+    await pools.drop("a")
+    with pytest.raises(UpstreamClosed):  # a request racing the drop is refused
+        await a.send(1, b"", connect_timeout=1.0, idle_timeout=1.0)
+    fresh = pools.forwarding("a")
+    assert fresh is not a
+    assert pools.forwarding("b") is b
+    await pools.close()
+    with pytest.raises(RuntimeError):
+        pools.forwarding("a")

@@ -1,8 +1,9 @@
 """One HTTP connection pool per backend, so one backend's connections can be dropped alone.
 
-Owns: a lazily created `aiohttp.ClientSession` (own `TCPConnector`) per model, used by
-the proxy for forwarded requests and by `Backends` for control calls, and `drop(model)`,
-which closes every pooled connection to that model's backend.
+Owns: per model, a lazily created `aiohttp.ClientSession` (own `TCPConnector`) used by
+`Backends` for control calls, and a `ForwardPool` (`backends.http1`) the proxy forwards
+requests through; and `drop(model)`, which closes every pooled connection of both kinds
+to that model's backend.
 Does not: pick timeouts per request (callers pass them) or know about CRIU.
 
 Why per model: `criu dump` fails on an established TCP connection into the tree (design
@@ -20,6 +21,8 @@ import asyncio
 import aiohttp
 import structlog
 
+from gpumux.backends.http1 import ForwardPool
+
 log = structlog.get_logger(__name__)
 
 #: Below vLLM's 5 s idle close, so a pooled connection is never closed under a request.
@@ -30,6 +33,7 @@ class UpstreamPools:
     def __init__(self, keepalive_secs: float = DEFAULT_KEEPALIVE_SECS) -> None:
         self._keepalive_secs = keepalive_secs
         self._sessions: dict[str, aiohttp.ClientSession] = {}
+        self._forwarding: dict[str, ForwardPool] = {}
         self._closed = False
 
     def session(self, model: str) -> aiohttp.ClientSession:
@@ -44,8 +48,20 @@ class UpstreamPools:
             self._sessions[model] = session
         return session
 
+    def forwarding(self, model: str) -> ForwardPool:
+        """The proxy's pool for `model`'s backend (created on first use, and again after a drop)."""
+        if self._closed:
+            raise RuntimeError("upstream pools are closed")
+        pool = self._forwarding.get(model)
+        if pool is None:
+            pool = self._forwarding[model] = ForwardPool(keepalive_secs=self._keepalive_secs)
+        return pool
+
     async def drop(self, model: str) -> None:
         """Close every connection to `model`'s backend (idempotent)."""
+        forwarding = self._forwarding.pop(model, None)
+        if forwarding is not None:
+            forwarding.close()  # idle ones now; one still forwarding when it is done
         session = self._sessions.pop(model, None)
         if session is not None and not session.closed:
             await session.close()
@@ -53,5 +69,8 @@ class UpstreamPools:
 
     async def close(self) -> None:
         self._closed = True
+        for forwarding in self._forwarding.values():
+            forwarding.close()
+        self._forwarding = {}
         sessions, self._sessions = list(self._sessions.values()), {}
         await asyncio.gather(*(s.close() for s in sessions), return_exceptions=True)

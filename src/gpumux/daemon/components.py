@@ -193,11 +193,10 @@ async def _build(
     proxy = Proxy(
         config,
         scheduler,
-        parts.session,
+        parts.pools,
         metrics,
         ApiKeys.from_env_value(os.environ.get(config.api_keys_env or "", "")),
         lifecycle.shutting_down,
-        parts.pools,
         streaks=streaks,
     )
     resources = Resources(probe, metrics, scheduler.report_host_memory)

@@ -15,6 +15,7 @@ import asyncio
 import signal
 
 import structlog
+import uvloop
 from aiohttp import web
 
 from gpumux.core.config import Config
@@ -155,4 +156,10 @@ class _Finished(Exception):
 
 
 def serve(config: Config, options: ServeOptions) -> int:
-    return asyncio.run(Daemon(config, options).run())
+    # uvloop for gpumux's own loop only: libuv does in C the socket and callback work that
+    # is most of the proxy's CPU per streamed request (bench/compare.py). Backends are
+    # separate processes with their own loops, and CRIU never dumps gpumux. Its
+    # loop.time() has millisecond resolution: every duration gpumux takes from it spans
+    # awaits and is reported in milliseconds or coarser.
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(Daemon(config, options).run())

@@ -37,7 +37,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 import structlog
 from aiohttp import web
@@ -93,8 +93,8 @@ class HeadDeadline(asyncio.Protocol):
     # -- asyncio.Protocol: every callback goes on to aiohttp's handler --------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # A stream transport (create_server); uvloop's is not an asyncio.Transport subclass.
+        self._transport = cast(asyncio.Transport, transport)
         self._arm()  # a connection that never sends a byte is not spared
         self._inner.connection_made(transport)
 

@@ -16,18 +16,20 @@ request log and the feedback stream live in their own modules (`aliases`, `reque
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
 
-import aiohttp
 import structlog
 from aiohttp import web
 from multidict import MultiMapping
+from yarl import URL
 
+from gpumux.backends.http1 import HOST
+from gpumux.backends.http1_reply import Reply, UpstreamError, UpstreamUnreachable
 from gpumux.backends.upstream import UpstreamPools
 from gpumux.core.config import Config
 from gpumux.core.errors import (
@@ -118,11 +120,10 @@ class Proxy:
         self,
         config: Config,
         scheduler: Scheduler,
-        session: aiohttp.ClientSession,
+        upstream: UpstreamPools,
         metrics: Metrics,
         api_keys: ApiKeys,
         is_shutting_down: Callable[[], bool],
-        upstream: UpstreamPools | None = None,
         streaks: BackendStreaks | None = None,
     ) -> None:
         self._config = config
@@ -130,8 +131,7 @@ class Proxy:
         # `created` in /v1/models: stable for the daemon's life, like a model registry's.
         self._started_at = int(time.time())
         self._scheduler = scheduler
-        self._session = session
-        # Per-model pools, when given, let a CRIU dump drop one backend's connections.
+        # Per-model pools let a CRIU dump drop one backend's connections.
         self._upstream = upstream
         self._metrics = metrics
         self._keys = api_keys
@@ -140,12 +140,8 @@ class Proxy:
         self._feedback = LoadingFeedback(
             config.loading_feedback, config.loading_feedback_after_secs
         )
-        sup = config.supervision
-        self._timeout = aiohttp.ClientTimeout(
-            total=None,
-            sock_connect=sup.upstream_connect_timeout_secs,
-            sock_read=sup.upstream_idle_timeout_secs,
-        )
+        self._connect_timeout = config.supervision.upstream_connect_timeout_secs
+        self._idle_timeout = config.supervision.upstream_idle_timeout_secs
 
     def reload(self, config: Config) -> None:
         """Serve a new model table (SIGHUP); limits and timeouts stay as started."""
@@ -310,7 +306,7 @@ class Proxy:
         except GpumuxError as exc:
             # Client-chosen names never become label values (unbounded series).
             label = model if known else UNKNOWN_MODEL_LABEL
-            self._metrics.requests.labels(label, record.endpoint, str(exc.http_status)).inc()
+            self._metrics.count_request(label, record.endpoint, exc.http_status)
             raise
         finally:
             record.queue_secs = round(time.monotonic() - started, 6)
@@ -326,12 +322,10 @@ class Proxy:
         prepared: web.StreamResponse | None = None,
     ) -> web.StreamResponse:
         """Forward to the lease's backend; into `prepared` when loading feedback began it."""
-        model = self._config.models[lease.model]
-        url = f"http://127.0.0.1:{model.port}{request.raw_path}"
         headers = end_to_end_headers(request.headers)
         headers[REQUEST_ID] = request[REQUEST_ID]
         pid = lease.pid  # the process the lease was granted on
-        upstream = await self._open_upstream(url, body, headers, lease.model)
+        upstream = await self._open_upstream(request.raw_path, body, headers, lease.model)
         if self._streaks is not None:  # gpumux's own errors raised above; never counted
             self._streaks.record(lease.model, pid, upstream.status)
         try:
@@ -341,12 +335,12 @@ class Proxy:
                 )
             try:
                 payload = await upstream.read()
-            except (aiohttp.ClientError, TimeoutError) as exc:
+            except UpstreamError as exc:
                 self._count(lease.model, path, 502)
                 raise _upstream_error(exc, lease.model) from exc
         finally:
-            # close(), not release(): a response the client abandoned must drop the
-            # connection so vLLM aborts the request and frees its KV cache.
+            # A reply the client abandoned closes its connection, so vLLM aborts the
+            # request and frees its KV cache; a finished one was already pooled again.
             upstream.close()
         self._observe_ttft(lease.model, started, request)
         request[_RECORD].tail.append(payload)
@@ -360,72 +354,98 @@ class Proxy:
         )
 
     async def _open_upstream(
-        self, url: str, body: bytes, headers: dict[str, str], model: str
-    ) -> aiohttp.ClientResponse:
-        """Send upstream; retry once only when nothing was exchanged (stale pooled connection)."""
-        for attempt in (1, 2):
-            try:
-                session = self._upstream.session(model) if self._upstream else self._session
-                return await session.post(url, data=body, headers=headers, timeout=self._timeout)
-            except aiohttp.ServerDisconnectedError as exc:
-                if attempt == 2:
-                    raise _upstream_error(exc, model) from exc
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                raise _upstream_error(exc, model) from exc
-        raise AssertionError("unreachable")
+        self, raw_path: str, body: bytes, headers: dict[str, str], model: str
+    ) -> Reply:
+        """Send upstream (the pool retries once when nothing was exchanged: a stale
+        pooled connection) and wait for the reply's head."""
+        port = self._config.models[model].port
+        try:
+            return await self._upstream.forwarding(model).send(
+                port,
+                request_bytes(raw_path, port, headers, body),
+                connect_timeout=self._connect_timeout,
+                idle_timeout=self._idle_timeout,
+            )
+        except UpstreamError as exc:
+            raise _upstream_error(exc, model) from exc
 
     async def _relay_stream(
         self,
         request: web.Request,
-        upstream: aiohttp.ClientResponse,
+        upstream: Reply,
         model: str,
         path: str,
         started: float,
         prepared: web.StreamResponse | None = None,
     ) -> web.StreamResponse:
-        response = prepared or web.StreamResponse(
-            status=upstream.status, headers=self._response_headers(upstream, request)
-        )
-        if prepared is None:
-            await response.prepare(request)
         record = request[_RECORD]
         record.status = upstream.status
-        first = True
+        if prepared is None:
+            response: web.StreamResponse = _HeadWithFirstChunk(
+                status=upstream.status, headers=self._response_headers(upstream, request)
+            )
+            await response.prepare(request)
+        else:
+            response = prepared
+        # Bytes go through as they arrive, never split into SSE events or parsed; the only
+        # per-stream bookkeeping is the time to the first chunk and the last few chunks
+        # (they carry `usage`, for the request log). When aiohttp chunks this response too
+        # (an HTTP/1.1 client), the backend's chunks go out as they came. A response that
+        # loading feedback began has had aiohttp's own writes: it keeps to them.
+        chunked = "chunked" in response.headers.get("Transfer-Encoding", "").lower()
+        direct = chunked and prepared is None
+
+        async def write(chunk: bytes) -> None:
+            record.tail.append(chunk)
+            await response.write(chunk)
+
         try:
-            async for chunk in upstream.content.iter_any():
-                if first:
-                    self._observe_ttft(model, started, request)
-                    first = False
-                record.tail.append(chunk)  # the last reads carry `usage`, if any
-                await response.write(chunk)
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            # Never a clean EOF on failure: an error event, then [DONE] (the SDK raises).
+            tail = await upstream.relay(
+                request.transport if direct else None,
+                request.writer.drain,
+                write,
+                lambda: self._observe_ttft(model, started, request),
+            )
+        except UpstreamError as exc:
+            # What a chunk cut short had brought, then never a clean EOF: an error event
+            # and [DONE] (the SDK raises).
+            await response.write(upstream.unsent_payload())
             await response.write(sse_error_event(_upstream_error(exc, model)))
             record.status = 502
             self._count(model, path, 502)
             log.warning("stream_failed", model=model, error=type(exc).__name__)
             return response
+        except ConnectionResetError:  # ClientGone, or aiohttp's own while draining
+            return response  # nobody to tell; aiohttp is cancelling this handler
+        record.tail.extend(upstream.recent_chunks())
+        record.tail.append(tail)
         self._count(model, path, upstream.status)
-        await response.write_eof()
+        await response.write_eof(tail)  # with the last chunk, in one write
         return response
 
-    def _response_headers(
-        self, upstream: aiohttp.ClientResponse, request: web.Request
-    ) -> dict[str, str]:
+    def _response_headers(self, upstream: Reply, request: web.Request) -> dict[str, str]:
         headers = end_to_end_headers(upstream.headers)
         headers[REQUEST_ID] = request[REQUEST_ID]
         headers[QUEUE_SECONDS] = f"{request[_RECORD].queue_secs or 0.0:.3f}"
         return headers
 
     def _count(self, model: str, endpoint: str, status: int) -> None:
-        self._metrics.requests.labels(model, endpoint, str(status)).inc()
+        self._metrics.count_request(model, endpoint, status)
         # request_id and model come from the context the middleware and _dispatch bound.
         log.info("request_finished", endpoint=endpoint, status=status)
 
     def _observe_ttft(self, model: str, started: float, request: web.Request) -> None:
         ttft = time.monotonic() - started
-        self._metrics.time_to_first_token.labels(model).observe(ttft)
+        self._metrics.observe_time_to_first_token(model, ttft)
         request[_RECORD].ttft_secs = round(ttft, 6)
+
+
+class _HeadWithFirstChunk(web.StreamResponse):
+    """A stream whose head leaves with its first body bytes, in one write, as aiohttp's
+    `web.Response` does (a `StreamResponse` sends it at `prepare`). Should aiohttp drop
+    this switch, the head goes out at `prepare` again: still correct, one write more."""
+
+    _send_headers_immediately = False
 
 
 def client_request_id(given: str | None) -> str:
@@ -433,7 +453,7 @@ def client_request_id(given: str | None) -> str:
     a fresh one: the id is logged, echoed and forwarded to vLLM, so it is never free text."""
     if given and _REQUEST_ID_RE.fullmatch(given):
         return given
-    return uuid.uuid4().hex
+    return os.urandom(16).hex()  # as random as uuid4().hex, without building a UUID
 
 
 def _peek(body: bytes) -> tuple[str, bool]:
@@ -449,9 +469,24 @@ def _log_rejection(request: web.Request, status: int, code: str) -> None:
     log.warning("request_rejected", status=status, code=code, method=request.method, path=path)
 
 
+def request_bytes(raw_path: str, port: int, headers: dict[str, str], body: bytes) -> bytes:
+    """The request head and body sent upstream, in one piece.
+
+    The target is the client's path; a query string is re-quoted as aiohttp's client did.
+    Headers go out as the client sent them (aiohttp's server decoded them as UTF-8 with
+    surrogate escapes, so they encode back to the same bytes), after `end_to_end_headers`;
+    none are added but Host and Content-Length.
+    """
+    target = URL(f"http://{HOST}{raw_path}").raw_path_qs if "?" in raw_path else raw_path
+    lines = [f"POST {target} HTTP/1.1\r\nHost: {HOST}:{port}\r\n"]
+    lines += [f"{name}: {value}\r\n" for name, value in headers.items()]
+    lines.append(f"Content-Length: {len(body)}\r\n\r\n")
+    return "".join(lines).encode("utf-8", "surrogateescape") + body
+
+
 def _upstream_error(exc: BaseException, model: str) -> GpumuxError:
     if isinstance(exc, TimeoutError | asyncio.TimeoutError):
         return UpstreamTimeout(f"The backend for `{model}` stopped responding.", retry_after=5)
-    if isinstance(exc, aiohttp.ClientConnectorError):
+    if isinstance(exc, UpstreamUnreachable):
         return BackendUnreachable(f"The backend for `{model}` is unreachable.", retry_after=5)
     return BackendCrashed(f"The backend for `{model}` failed mid-request.", retry_after=5)

@@ -64,6 +64,7 @@ class Reaper:
         self._waiters: dict[int, list[asyncio.Future[int]]] = {}
         self._unclaimed: OrderedDict[int, int] = OrderedDict()
         self._unclaimed_max = unclaimed_max
+        self._previous_sigchld: signal._HANDLER = signal.SIG_DFL
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -82,7 +83,12 @@ class Reaper:
             raise RuntimeError("Reaper is already installed")
         if _current is not None and _current._loop is not None and not _current._loop.is_closed():
             raise RuntimeError("another Reaper is installed; there is one per process")
-        loop.add_signal_handler(signal.SIGCHLD, self._reap_all)
+        # signal.signal rather than loop.add_signal_handler: uvloop (the daemon's loop)
+        # refuses SIGCHLD there, as libuv would use it for processes it spawns (gpumux
+        # spawns none through the loop). The handler only schedules the reap on the loop,
+        # as add_signal_handler does; SA_RESTART as asyncio sets it.
+        self._previous_sigchld = signal.signal(signal.SIGCHLD, self._on_sigchld)
+        signal.siginterrupt(signal.SIGCHLD, False)
         self._loop = loop
         _current = self
         # A child that exited before the handler existed sent its SIGCHLD to nobody.
@@ -98,8 +104,7 @@ class Reaper:
         if loop is None:
             return
         self._reap_all()
-        if not loop.is_closed():
-            loop.remove_signal_handler(signal.SIGCHLD)
+        signal.signal(signal.SIGCHLD, self._previous_sigchld)
         self._loop = None
         if _current is self:
             _current = None
@@ -137,6 +142,12 @@ class Reaper:
         waiters.remove(future)
         if not waiters:
             del self._waiters[pid]
+
+    def _on_sigchld(self, _signum: int, _frame: object) -> None:
+        # Runs in the main thread between two bytecodes, so it only schedules.
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._reap_all)
 
     def _reap_all(self) -> None:
         if self._loop is None:

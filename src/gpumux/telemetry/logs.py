@@ -17,6 +17,7 @@ obtained earlier.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import re
@@ -119,15 +120,23 @@ _HANDLER_NAME: Final = "gpumux"
 _CHATTY_LIBRARIES: Final = ("botocore", "boto3", "s3transfer", "urllib3")
 
 
+@functools.lru_cache(maxsize=4096)
+def _key_words(key: str) -> tuple[str, ...]:
+    # Cached: keys are mostly the same few names on every line (the proxy logs one
+    # line per request), and splitting them is most of what redaction costs.
+    return tuple(w.lower() for w in _WORD_SPLIT.split(key) if w)
+
+
+@functools.lru_cache(maxsize=4096)
 def is_sensitive_key(key: str) -> bool:
-    words = [w.lower() for w in _WORD_SPLIT.split(key) if w]
+    words = _key_words(key)
     if any(w in _SENSITIVE_WORDS for w in words):
         return True
     return any(a == "api" and b == "key" for a, b in itertools.pairwise(words))
 
 
 def _is_count(key: str, value: object) -> bool:
-    words = [w.lower() for w in _WORD_SPLIT.split(key) if w]
+    words = _key_words(key)
     numeric = isinstance(value, int | float) and not isinstance(value, bool)
     return numeric and bool(words) and words[-1] in _COUNT_WORDS
 
@@ -206,7 +215,8 @@ def configure_logging(fmt: LogFormat, level: str = "info") -> None:
     structlog.configure(
         processors=[*shared, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(threshold),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        # One write per line (print() makes two: the line, then its newline).
+        logger_factory=structlog.WriteLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=False,
     )
 

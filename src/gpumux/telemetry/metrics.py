@@ -182,6 +182,26 @@ class Metrics:
         self.build_info.labels(version or gpumux_version()).set(1)
         #: The latest loop-lag sample in seconds, for a watchdog to read.
         self.last_loop_lag_seconds = 0.0
+        # Label children of the per-request series, found once per label set: `labels()`
+        # validates and locks on every call, and the proxy calls it for every request.
+        # Bounded like the labels themselves (configured models x allow-listed endpoints
+        # x statuses); children are never removed, so a cached one stays the live one.
+        self._request_counters: dict[tuple[str, str, int], Counter] = {}
+        self._ttft_histograms: dict[str, Histogram] = {}
+
+    def count_request(self, model: str, endpoint: str, status: int) -> None:
+        """`gpumux_requests_total{model,endpoint,code}` += 1."""
+        key = (model, endpoint, status)
+        child = self._request_counters.get(key)
+        if child is None:
+            child = self._request_counters[key] = self.requests.labels(model, endpoint, str(status))
+        child.inc()
+
+    def observe_time_to_first_token(self, model: str, seconds: float) -> None:
+        child = self._ttft_histograms.get(model)
+        if child is None:
+            child = self._ttft_histograms[model] = self.time_to_first_token.labels(model)
+        child.observe(seconds)
 
     def init_models(self, models: Iterable[str]) -> None:
         """Create each model's series at zero (state `stopped`), so dashboards see them."""
