@@ -26,6 +26,7 @@ from gpumux.backends.upstream import UpstreamPools
 from gpumux.backends.vllm_client import BackendControlError, VllmClient
 from gpumux.checkpoint.checkpoints import CheckpointFailed, Checkpoints
 from gpumux.checkpoint.identity import ModelIdentity
+from gpumux.checkpoint.timeline import RestoreTimeline
 from gpumux.core.config import Config, ModelConfig, ProcessStrategy, WeightStrategy
 from gpumux.core.errors import StepFailed
 from gpumux.core.eviction import WEIGHTS_AFTER, Step
@@ -233,23 +234,32 @@ class Backends:
         alias, checkpoints = backend.alias, self.checkpoints
         if checkpoints is None:
             raise StepFailed(alias, Step.CRIU_RESTORE, "CRIU needs a `checkpoint` section")
+        timeline = RestoreTimeline()
         await self.kill(alias)  # never two trees for one model
+        timeline.mark("kill")
         try:
             process = await checkpoints.bring_back(
                 alias,
                 ModelIdentity.of(self._config, alias),
                 log_path=backend.log_path,
                 reaper=self._reaper,
+                timeline=timeline,
             )
         except CheckpointFailed as exc:
+            _log_timeline(alias, timeline, "failed")
             raise StepFailed(alias, Step.CRIU_RESTORE, exc.detail) from exc
         self._attach(backend, process, process.log_offset)
+        timeline.mark("attach")
         try:
             timeout = checkpoints.config.restore_timeout_secs
-            await self._wait_healthy(backend, process, timeout, step=Step.CRIU_RESTORE)
+            await self._wait_healthy(
+                backend, process, timeout, step=Step.CRIU_RESTORE, timeline=timeline
+            )
         except StepFailed as exc:
+            _log_timeline(alias, timeline, "unhealthy")
             checkpoints.restore_failed(alias, exc.detail)
             raise
+        _log_timeline(alias, timeline, "ok")
         checkpoints.catalog.restored(alias)
 
     # ---- cuda-checkpoint ----------------------------------------------------------------
@@ -323,6 +333,7 @@ class Backends:
         deadline_secs: float,
         *,
         step: Step = Step.COLD_START,
+        timeline: RestoreTimeline | None = None,
     ) -> None:
         """Readiness is `/health` answering 200, bounded by `deadline_secs`."""
         try:
@@ -334,7 +345,11 @@ class Backends:
                         raise StepFailed(
                             backend.alias, step, f"exited with code {code} during start: {tail}"
                         )
-                    if await backend.client.health(timeout=self._sup.health_timeout_secs):
+                    healthy = await backend.client.health(timeout=self._sup.health_timeout_secs)
+                    if timeline is not None:
+                        timeline.count("health_probes")
+                        timeline.mark("health")
+                    if healthy:
                         return
                     await asyncio.sleep(HEALTH_POLL_SECS)
         except TimeoutError:
@@ -389,3 +404,8 @@ class Backends:
             await self._cuda.close()  # the driver-API helper, if one was started
         if self.checkpoints is not None:
             await self.checkpoints.close()  # background finalisations and uploads
+
+
+def _log_timeline(alias: str, timeline: RestoreTimeline, outcome: str) -> None:
+    """Where one restore's time went (bench/real_vllm.py lines it up with its client)."""
+    log.info("criu_restore_timeline", model=alias, outcome=outcome, **timeline.fields())

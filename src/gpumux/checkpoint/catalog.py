@@ -30,6 +30,7 @@ import structlog
 from gpumux.checkpoint import images
 from gpumux.checkpoint.images import Image, ImageInvalid, Manifest
 from gpumux.checkpoint.s3.store import S3Store, StoreError, StoreUnauthenticated
+from gpumux.checkpoint.timeline import RestoreTimeline
 from gpumux.core.config import WeightStrategy
 
 log = structlog.get_logger(__name__)
@@ -238,16 +239,22 @@ class ImageCatalog:
 
     # ---- before and after a restore ---------------------------------------------------
 
-    async def image_for_restore(self, alias: str) -> Image:
+    async def image_for_restore(self, alias: str, timeline: RestoreTimeline | None = None) -> Image:
         """The verified image to restore; raises NoImage (quarantining a bad one)."""
+        timeline = timeline or RestoreTimeline()
         await self.settle(alias)
+        timeline.mark("settle")
         entry = self.entry(alias)
         image = entry.current
         if image is None or not (image.path / images.MANIFEST).exists():
             image = await self._download(alias)
+            timeline.mark("download")
         try:
-            checksums = image.path not in entry.verified
-            await asyncio.to_thread(images.verify, image, checksums=checksums)
+            await asyncio.to_thread(images.verify, image, checksums=False)
+            timeline.mark("image_checks")
+            if image.path not in entry.verified:
+                await asyncio.to_thread(images.verify_checksums, image)
+                timeline.mark("sha256")
         except ImageInvalid as exc:
             raise self.quarantine(
                 alias, "invalid", str(exc), failure=RestoreFailure.CORRUPT

@@ -220,12 +220,17 @@ def verify(image: Image, *, checksums: bool) -> None:
         if size != entry.size:
             raise ImageInvalid(f"{entry.path}: {size} bytes, manifest says {entry.size}")
     if checksums:
-        actual = {
-            e.path: e.sha256 for e in _hash_all(image.path, [f.path for f in image.manifest.files])
-        }
-        for entry in image.manifest.files:
-            if actual[entry.path] != entry.sha256:
-                raise ImageInvalid(f"{entry.path}: sha256 mismatch")
+        verify_checksums(image)
+
+
+def verify_checksums(image: Image) -> None:
+    """Raise ImageInvalid unless every listed file hashes to its manifest's sha256."""
+    actual = {
+        e.path: e.sha256 for e in _hash_all(image.path, [f.path for f in image.manifest.files])
+    }
+    for entry in image.manifest.files:
+        if actual[entry.path] != entry.sha256:
+            raise ImageInvalid(f"{entry.path}: sha256 mismatch")
 
 
 def _regular_file_inside(root: Path, relative: str) -> os.stat_result:
