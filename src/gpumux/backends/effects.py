@@ -15,7 +15,7 @@ import contextvars
 import os
 import shutil
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,6 +48,10 @@ ExitCallback = Callable[[str, int, int], None]
 
 #: How often readiness is polled while a backend starts.
 HEALTH_POLL_SECS = 0.1
+#: Pauses between /health probes of a restored tree (the last repeats). A restored
+#: server listens the moment `criu restore` returns, so the first probe nearly always
+#: answers; a miss is retried within milliseconds, not after a cold start's 100 ms.
+RESTORE_HEALTH_POLL_SECS = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1)
 
 
 def resolve_program(name: str) -> str:
@@ -253,7 +257,12 @@ class Backends:
         try:
             timeout = checkpoints.config.restore_timeout_secs
             await self._wait_healthy(
-                backend, process, timeout, step=Step.CRIU_RESTORE, timeline=timeline
+                backend,
+                process,
+                timeout,
+                step=Step.CRIU_RESTORE,
+                timeline=timeline,
+                pauses=RESTORE_HEALTH_POLL_SECS,
             )
         except StepFailed as exc:
             _log_timeline(alias, timeline, "unhealthy")
@@ -334,8 +343,11 @@ class Backends:
         *,
         step: Step = Step.COLD_START,
         timeline: RestoreTimeline | None = None,
+        pauses: Sequence[float] = (HEALTH_POLL_SECS,),
     ) -> None:
-        """Readiness is `/health` answering 200, bounded by `deadline_secs`."""
+        """Readiness is `/health` answering 200, bounded by `deadline_secs`; between
+        probes it pauses `pauses[0]`, `pauses[1]`, ... and then the last one."""
+        probes = 0
         try:
             async with asyncio.timeout(deadline_secs):
                 while True:
@@ -351,7 +363,8 @@ class Backends:
                         timeline.mark("health")
                     if healthy:
                         return
-                    await asyncio.sleep(HEALTH_POLL_SECS)
+                    await asyncio.sleep(pauses[min(probes, len(pauses) - 1)])
+                    probes += 1
         except TimeoutError:
             limit = "startup_timeout_secs" if step is Step.COLD_START else "restore_timeout_secs"
             raise StepFailed(

@@ -27,7 +27,7 @@ from typing import Any
 
 import structlog
 
-from gpumux.checkpoint import images
+from gpumux.checkpoint import images, verified
 from gpumux.checkpoint.images import Image, ImageInvalid, Manifest
 from gpumux.checkpoint.s3.store import S3Store, StoreError, StoreUnauthenticated
 from gpumux.checkpoint.timeline import RestoreTimeline
@@ -80,7 +80,9 @@ class _Model:
     pending: asyncio.Task[Image | None] | None = None
     upload: asyncio.Task[bool] | None = None
     remote: tuple[str, Path] | None = None  # (version, local target) to download on demand
-    verified: set[Path] = field(default_factory=set)
+    stamps: verified.Memo = field(default_factory=dict)
+    #: Reading the current image into the page cache and verifying it, ahead of need.
+    preparing: asyncio.Task[None] | None = None
 
 
 class ImageCatalog:
@@ -123,6 +125,7 @@ class ImageCatalog:
             _check(alias, image.manifest, check)
             entry.current = image
             self._protected.add(image.path)
+            self.prepare(alias)
             return WeightStrategy(image.manifest.weights)
         if self.store is None:
             log.warning("prebaked_image_missing", model=alias, path=str(path))
@@ -203,7 +206,7 @@ class ImageCatalog:
         finally:
             entry.pending = None
         entry.current = image
-        entry.verified.add(image.path)
+        await self._remember(image, entry)  # publish just hashed every file
         self._observe("finalize", loop.time() - started)
         log.info(
             "image_written", model=alias, path=str(image.path), bytes=image.manifest.total_bytes
@@ -243,24 +246,62 @@ class ImageCatalog:
         """The verified image to restore; raises NoImage (quarantining a bad one)."""
         timeline = timeline or RestoreTimeline()
         await self.settle(alias)
-        timeline.mark("settle")
         entry = self.entry(alias)
+        if entry.preparing is not None:  # its work is this function's, done earlier
+            await asyncio.shield(entry.preparing)
+        timeline.mark("settle")
         image = entry.current
         if image is None or not (image.path / images.MANIFEST).exists():
             image = await self._download(alias)
             timeline.mark("download")
         try:
-            await asyncio.to_thread(images.verify, image, checksums=False)
+            stats = await asyncio.to_thread(images.check_files, image)
+            known = verified.is_known(image, stats, entry.stamps)
             timeline.mark("image_checks")
-            if image.path not in entry.verified:
-                await asyncio.to_thread(images.verify_checksums, image)
+            if not known:
+                await asyncio.to_thread(verified.hash_and_remember, image, stats, entry.stamps)
                 timeline.mark("sha256")
         except ImageInvalid as exc:
             raise self.quarantine(
                 alias, "invalid", str(exc), failure=RestoreFailure.CORRUPT
             ) from exc
-        entry.verified.add(image.path)
         return image
+
+    def prepare(self, alias: str) -> asyncio.Task[None] | None:
+        """Ahead of a restore of `alias`: verify its current local image (hashing only an
+        image never stamped) and read it into the page cache, in the background.
+
+        Idempotent while one runs. Failures are left for the restore, which checks again
+        (and quarantines); this only moves work off the request path. Called when a
+        pre-baked image is adopted; a scheduler that predicts a wake may call it too."""
+        entry = self.entry(alias)
+        image = entry.current
+        if image is None or (entry.preparing is not None and not entry.preparing.done()):
+            return entry.preparing
+        task = asyncio.get_running_loop().create_task(self._prepare(alias, image, entry))
+        entry.preparing = task
+        self._track(task)
+        return task
+
+    async def _prepare(self, alias: str, image: Image, entry: _Model) -> None:
+        try:
+            stats = await asyncio.to_thread(images.check_files, image)
+            if not verified.is_known(image, stats, entry.stamps):
+                # Hashing reads every page, which leaves the image in the page cache.
+                await asyncio.to_thread(verified.hash_and_remember, image, stats, entry.stamps)
+                return
+        except (OSError, ImageInvalid) as exc:
+            log.info("image_prepare_failed", model=alias, path=str(image.path), error=str(exc))
+            return
+        # Not awaited by a restore: reading concurrently with CRIU does no harm.
+        self._track(asyncio.get_running_loop().create_task(asyncio.to_thread(verified.warm, image)))
+
+    async def _remember(self, image: Image, entry: _Model) -> None:
+        """Stamp an image whose files were just hashed (a dump's publish, a download)."""
+        try:
+            await asyncio.to_thread(verified.remember, image, entry.stamps)
+        except (OSError, ImageInvalid) as exc:  # the next restore hashes it instead
+            log.warning("image_stamp_failed", model=image.model, error=str(exc))
 
     async def _download(self, alias: str) -> Image:
         entry = self.entry(alias)
@@ -285,7 +326,7 @@ class ImageCatalog:
             raise NoImage(f"download of {alias}/{version} failed: {exc}", reason=failure) from exc
         self._observe("download", loop.time() - started)
         entry.current = image
-        entry.verified.add(image.path)
+        await self._remember(image, entry)  # the download hashed every file
         return image
 
     def quarantine(
