@@ -36,7 +36,7 @@ PHASES: Mapping[str, str] = {
     "port_free": "the model's port can be bound",
     "shm_copy_in": "put the tree's /dev/shm segments back",
     "criu": "`criu restore` itself",
-    "lock_down": "image files back to 0600 (CRIU's stats file)",
+    "lock_down": "image files back to 0600 (CRIU wrote its stats file into the image)",
     "adopt": "the restored root becomes a supervised child",
     "attach": "registry, exit callback, log tail",
     "health": "/health until 200 (probes and the pauses between them)",
