@@ -165,9 +165,11 @@ def one_daemon(
             e for e in events if e.get("event") in ("switch_finished", "criu_restored")
         ]
         timelines = [e for e in events if e.get("event") == "criu_restore_timeline"]
+        finished = [e for e in events if e.get("event") == "switch_finished"]
         if image is not None and timelines:
+            ready_at = restore_timeline.logged_at(finished[0]) if finished else None
             route.timelines.append(
-                restore_timeline.sample(timing.sent_at, timing.first_token, timelines[0])
+                restore_timeline.sample(timing.sent_at, timing.first_token, timelines[0], ready_at)
             )
 
 

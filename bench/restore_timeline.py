@@ -11,6 +11,7 @@ Does not: run anything but `fincore`, or decide what is slow.
 
 from __future__ import annotations
 
+import datetime
 import shutil
 import subprocess
 from collections.abc import Mapping, Sequence
@@ -21,6 +22,8 @@ from bench.common import fmt, markdown_table, summarize
 
 BEFORE = "request → restore begins"
 AFTER = "healthy → first token"
+HANDOFF = "healthy → scheduler has it ready"
+FIRST = "ready → first token"
 
 #: What each phase of gpumux's timeline is (the names `RestoreTimeline` records).
 PHASES: Mapping[str, str] = {
@@ -34,6 +37,7 @@ PHASES: Mapping[str, str] = {
     "identity": "model, launch, kernel, CRIU and driver match the image",
     "pids_free": "the image's pids are free (reaped)",
     "port_free": "the model's port can be bound",
+    "pids_port_free": "the image's pids are free (reaped) and the model's port can be bound",
     "shm_copy_in": "put the tree's /dev/shm segments back",
     "criu": "`criu restore` itself",
     "lock_down": "image files back to 0600 (CRIU wrote its stats file into the image)",
@@ -41,19 +45,33 @@ PHASES: Mapping[str, str] = {
     "attach": "registry, exit callback, log tail",
     "health": "/health until 200 (probes and the pauses between them)",
     AFTER: "state change, lease, upstream connection, first forward pass",
+    HANDOFF: "the step's result reaches the scheduler (its `switch_finished` event)",
+    FIRST: "lease, proxied request on the pooled connection, vLLM's first forward pass",
 }
 
 
-def sample(sent_at: float, first_token: float, event: Mapping[str, Any]) -> dict[str, float]:
-    """One restore sample's phases, in order, from the client's send to its first token."""
+def sample(
+    sent_at: float, first_token: float, event: Mapping[str, Any], ready_at: float | None = None
+) -> dict[str, float]:
+    """One restore sample's phases, in order, from the client's send to its first token.
+
+    `ready_at` (the wall-clock time of the switch's `switch_finished` event) splits the
+    time after the tree is healthy into the scheduler's part and the request's."""
     phases = {str(k): float(v) for k, v in event.get("phases", {}).items()}
     started = float(event["started_at"])
     healthy = started + sum(phases.values())
-    return {
-        BEFORE: started - sent_at,
-        **phases,
-        AFTER: sent_at + first_token - healthy,
-    }
+    end = sent_at + first_token
+    if ready_at is None or not healthy <= ready_at <= end:
+        return {BEFORE: started - sent_at, **phases, AFTER: end - healthy}
+    return {BEFORE: started - sent_at, **phases, HANDOFF: ready_at - healthy, FIRST: end - ready_at}
+
+
+def logged_at(event: Mapping[str, Any]) -> float | None:
+    """The wall-clock time of a gpumux log event (its ISO-8601 `ts`), if it has one."""
+    try:
+        return datetime.datetime.fromisoformat(str(event["ts"])).timestamp()
+    except (KeyError, ValueError):
+        return None
 
 
 def table(samples: Sequence[Mapping[str, float]]) -> str:

@@ -39,7 +39,6 @@ from gpumux.checkpoint.catalog import ImageCatalog, NoImage, OpObserver, Restore
 from gpumux.checkpoint.criu_inventory import (
     describe_io_uring,
     io_uring_users,
-    port_is_free,
     shm_files,
 )
 from gpumux.checkpoint.host_io import (
@@ -47,6 +46,7 @@ from gpumux.checkpoint.host_io import (
     copy_all,
     driver_version,
     open_tcp_after,
+    pids_and_port_free,
     shm_copy_name,
     wait_pids_free,
 )
@@ -220,13 +220,12 @@ class Checkpoints:
         if problems:
             detail = f"the image does not match {alias} here: {'; '.join(problems)}"
             raise self._failed(alias, image, RestoreFailure.IDENTITY, detail)
-        taken = await wait_pids_free(image.manifest.pids, PID_FREE_WAIT_SECS)
-        timeline.mark("pids_free")
+        pids = image.manifest.pids
+        taken, port_free = await pids_and_port_free(pids, identity.port, PID_FREE_WAIT_SECS)
+        timeline.mark("pids_port_free")
         if taken:
             detail = f"the image's pids are taken: {taken}"
             raise self._failed(alias, image, RestoreFailure.PID_COLLISION, detail)
-        port_free = await asyncio.to_thread(port_is_free, identity.port)
-        timeline.mark("port_free")
         if not port_free:
             detail = f"port {identity.port} is in use"
             raise self._failed(alias, image, RestoreFailure.PORT_BUSY, detail)

@@ -13,7 +13,7 @@ import asyncio
 from pathlib import Path
 
 from gpumux.checkpoint import sparse_copy
-from gpumux.checkpoint.criu_inventory import open_tcp, taken_pids
+from gpumux.checkpoint.criu_inventory import open_tcp, port_is_free, taken_pids
 
 #: How often a dump looks whether the tree's connections closed.
 POLL_SECS = 0.05
@@ -59,6 +59,23 @@ async def wait_pids_free(pids: list[int], wait_secs: float) -> dict[int, str]:
         if not taken or loop.time() >= deadline:
             return taken
         await asyncio.sleep(PID_POLL_SECS)
+
+
+async def pids_and_port_free(
+    pids: list[int], port: int, wait_secs: float
+) -> tuple[dict[int, str], bool]:
+    """The image's pids still taken (after waiting up to `wait_secs` for them) and
+    whether the model's port is free. Both looks go in one thread hop: on a busy host each
+    hop costs milliseconds of scheduling, and usually both are free at the first look."""
+    taken, port_free = await asyncio.to_thread(_look, pids, port)
+    if taken:
+        taken = await wait_pids_free(pids, wait_secs)
+        port_free = await asyncio.to_thread(port_is_free, port)
+    return taken, port_free
+
+
+def _look(pids: list[int], port: int) -> tuple[dict[int, str], bool]:
+    return taken_pids(pids), port_is_free(port)
 
 
 def shm_copy_name(path: str) -> str:
