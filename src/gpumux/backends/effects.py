@@ -15,13 +15,14 @@ import contextvars
 import os
 import shutil
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
 import structlog
 
+from gpumux.backends.readiness import wait_healthy
 from gpumux.backends.upstream import UpstreamPools
 from gpumux.backends.vllm_client import BackendControlError, VllmClient
 from gpumux.checkpoint.checkpoints import CheckpointFailed, Checkpoints
@@ -45,13 +46,6 @@ from gpumux.procs import (
 log = structlog.get_logger(__name__)
 
 ExitCallback = Callable[[str, int, int], None]
-
-#: How often readiness is polled while a backend starts.
-HEALTH_POLL_SECS = 0.1
-#: Pauses between /health probes of a restored tree (the last repeats). A restored
-#: server listens the moment `criu restore` returns, so the first probe nearly always
-#: answers; a miss is retried within milliseconds, not after a cold start's 100 ms.
-RESTORE_HEALTH_POLL_SECS = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1)
 
 
 def resolve_program(name: str) -> str:
@@ -238,9 +232,10 @@ class Backends:
         alias, checkpoints = backend.alias, self.checkpoints
         if checkpoints is None:
             raise StepFailed(alias, Step.CRIU_RESTORE, "CRIU needs a `checkpoint` section")
-        timeline = RestoreTimeline()
+        timeline = RestoreTimeline()  # logged as `criu_restore_timeline` whatever happens
         await self.kill(alias)  # never two trees for one model
         timeline.mark("kill")
+        outcome = "failed"
         try:
             process = await checkpoints.bring_back(
                 alias,
@@ -249,26 +244,19 @@ class Backends:
                 reaper=self._reaper,
                 timeline=timeline,
             )
-        except CheckpointFailed as exc:
-            _log_timeline(alias, timeline, "failed")
-            raise StepFailed(alias, Step.CRIU_RESTORE, exc.detail) from exc
-        self._attach(backend, process, process.log_offset)
-        timeline.mark("attach")
-        try:
+            self._attach(backend, process, process.log_offset)
+            timeline.mark("attach")
+            outcome = "unhealthy"
             timeout = checkpoints.config.restore_timeout_secs
-            await self._wait_healthy(
-                backend,
-                process,
-                timeout,
-                step=Step.CRIU_RESTORE,
-                timeline=timeline,
-                pauses=RESTORE_HEALTH_POLL_SECS,
-            )
-        except StepFailed as exc:
-            _log_timeline(alias, timeline, "unhealthy")
+            await self._wait_healthy(backend, process, timeout, Step.CRIU_RESTORE, timeline)
+            outcome = "ok"
+        except CheckpointFailed as exc:
+            raise StepFailed(alias, Step.CRIU_RESTORE, exc.detail) from exc
+        except StepFailed as exc:  # restored, but never healthy
             checkpoints.restore_failed(alias, exc.detail)
             raise
-        _log_timeline(alias, timeline, "ok")
+        finally:
+            timeline.report(alias, outcome)
         checkpoints.catalog.restored(alias)
 
     # ---- cuda-checkpoint ----------------------------------------------------------------
@@ -316,7 +304,7 @@ class Backends:
         except SpawnFailed as exc:
             raise StepFailed(alias, Step.COLD_START, str(exc)) from exc
         self._attach(backend, process, offset)
-        await self._wait_healthy(backend, process, model.startup_timeout_secs)
+        await self._wait_healthy(backend, process, model.startup_timeout_secs, Step.COLD_START)
 
     def _attach(self, backend: _Backend, process: BackendProcess, offset: int) -> None:
         """Supervise a spawned or restored tree: registry, exit report, log tail."""
@@ -340,36 +328,19 @@ class Backends:
         backend: _Backend,
         process: BackendProcess,
         deadline_secs: float,
-        *,
-        step: Step = Step.COLD_START,
+        step: Step,
         timeline: RestoreTimeline | None = None,
-        pauses: Sequence[float] = (HEALTH_POLL_SECS,),
     ) -> None:
-        """Readiness is `/health` answering 200, bounded by `deadline_secs`; between
-        probes it pauses `pauses[0]`, `pauses[1]`, ... and then the last one."""
-        probes = 0
-        try:
-            async with asyncio.timeout(deadline_secs):
-                while True:
-                    if process.exited.done():
-                        code = process.exited.result()
-                        tail = " | ".join(self.recent_output(backend.alias)[-3:])
-                        raise StepFailed(
-                            backend.alias, step, f"exited with code {code} during start: {tail}"
-                        )
-                    healthy = await backend.client.health(timeout=self._sup.health_timeout_secs)
-                    if timeline is not None:
-                        timeline.count("health_probes")
-                        timeline.mark("health")
-                    if healthy:
-                        return
-                    await asyncio.sleep(pauses[min(probes, len(pauses) - 1)])
-                    probes += 1
-        except TimeoutError:
-            limit = "startup_timeout_secs" if step is Step.COLD_START else "restore_timeout_secs"
-            raise StepFailed(
-                backend.alias, step, f"not healthy within {limit}={deadline_secs:g}"
-            ) from None
+        await wait_healthy(
+            backend.client,
+            process,
+            deadline_secs,
+            model=backend.alias,
+            step=step,
+            probe_timeout=self._sup.health_timeout_secs,
+            recent_output=lambda: self.recent_output(backend.alias),
+            timeline=timeline,
+        )
 
     async def _stop_tail(self, backend: _Backend) -> None:
         task, backend.tail_task = backend.tail_task, None
@@ -417,8 +388,3 @@ class Backends:
             await self._cuda.close()  # the driver-API helper, if one was started
         if self.checkpoints is not None:
             await self.checkpoints.close()  # background finalisations and uploads
-
-
-def _log_timeline(alias: str, timeline: RestoreTimeline, outcome: str) -> None:
-    """Where one restore's time went (bench/real_vllm.py lines it up with its client)."""
-    log.info("criu_restore_timeline", model=alias, outcome=outcome, **timeline.fields())

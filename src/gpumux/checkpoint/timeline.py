@@ -3,9 +3,9 @@
 Owns: `RestoreTimeline`, which records named phases of one restore in the order they
 end (image checks, checksums, identity, pid and port checks, /dev/shm copy-in, `criu
 restore`, adoption, health), the wall-clock time the restore began (so a client can
-line the timeline up with its own clock), and the fields of the `criu_restore_timeline`
-log event that `backends` writes once the restored tree is healthy (or is not).
-Does not: log, or decide anything; a phase that did not run is simply absent.
+line the timeline up with its own clock), and the `criu_restore_timeline` log event
+(`backends` reports it once per restore, whatever the outcome).
+Does not: decide anything; a phase that did not run is simply absent.
 
 Why a wall clock as well: the benchmark measures from its own send to its first token,
 and only a shared clock tells the time before the restore began (scheduling) and after
@@ -16,6 +16,10 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+
+import structlog
+
+log = structlog.get_logger(__name__)
 
 
 @dataclass
@@ -54,3 +58,8 @@ class RestoreTimeline:
             "counts": dict(self.counts),
             "total_s": round(self.total, 4),
         }
+
+    def report(self, model: str, outcome: str) -> None:
+        """`criu_restore_timeline`: where this restore's time went (`outcome`: ok, failed
+        before the tree ran, or unhealthy); bench/real_vllm.py lines it up with its client."""
+        log.info("criu_restore_timeline", model=model, outcome=outcome, **self.fields())

@@ -68,6 +68,16 @@ def is_known(image: Image, stats: dict[str, os.stat_result], memo: Memo) -> bool
     return False
 
 
+def check_or_hash(image: Image, memo: Memo) -> bool:
+    """`images.check_files`, then hash only if the files are not known (ImageInvalid on
+    any problem); True when it hashed."""
+    stats = images.check_files(image)
+    if is_known(image, stats, memo):
+        return False
+    hash_and_remember(image, stats, memo)
+    return True
+
+
 def hash_and_remember(image: Image, stats: dict[str, os.stat_result], memo: Memo) -> None:
     """Hash every file (ImageInvalid on a mismatch), then stamp the image.
 
