@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -39,16 +40,92 @@ def test_the_stamp_is_no_image_file(tmp_path: Path) -> None:
 
 
 def test_a_file_rewritten_in_place_is_hashed_again_and_caught(tmp_path: Path) -> None:
+    """The hard case: same inode, same size, mtime put back. Only ctime tells, and no
+    system call sets a ctime back (utime sets atime and mtime, and itself sets ctime)."""
     image, memo = stamped(tmp_path)
-    info = (image.path / "pages-1.img").stat()
-    (image.path / "pages-1.img").write_bytes(b"x" * 10_000)  # same size
-    # Even with its mtime put back: a write sets ctime, which no call sets back.
-    os.utime(image.path / "pages-1.img", ns=(info.st_atime_ns, info.st_mtime_ns))
+    path = image.path / "pages-1.img"
+    before = path.stat()
+    path.write_bytes(b"x" * 10_000)  # same size
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = path.stat()
+    assert (after.st_ino, after.st_size, after.st_mtime_ns) == (
+        before.st_ino,
+        before.st_size,
+        before.st_mtime_ns,
+    )
+    assert after.st_ctime_ns != before.st_ctime_ns
     stats = images.check_files(image)
     assert not verified.is_known(image, stats, memo)
     assert not verified.is_known(image, stats, {})
     with pytest.raises(ImageInvalid, match="sha256"):
         verified.hash_and_remember(image, stats, memo)
+    assert not verified.is_known(image, images.check_files(image), memo)  # never stamped
+
+
+def test_a_truncated_file_is_refused_before_any_stamp_counts(tmp_path: Path) -> None:
+    image, memo = stamped(tmp_path)
+    path = image.path / "pages-1.img"
+    before = path.stat()
+    os.truncate(path, 5_000)
+    with pytest.raises(ImageInvalid, match="5000 bytes"):
+        images.check_files(image)
+    os.truncate(path, 10_000)  # back to its size: the second half is now zeros
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    stats = images.check_files(image)
+    assert not verified.is_known(image, stats, memo)
+    with pytest.raises(ImageInvalid, match="sha256"):
+        verified.hash_and_remember(image, stats, memo)
+
+
+def test_a_half_written_image_is_refused_even_with_its_stamp(tmp_path: Path) -> None:
+    image, _ = stamped(tmp_path)
+    (image.path / "core-10.img").unlink()  # e.g. a copy that stopped part way
+    with pytest.raises(ImageInvalid, match=r"core-10\.img"):
+        images.check_files(image)
+    (image.path / images.MANIFEST).unlink()  # a directory without its manifest
+    assert images.read(image.path) is None  # is no image at all
+
+
+def test_a_copied_image_with_its_stamp_is_hashed_again(tmp_path: Path) -> None:
+    """A stamp covers the files it was made for (device, inode), never a copy of them,
+    even one that keeps sizes and mtimes (`cp -a`)."""
+    image, _ = stamped(tmp_path)
+    copy = tmp_path / "copy" / "a" / "v1"
+    shutil.copytree(image.path, copy, copy_function=shutil.copy2)
+    assert (copy / verified.STAMP).read_bytes() == (image.path / verified.STAMP).read_bytes()
+    moved = Image(copy, image.manifest)
+    assert not known(moved, {})
+    verified.hash_and_remember(moved, images.check_files(moved), {})
+    assert known(moved, {})  # stamped anew for its own files
+
+
+def test_a_stamp_from_another_image_does_not_count(tmp_path: Path) -> None:
+    image, _ = stamped(tmp_path)
+    other, _ = stamped(tmp_path / "other")
+    shutil.copyfile(other.path / verified.STAMP, image.path / verified.STAMP)
+    assert not known(image, {})
+
+
+def test_a_change_between_the_hash_and_the_stamp_is_never_stamped(tmp_path: Path) -> None:
+    """`publish` hashed the files; one changes before the catalog stamps the image."""
+    image = make_image(tmp_path, "v1")
+    assert image.hashed_as is not None
+    (image.path / "core-10.img").write_bytes(b"x" * 100)  # same size, after the hash
+    memo: verified.Memo = {}
+    assert not verified.remember(image, memo)
+    assert not (image.path / verified.STAMP).exists()
+    assert memo == {}
+    with pytest.raises(ImageInvalid, match="sha256"):  # the next restore hashes, refuses
+        verified.hash_and_remember(image, images.check_files(image), memo)
+
+
+def test_only_an_image_hashed_here_is_stamped_by_remember(tmp_path: Path) -> None:
+    image = make_image(tmp_path, "v1")
+    from_disk = images.read(image.path)
+    assert from_disk is not None
+    assert from_disk.hashed_as is None
+    assert not verified.remember(from_disk, {})
+    assert not (image.path / verified.STAMP).exists()
 
 
 def test_a_replaced_file_is_not_known(tmp_path: Path) -> None:

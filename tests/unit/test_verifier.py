@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -60,4 +61,20 @@ async def test_remember_stamps_what_the_caller_hashed(tmp_path: Path) -> None:
     timeline = RestoreTimeline()
     await Verifier().check(image, timeline)  # a later run: from the stamp on disk
     assert "sha256" not in timeline.phases
+    await verifier.close()
+
+
+async def test_a_stamped_image_edited_in_place_is_refused(tmp_path: Path) -> None:
+    image = make_image(tmp_path, "v1")
+    verifier = Verifier()
+    await verifier.remember(image)
+    await verifier.check(image, RestoreTimeline())  # known: nothing hashed
+    path = image.path / "pages-1.img"
+    before = path.stat()
+    path.write_bytes(b"x" * 10_000)  # same size, mtime put back: only ctime changed
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    timeline = RestoreTimeline()
+    with pytest.raises(ImageInvalid, match="sha256"):
+        await verifier.check(image, timeline)
+    assert "image_checks" in timeline.phases  # it looked, found it changed, hashed
     await verifier.close()

@@ -22,8 +22,9 @@ import os
 import re
 import shutil
 import stat
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -114,6 +115,11 @@ class Manifest(BaseModel):
 class Image:
     path: Path
     manifest: Manifest
+    #: Each file's lstat taken just before this process hashed it (`publish`,
+    #: `install`); None for an image read from disk. `verified.remember` stamps an image
+    #: only if its files still have these, so a change between the hash and the stamp
+    #: is never stamped as verified.
+    hashed_as: Mapping[str, os.stat_result] | None = field(default=None, compare=False, repr=False)
 
     @property
     def model(self) -> str:
@@ -147,18 +153,22 @@ def make_private_dirs(path: Path) -> None:
 def publish(staging: Path, target: Path, fields: dict[str, object]) -> Image:
     """Lock down, hash and describe `staging`, write its manifest last, rename to `target`."""
     lock_down(staging)
-    entries = _hash_all(staging, image_files(staging))
+    names = image_files(staging)
+    before = {name: _regular_file_inside(staging, name) for name in names}
+    entries = _hash_all(staging, names)
     manifest = Manifest.model_validate({**fields, "version": target.name, "files": entries})
-    return _finish(staging, target, manifest)
+    return replace(_finish(staging, target, manifest), hashed_as=before)
 
 
 def install(staging: Path, target: Path, manifest: Manifest) -> Image:
     """Make a downloaded `staging` the image `target`, if it matches `manifest` (sha256)."""
     lock_down(staging)
-    verify(Image(staging, manifest), checksums=True)
+    downloaded = Image(staging, manifest)
+    before = check_files(downloaded)
+    verify_checksums(downloaded)
     if target.exists() and read(target) is None:
         shutil.rmtree(target)  # an incomplete leftover with no manifest is no image
-    return _finish(staging, target, manifest)
+    return replace(_finish(staging, target, manifest), hashed_as=before)
 
 
 def _finish(staging: Path, target: Path, manifest: Manifest) -> Image:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +47,7 @@ Stamp = dict[str, Any]
 Memo = dict[Path, Stamp]
 
 
-def stamp_of(image: Image, stats: dict[str, os.stat_result]) -> Stamp:
+def stamp_of(image: Image, stats: Mapping[str, os.stat_result]) -> Stamp:
     """The stamp of `image` whose files have `stats` (from `images.check_files`)."""
     manifest = hashlib.sha256(image.manifest.model_dump_json().encode()).hexdigest()
     files = {
@@ -92,12 +93,19 @@ def hash_and_remember(image: Image, stats: dict[str, os.stat_result], memo: Memo
     write_stamp(image.path, stamp)
 
 
-def remember(image: Image, memo: Memo) -> None:
-    """Stamp an image whose files were just hashed by the caller (`images.publish`,
-    `images.install`), as they are now."""
-    stamp = stamp_of(image, images.check_files(image))
+def remember(image: Image, memo: Memo) -> bool:
+    """Stamp an image whose files this process just hashed (`images.publish`,
+    `images.install`) if they are still as they were when hashed (`Image.hashed_as`);
+    False, stamping nothing, when one changed since (or the image was not hashed here):
+    the next restore hashes it again."""
+    if image.hashed_as is None:
+        return False
+    stamp = stamp_of(image, image.hashed_as)
+    if stamp_of(image, images.check_files(image)) != stamp:
+        return False
     memo[image.path] = stamp
     write_stamp(image.path, stamp)
+    return True
 
 
 def read_stamp(directory: Path) -> Stamp | None:

@@ -62,11 +62,15 @@ class Verifier:
             self._spawn(asyncio.to_thread(verified.warm, image))
 
     async def remember(self, image: Image) -> None:
-        """Stamp an image whose files the caller just hashed (publish, download)."""
+        """Stamp an image whose files were just hashed (publish, download), unless one
+        changed since: then the next restore hashes it again (and refuses it if bad)."""
         try:
-            await asyncio.to_thread(verified.remember, image, self.memo)
+            stamped = await asyncio.to_thread(verified.remember, image, self.memo)
         except (OSError, ImageInvalid) as exc:  # the next restore hashes it instead
             log.warning("image_stamp_failed", model=image.model, error=str(exc))
+            return
+        if not stamped:
+            log.warning("image_not_stamped", model=image.model, path=str(image.path))
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.get_running_loop().create_task(work)
