@@ -18,6 +18,9 @@ chown, link or rename of a file sets its ctime to now, and no system call sets i
 other inodes. What it does not see is corruption below the filesystem (a disk returning
 other bytes without the kernel knowing) after the first check; hashing 1-2 GB on every
 restore, the cost this removes, was most of the restore's time (bench/real_vllm.py).
+A stamp written after someone else's hash (publish, install) uses the lstat taken
+before that hash (`Image.hashed_as`), and only if nothing changed since. Threat model
+in full: docs/reliability.md, "Local image stamps".
 The stamp lives in the image's 0700 directory: whoever can rewrite it can rewrite the
 manifest and the files as well. It starts with a dot, so it is never an image file.
 """
