@@ -259,7 +259,7 @@ class ImageCatalog:
     def prepare(self, alias: str) -> None:
         """Ahead of a restore of `alias`: verify its current local image and read it into
         the page cache, in the background (`Verifier.ahead`). Called when a pre-baked
-        image is adopted; a scheduler that predicts a wake may call it too."""
+        image is adopted; the hook for a scheduler that predicts a wake (not wired yet)."""
         image = self.entry(alias).current
         if image is not None:
             self.verifier.ahead(image)

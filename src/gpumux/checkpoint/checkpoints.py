@@ -291,12 +291,6 @@ class Checkpoints:
                 f"restored pid {pid} could not be adopted: {exc}", reason=RestoreFailure.UNHEALTHY
             ) from exc
 
-    def prepare(self, alias: str) -> None:
-        """Make a coming restore of `alias` cheaper, with no effect on the host: verify its
-        image and read it into the page cache in the background (`ImageCatalog.prepare`).
-        For a scheduler that predicts the next wake; harmless when none comes."""
-        self.catalog.prepare(alias)
-
     def restore_failed(self, alias: str, reason: str) -> None:
         """The restored tree never became healthy: its image is not tried again."""
         image = self.catalog.entry(alias).current
