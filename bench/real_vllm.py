@@ -40,6 +40,7 @@ from typing import Any
 
 import aiohttp
 
+from bench import restore_timeline
 from bench.common import (
     environment,
     environment_lines,
@@ -77,6 +78,8 @@ class Timing:
     first_token: float
     total: float
     text: str
+    #: `time.time()` just before the send (lines the request up with gpumux's log).
+    sent_at: float = 0.0
 
 
 @dataclass
@@ -87,6 +90,10 @@ class Route:
     description: str
     samples: list[Timing] = field(default_factory=list)
     switches: list[dict[str, Any]] = field(default_factory=list)
+    #: Per sample: the restore's phases from send to first token (`restore_timeline`).
+    timelines: list[dict[str, float]] = field(default_factory=list)
+    #: Per sample: the fraction of the image in the page cache just before the request.
+    resident: list[float | None] = field(default_factory=list)
 
     def first_tokens(self) -> list[float]:
         return [s.first_token for s in self.samples]
@@ -105,6 +112,7 @@ async def first_token(url: str) -> Timing:
     text: list[str] = []
     first: float | None = None
     async with aiohttp.ClientSession(timeout=timeout) as session:
+        sent_at = time.time()
         started = time.perf_counter()
         async with session.post(url + "/v1/completions", json=body) as response:
             if response.status != 200:
@@ -123,21 +131,42 @@ async def first_token(url: str) -> Timing:
         total = time.perf_counter() - started
     if first is None:
         raise RuntimeError("the stream carried no text")
-    return Timing(first, total, "".join(text))
+    return Timing(first, total, "".join(text), sent_at)
 
 
-def one_daemon(tmp: Path, config: dict[str, Any], name: str, route: Route, running: Route) -> None:
-    """A fresh daemon: the first request (sampled into `route`), then one more (`running`)."""
+def one_daemon(
+    tmp: Path,
+    config: dict[str, Any],
+    name: str,
+    route: Route,
+    running: Route,
+    image: Path | None = None,
+) -> None:
+    """A fresh daemon: the first request (sampled into `route`), then one more (`running`).
+
+    With `image` (the restore path), also how much of it was cached before the request
+    and the restore's timeline from gpumux's log."""
     with running_daemon(
         tmp / name,
         config["models"],
         **{k: v for k, v in config.items() if k != "models"},
     ) as daemon:
-        route.samples.append(asyncio.run(first_token(daemon.url)))
+        if image is not None:
+            route.resident.append(restore_timeline.resident_fraction(image))
+        timing = asyncio.run(first_token(daemon.url))
+        route.samples.append(timing)
         running.samples.append(asyncio.run(first_token(daemon.url)))
+        events = daemon.log_events()
         route.switches += [
-            e for e in daemon.log_events() if e.get("event") in ("switch_finished", "criu_restored")
+            e for e in events if e.get("event") in ("switch_finished", "criu_restored")
         ]
+        timelines = [e for e in events if e.get("event") == "criu_restore_timeline"]
+        finished = [e for e in events if e.get("event") == "switch_finished"]
+        if image is not None and timelines:
+            ready_at = restore_timeline.logged_at(finished[0]) if finished else None
+            route.timelines.append(
+                restore_timeline.sample(timing.sent_at, timing.first_token, timelines[0], ready_at)
+            )
 
 
 def criu_problem() -> str | None:
@@ -252,6 +281,13 @@ def report(
                 ],
             }
         )
+        if route.timelines:
+            payload["routes"][-1]["restore_timeline_s"] = [
+                {phase: round(secs, 4) for phase, secs in one.items()} for one in route.timelines
+            ]
+            payload["routes"][-1]["image_resident_before"] = [
+                round(r, 3) if r is not None else None for r in route.resident
+            ]
         rows.append(route_row(route, base, cold))
     lines = [
         "# Cold start vs CRIU restore of a real vLLM (CPU build) through gpumux",
@@ -278,6 +314,19 @@ def report(
             "",
             "gpumux's own phases (its `switch_finished` log events): " + "; ".join(phases),
         ]
+    for route in routes:
+        if route.timelines:
+            cached = [r for r in route.resident if r is not None]
+            shares = ", ".join(f"{100 * r:.0f} %" for r in cached)
+            where = f"; image in the page cache before each: {shares}"
+            lines += [
+                "",
+                f"Where {route.name}-to-first-token goes ({len(route.timelines)} samples, "
+                "gpumux's `criu_restore_timeline` lined up with the client's clock"
+                f"{where if cached else ''}):",
+                "",
+                restore_timeline.table(route.timelines),
+            ]
     if prebake_s:
         lines += ["", f"Pre-baking the image (once, off the request path) took {prebake_s:.1f} s."]
     if restore_note:
@@ -320,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
         for i in range(rounds):
             one_daemon(tmp, config, f"cold{i}", cold, running)
             if image is not None:
-                one_daemon(tmp, restored, f"restore{i}", restore, running)
+                one_daemon(tmp, restored, f"restore{i}", restore, running, image)
         if image is not None:
             # A kill-mode dump leaves the tree's /dev/shm segments behind (copies travel
             # with the image); remove the pre-bake's so the run leaves nothing.

@@ -10,11 +10,13 @@ from pathlib import Path
 
 import pytest
 
+from gpumux.checkpoint import verified
 from tests.support.client import get_json
 from tests.support.criu import (
     baked_image,
     chat,
     checkpoint_section,
+    image_snapshot,
     prebake,
     quarantined,
 )
@@ -58,6 +60,35 @@ def test_prebake_then_restore_on_first_request_twice(tmp_path: Path) -> None:
             assert "collective_rpc" in calls  # discard: weights reloaded after the restore
     assert replies[0] == replies[1]
     assert (image / "manifest.json").is_file()
+
+
+def test_an_image_is_hashed_once_then_restored_on_its_stamp(tmp_path: Path) -> None:
+    """A pre-baked image without a stamp (made before stamps) is hashed once, off the
+    request path where the daemon has the time, and stamped; later restores read none of
+    its bytes to check it. A restore writes nothing into the image (CRIU's stats go
+    beside its log) but, the first time, the stamp."""
+    models = {"a": mock_model(), "b": mock_model()}
+    config = daemon_config(tmp_path, models, checkpoint=checkpoint_section(tmp_path))
+    image = baked_image(prebake(tmp_path, config))
+    stamp = image / verified.STAMP
+    assert stamp.is_file()  # the pre-bake hashed every file when it published the image
+    stamp.unlink()
+    models["a"]["checkpoint_path"] = str(image)
+    phases, snapshots = [], []
+    for run in ("unstamped", "stamped"):
+        with running_daemon(
+            tmp_path / run, models, checkpoint=config["checkpoint"], state_dir=config["state_dir"]
+        ) as daemon:
+            assert chat(daemon, "a")
+            timeline = events(daemon, "criu_restore_timeline", model="a")
+            assert [t["outcome"] for t in timeline] == ["ok"]
+            phases.append(timeline[0]["phases"])
+        assert stamp.is_file()
+        snapshots.append(image_snapshot(image))
+    assert "criu" in phases[1]
+    assert "sha256" not in phases[1]  # the stamp matched: nothing was read
+    assert not (image / "stats-restore").exists()  # CRIU's stats went beside its log
+    assert snapshots[1] == snapshots[0]  # the stamped restore left the image untouched
 
 
 def test_prebake_refuses_a_non_checkpoint_eviction(tmp_path: Path) -> None:

@@ -147,6 +147,18 @@ def baked_image(result: subprocess.CompletedProcess[str]) -> Path:
 NS_LAST_PID = Path("/proc/sys/kernel/ns_last_pid")
 
 
+def image_snapshot(image: Path) -> dict[str, tuple[int, int, int, int]]:
+    """Every entry of an image directory (itself included) with its (inode, size,
+    mtime_ns, ctime_ns): equal snapshots mean nothing was written, created, removed,
+    chmodded or replaced in it (reads change only atimes, left out)."""
+    entries = [image, *sorted(image.rglob("*"))]
+    return {
+        str(p.relative_to(image)): (s.st_ino, s.st_size, s.st_mtime_ns, s.st_ctime_ns)
+        for p in entries
+        for s in [p.lstat()]
+    }
+
+
 @contextmanager
 def pid_taken(pid: int, attempts: int = 50) -> Iterator[subprocess.Popen[bytes]]:
     """A `sleep` child of the test holding `pid` (as root, through ns_last_pid).

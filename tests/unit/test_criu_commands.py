@@ -37,6 +37,8 @@ def test_restore_is_detached_sibling_with_a_pidfile() -> None:
     assert "--restore-detached" in argv
     assert "--restore-sibling" in argv  # parent = gpumux, so no parent-death signal fires
     assert argv[argv.index("--pidfile") + 1] == "/run/a.pid"
+    # CRIU's stats file goes beside the log, never into the (stamped, maybe read-only) image.
+    assert argv[argv.index("--work-dir") + 1] == str(LOG.parent)
 
 
 def test_cuda_plugin_dir_only_when_the_plugin_is_there(tmp_path: Path) -> None:

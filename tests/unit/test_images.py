@@ -2,43 +2,16 @@
 
 from __future__ import annotations
 
-import datetime
 import stat
 from pathlib import Path
 
 import pytest
 
 from gpumux.checkpoint import images
-from gpumux.checkpoint.images import Image, ImageInvalid
+from gpumux.checkpoint.images import ImageInvalid
+from tests.support.images import fields, make_image
 
 pytestmark = pytest.mark.unit
-
-
-def fields(model: str = "a", **extra: object) -> dict[str, object]:
-    return {
-        "model": model,
-        "created": datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC).isoformat(),
-        "eviction": "discard+checkpoint",
-        "tp": 1,
-        "port": 8000,
-        "pids": [10, 11],
-        "shm_files": [],
-        "criu_version": "4.2.1",
-        "kernel": "6.18",
-        "driver_version": None,
-        **extra,
-    }
-
-
-def make_image(root: Path, version: str, model: str = "a", **extra: object) -> Image:
-    target = root / model / version
-    staging = images.staging_dir(target)
-    (staging / "pages-1.img").write_bytes(b"p" * 10_000)
-    (staging / "core-10.img").write_bytes(b"c" * 100)
-    (staging / "stats-dump").write_bytes(b"s")  # CRIU's own, not part of the image
-    (staging / "shm").mkdir()
-    (staging / "shm" / "psm_1").write_bytes(b"\0" * 64)
-    return images.publish(staging, target, fields(model, **extra))
 
 
 def test_publish_writes_manifest_and_appears_by_rename(tmp_path: Path) -> None:

@@ -22,10 +22,12 @@ from pathlib import Path
 import aiohttp
 import structlog
 
+from gpumux.backends.readiness import wait_healthy
 from gpumux.backends.upstream import UpstreamPools
 from gpumux.backends.vllm_client import BackendControlError, VllmClient
 from gpumux.checkpoint.checkpoints import CheckpointFailed, Checkpoints
 from gpumux.checkpoint.identity import ModelIdentity
+from gpumux.checkpoint.timeline import RestoreTimeline
 from gpumux.core.config import Config, ModelConfig, ProcessStrategy, WeightStrategy
 from gpumux.core.errors import StepFailed
 from gpumux.core.eviction import WEIGHTS_AFTER, Step
@@ -44,9 +46,6 @@ from gpumux.procs import (
 log = structlog.get_logger(__name__)
 
 ExitCallback = Callable[[str, int, int], None]
-
-#: How often readiness is polled while a backend starts.
-HEALTH_POLL_SECS = 0.1
 
 
 def resolve_program(name: str) -> str:
@@ -233,23 +232,31 @@ class Backends:
         alias, checkpoints = backend.alias, self.checkpoints
         if checkpoints is None:
             raise StepFailed(alias, Step.CRIU_RESTORE, "CRIU needs a `checkpoint` section")
+        timeline = RestoreTimeline()  # logged as `criu_restore_timeline` whatever happens
         await self.kill(alias)  # never two trees for one model
+        timeline.mark("kill")
+        outcome = "failed"
         try:
             process = await checkpoints.bring_back(
                 alias,
                 ModelIdentity.of(self._config, alias),
                 log_path=backend.log_path,
                 reaper=self._reaper,
+                timeline=timeline,
             )
+            self._attach(backend, process, process.log_offset)
+            timeline.mark("attach")
+            outcome = "unhealthy"
+            timeout = checkpoints.config.restore_timeout_secs
+            await self._wait_healthy(backend, process, timeout, Step.CRIU_RESTORE, timeline)
+            outcome = "ok"
         except CheckpointFailed as exc:
             raise StepFailed(alias, Step.CRIU_RESTORE, exc.detail) from exc
-        self._attach(backend, process, process.log_offset)
-        try:
-            timeout = checkpoints.config.restore_timeout_secs
-            await self._wait_healthy(backend, process, timeout, step=Step.CRIU_RESTORE)
-        except StepFailed as exc:
+        except StepFailed as exc:  # restored, but never healthy
             checkpoints.restore_failed(alias, exc.detail)
             raise
+        finally:
+            timeline.report(alias, outcome)
         checkpoints.catalog.restored(alias)
 
     # ---- cuda-checkpoint ----------------------------------------------------------------
@@ -297,7 +304,7 @@ class Backends:
         except SpawnFailed as exc:
             raise StepFailed(alias, Step.COLD_START, str(exc)) from exc
         self._attach(backend, process, offset)
-        await self._wait_healthy(backend, process, model.startup_timeout_secs)
+        await self._wait_healthy(backend, process, model.startup_timeout_secs, Step.COLD_START)
 
     def _attach(self, backend: _Backend, process: BackendProcess, offset: int) -> None:
         """Supervise a spawned or restored tree: registry, exit report, log tail."""
@@ -321,27 +328,19 @@ class Backends:
         backend: _Backend,
         process: BackendProcess,
         deadline_secs: float,
-        *,
-        step: Step = Step.COLD_START,
+        step: Step,
+        timeline: RestoreTimeline | None = None,
     ) -> None:
-        """Readiness is `/health` answering 200, bounded by `deadline_secs`."""
-        try:
-            async with asyncio.timeout(deadline_secs):
-                while True:
-                    if process.exited.done():
-                        code = process.exited.result()
-                        tail = " | ".join(self.recent_output(backend.alias)[-3:])
-                        raise StepFailed(
-                            backend.alias, step, f"exited with code {code} during start: {tail}"
-                        )
-                    if await backend.client.health(timeout=self._sup.health_timeout_secs):
-                        return
-                    await asyncio.sleep(HEALTH_POLL_SECS)
-        except TimeoutError:
-            limit = "startup_timeout_secs" if step is Step.COLD_START else "restore_timeout_secs"
-            raise StepFailed(
-                backend.alias, step, f"not healthy within {limit}={deadline_secs:g}"
-            ) from None
+        await wait_healthy(
+            backend.client,
+            process,
+            deadline_secs,
+            model=backend.alias,
+            step=step,
+            probe_timeout=self._sup.health_timeout_secs,
+            recent_output=lambda: self.recent_output(backend.alias),
+            timeline=timeline,
+        )
 
     async def _stop_tail(self, backend: _Backend) -> None:
         task, backend.tail_task = backend.tail_task, None

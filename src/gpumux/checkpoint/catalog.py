@@ -19,17 +19,19 @@ cold-starts.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 
 from gpumux.checkpoint import images
 from gpumux.checkpoint.images import Image, ImageInvalid, Manifest
 from gpumux.checkpoint.s3.store import S3Store, StoreError, StoreUnauthenticated
+from gpumux.checkpoint.timeline import RestoreTimeline
+from gpumux.checkpoint.verifier import Verifier
 from gpumux.core.config import WeightStrategy
 
 log = structlog.get_logger(__name__)
@@ -40,6 +42,7 @@ UPLOAD_RETRY_DELAYS = (5.0, 30.0)
 PREBAKED_LOOKUP_SECS = 20.0
 
 OpObserver = Callable[[str, float], None]
+T = TypeVar("T")
 
 
 class RestoreFailure(StrEnum):
@@ -79,7 +82,6 @@ class _Model:
     pending: asyncio.Task[Image | None] | None = None
     upload: asyncio.Task[bool] | None = None
     remote: tuple[str, Path] | None = None  # (version, local target) to download on demand
-    verified: set[Path] = field(default_factory=set)
 
 
 class ImageCatalog:
@@ -100,6 +102,7 @@ class ImageCatalog:
         self._models: dict[str, _Model] = {}
         self._protected: set[Path] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.verifier = Verifier()
 
     def entry(self, alias: str) -> _Model:
         return self._models.setdefault(alias, _Model())
@@ -122,6 +125,7 @@ class ImageCatalog:
             _check(alias, image.manifest, check)
             entry.current = image
             self._protected.add(image.path)
+            self.prepare(alias)
             return WeightStrategy(image.manifest.weights)
         if self.store is None:
             log.warning("prebaked_image_missing", model=alias, path=str(path))
@@ -174,11 +178,8 @@ class ImageCatalog:
     def finalize_later(
         self, alias: str, staging: Path, target: Path, fields: dict[str, object], *, upload: bool
     ) -> asyncio.Task[Image | None]:
-        task = asyncio.get_running_loop().create_task(
-            self._finalize(alias, staging, target, fields, upload=upload)
-        )
+        task = self._spawn(self._finalize(alias, staging, target, fields, upload=upload))
         self.entry(alias).pending = task
-        self._track(task)
         return task
 
     async def settle(self, alias: str) -> None:
@@ -202,7 +203,7 @@ class ImageCatalog:
         finally:
             entry.pending = None
         entry.current = image
-        entry.verified.add(image.path)
+        await self.verifier.remember(image)  # publish just hashed every file
         self._observe("finalize", loop.time() - started)
         log.info(
             "image_written", model=alias, path=str(image.path), bytes=image.manifest.total_bytes
@@ -211,8 +212,7 @@ class ImageCatalog:
         if pruned:
             log.info("images_pruned", model=alias, paths=[str(p) for p in pruned])
         if upload and self.store is not None:
-            entry.upload = loop.create_task(self.upload(image))
-            self._track(entry.upload)
+            entry.upload = self._spawn(self.upload(image))
         return image
 
     async def upload(self, image: Image) -> bool:
@@ -238,22 +238,31 @@ class ImageCatalog:
 
     # ---- before and after a restore ---------------------------------------------------
 
-    async def image_for_restore(self, alias: str) -> Image:
+    async def image_for_restore(self, alias: str, timeline: RestoreTimeline | None = None) -> Image:
         """The verified image to restore; raises NoImage (quarantining a bad one)."""
+        timeline = timeline or RestoreTimeline()
         await self.settle(alias)
+        timeline.mark("settle")
         entry = self.entry(alias)
         image = entry.current
         if image is None or not (image.path / images.MANIFEST).exists():
             image = await self._download(alias)
+            timeline.mark("download")
         try:
-            checksums = image.path not in entry.verified
-            await asyncio.to_thread(images.verify, image, checksums=checksums)
+            await self.verifier.check(image, timeline)
         except ImageInvalid as exc:
             raise self.quarantine(
                 alias, "invalid", str(exc), failure=RestoreFailure.CORRUPT
             ) from exc
-        entry.verified.add(image.path)
         return image
+
+    def prepare(self, alias: str) -> None:
+        """Ahead of a restore of `alias`: verify its current local image and read it into
+        the page cache, in the background (`Verifier.ahead`). Called when a pre-baked
+        image is adopted; the hook for a scheduler that predicts a wake (not wired yet)."""
+        image = self.entry(alias).current
+        if image is not None:
+            self.verifier.ahead(image)
 
     async def _download(self, alias: str) -> Image:
         entry = self.entry(alias)
@@ -278,7 +287,7 @@ class ImageCatalog:
             raise NoImage(f"download of {alias}/{version} failed: {exc}", reason=failure) from exc
         self._observe("download", loop.time() - started)
         entry.current = image
-        entry.verified.add(image.path)
+        await self.verifier.remember(image)  # the download hashed every file
         return image
 
     def quarantine(
@@ -318,7 +327,7 @@ class ImageCatalog:
         if self._keep or image is None or image.path in self._protected:
             return
         entry.current = None
-        self._track(asyncio.get_running_loop().create_task(self._remove_after_upload(entry, image)))
+        self._spawn(self._remove_after_upload(entry, image))
 
     async def _remove_after_upload(self, entry: _Model, image: Image) -> None:
         if entry.upload is not None:
@@ -342,14 +351,18 @@ class ImageCatalog:
         transfers = self.store.transfers.snapshot() if self.store else {}
         return {"images_dir": str(self.root), "models": models, "transfers": transfers}
 
-    def _track(self, task: asyncio.Task[Any]) -> None:
+    def _spawn(self, work: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+        """A background task that `close` cancels."""
+        task = asyncio.get_running_loop().create_task(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     async def close(self) -> None:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.verifier.close()
         if self.store is not None:
             self.store.close()
 

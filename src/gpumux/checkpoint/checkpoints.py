@@ -39,20 +39,21 @@ from gpumux.checkpoint.catalog import ImageCatalog, NoImage, OpObserver, Restore
 from gpumux.checkpoint.criu_inventory import (
     describe_io_uring,
     io_uring_users,
-    port_is_free,
     shm_files,
 )
 from gpumux.checkpoint.host_io import (
     CopyFailed,
-    copy_sparse,
+    copy_all,
     driver_version,
     open_tcp_after,
+    pids_and_port_free,
     shm_copy_name,
     wait_pids_free,
 )
 from gpumux.checkpoint.identity import HostIdentity, ModelIdentity, mismatches
 from gpumux.checkpoint.images import Image
 from gpumux.checkpoint.s3.store import S3Store
+from gpumux.checkpoint.timeline import RestoreTimeline
 from gpumux.core.config import CheckpointConfig, WeightStrategy
 from gpumux.procs import AdoptFailed, BackendProcess, Reaper, adopt, kill_tree, tree_pids
 
@@ -159,8 +160,7 @@ class Checkpoints:
             multi = identity.tp > 1  # TP workers talk over TCP inside the tree
             await criu.dump(self.settings, process.pid, staging, log_file, tcp_established=multi)
             # Kill mode leaves the files on /dev/shm exactly as they were at the freeze.
-            for path in shm:
-                await copy_sparse(path, staging / shm_copy_name(path))
+            await copy_all([(Path(path), staging / shm_copy_name(path)) for path in shm])
         except (criu.CriuError, CopyFailed) as exc:
             await asyncio.to_thread(images.discard_staging, staging)
             state = "still running" if not process.exited.done() else "gone"
@@ -194,14 +194,20 @@ class Checkpoints:
         upload = not self.prebake
         return self.catalog.finalize_later(alias, staging, target, fields, upload=upload)
 
-    async def restore(self, alias: str, identity: ModelIdentity) -> int:
+    async def restore(
+        self, alias: str, identity: ModelIdentity, timeline: RestoreTimeline | None = None
+    ) -> int:
         """Restore the model's image; return the restored root pid (already our child).
 
         Raises CheckpointFailed with a `reason`, after which the image is out of rotation.
+        `timeline`, when given, gets each phase's duration.
         """
-        await asyncio.to_thread(self._log_dir.mkdir, mode=0o700, parents=True, exist_ok=True)
+        timeline = timeline or RestoreTimeline()
+        if not self._log_dir.is_dir():  # a stat; the thread hop only the first time
+            await asyncio.to_thread(self._log_dir.mkdir, mode=0o700, parents=True, exist_ok=True)
+        timeline.mark("log_dir")
         try:
-            image = await self.catalog.image_for_restore(alias)
+            image = await self.catalog.image_for_restore(alias, timeline)
         except NoImage as exc:
             self._report(alias, exc.reason, exc.detail, exc.quarantined, "quarantined")
             raise CheckpointFailed(
@@ -210,21 +216,25 @@ class Checkpoints:
         # Before anything touches the host: never restore a process made for another
         # model, launch or host (it would answer as the wrong model, or on the wrong port).
         problems = mismatches(image.manifest, identity, await self.host_identity())
+        timeline.mark("identity")
         if problems:
             detail = f"the image does not match {alias} here: {'; '.join(problems)}"
             raise self._failed(alias, image, RestoreFailure.IDENTITY, detail)
-        taken = await wait_pids_free(image.manifest.pids, PID_FREE_WAIT_SECS)
+        pids = image.manifest.pids
+        taken, port_free = await pids_and_port_free(pids, identity.port, PID_FREE_WAIT_SECS)
+        timeline.mark("pids_port_free")
         if taken:
             detail = f"the image's pids are taken: {taken}"
             raise self._failed(alias, image, RestoreFailure.PID_COLLISION, detail)
-        if not await asyncio.to_thread(port_is_free, identity.port):
+        if not port_free:
             detail = f"port {identity.port} is in use"
             raise self._failed(alias, image, RestoreFailure.PORT_BUSY, detail)
         loop = asyncio.get_running_loop()
         started = loop.time()
         try:
-            for path in image.manifest.shm_files:
-                await copy_sparse(image.path / shm_copy_name(path), Path(path))
+            shm = image.manifest.shm_files
+            await copy_all([(image.path / shm_copy_name(path), Path(path)) for path in shm])
+            timeline.mark("shm_copy_in")
             pid = await criu.restore(
                 self.settings,
                 image.path,
@@ -242,9 +252,8 @@ class Checkpoints:
             elif isinstance(exc, criu.CriuError) and exc.timed_out:
                 reason = RestoreFailure.TIMEOUT
             raise self._failed(alias, image, reason, str(exc)) from exc
+        timeline.mark("criu")
         secs = loop.time() - started
-        # CRIU writes its stats file into the image with the default umask.
-        await asyncio.to_thread(images.lock_down, image.path)
         self._observe("restore", secs)
         log.info("criu_restored", model=alias, pid=pid, path=str(image.path), secs=round(secs, 3))
         return pid
@@ -261,12 +270,21 @@ class Checkpoints:
         return task
 
     async def bring_back(
-        self, alias: str, identity: ModelIdentity, *, log_path: Path, reaper: Reaper
+        self,
+        alias: str,
+        identity: ModelIdentity,
+        *,
+        log_path: Path,
+        reaper: Reaper,
+        timeline: RestoreTimeline | None = None,
     ) -> BackendProcess:
         """`restore`, then adopt the restored root (our child, as we are its subreaper)."""
-        pid = await self.restore(alias, identity)
+        timeline = timeline or RestoreTimeline()
+        pid = await self.restore(alias, identity, timeline)
         try:
-            return await adopt(pid, model=alias, log_path=log_path, reaper=reaper)
+            process = await adopt(pid, model=alias, log_path=log_path, reaper=reaper)
+            timeline.mark("adopt")
+            return process
         except AdoptFailed as exc:
             self.restore_failed(alias, str(exc))
             raise CheckpointFailed(

@@ -17,7 +17,8 @@ Flags (reference: vllm-cpu.md §5, llmux.md §5.5):
   harmlessly instead of being frozen into the image. nftables because the default
   iptables lock needs an `iptables` binary that hosts often lack;
 - `-L DIR` when DIR holds CRIU's `cuda_plugin.so` (GPU hosts);
-- `-v4 --log-file` always: the log is the only diagnosis of a failure.
+- `-v4 --log-file` always: the log is the only diagnosis of a failure;
+- restore only: `--work-dir` the log's directory, so the image is only read.
 The exit code is the verdict: CRIU logs "Error ... RLIMIT_NOFILE" on runs that succeed.
 """
 
@@ -115,6 +116,10 @@ def restore_argv(
         str(pidfile),
         "--log-file",
         str(log_file),
+        # CRIU writes its stats file into the work dir (default: the image): a restore
+        # then never writes into the image, which may be read-only or stamped.
+        "--work-dir",
+        str(log_file.parent),
         *_COMMON,
         *_tcp_args(tcp_established),
         *plugin_args(settings.plugin_dir),

@@ -1,9 +1,9 @@
 """Host-side chores around a CRIU dump or restore that wait on the world.
 
 Owns: waiting (bounded) for a tree's TCP connections to close and for an image's pids
-to be free, copying /dev/shm segments in and out of an image (`cp --sparse=always`
-through `run_command`: vLLM's segments are mostly holes), and reading the NVIDIA
-driver version for the manifest.
+to be free, copying /dev/shm segments in and out of an image (`sparse_copy` in a
+thread, all of a tree's segments at once: vLLM's are hundreds of MB of mostly holes),
+and reading the NVIDIA driver version for the manifest.
 Does not: decide anything; `checkpoints` calls these and interprets the results.
 """
 
@@ -12,10 +12,14 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from gpumux.checkpoint.criu_inventory import open_tcp, taken_pids
-from gpumux.procs import CommandFailedToStart, CommandTimeout, run_command
+from gpumux.checkpoint import sparse_copy
+from gpumux.checkpoint.criu_inventory import open_tcp, port_is_free, taken_pids
 
+#: How often a dump looks whether the tree's connections closed.
 POLL_SECS = 0.05
+#: How often a restore looks whether the image's pids are free: the Reaper collects a
+#: dumped tree's zombies within milliseconds of SIGCHLD, and the restore waits on that.
+PID_POLL_SECS = 0.005
 COPY_TIMEOUT_SECS = 120.0
 NVIDIA_VERSION = Path("/proc/driver/nvidia/version")
 #: Where an image keeps the /dev/shm files of its tree.
@@ -54,7 +58,24 @@ async def wait_pids_free(pids: list[int], wait_secs: float) -> dict[int, str]:
         taken = await asyncio.to_thread(taken_pids, pids)
         if not taken or loop.time() >= deadline:
             return taken
-        await asyncio.sleep(POLL_SECS)
+        await asyncio.sleep(PID_POLL_SECS)
+
+
+async def pids_and_port_free(
+    pids: list[int], port: int, wait_secs: float
+) -> tuple[dict[int, str], bool]:
+    """The image's pids still taken (after waiting up to `wait_secs` for them) and
+    whether the model's port is free. Both looks go in one thread hop: on a busy host each
+    hop costs milliseconds of scheduling, and usually both are free at the first look."""
+    taken, port_free = await asyncio.to_thread(_look, pids, port)
+    if taken:
+        taken = await wait_pids_free(pids, wait_secs)
+        port_free = await asyncio.to_thread(port_is_free, port)
+    return taken, port_free
+
+
+def _look(pids: list[int], port: int) -> tuple[dict[int, str], bool]:
+    return taken_pids(pids), port_is_free(port)
 
 
 def shm_copy_name(path: str) -> str:
@@ -63,15 +84,19 @@ def shm_copy_name(path: str) -> str:
 
 
 async def copy_sparse(source: Path | str, target: Path | str) -> None:
-    """`cp --sparse=always` with mode and ownership; raise CopyFailed."""
-    Path(target).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    argv = ["cp", "--sparse=always", "--preserve=mode,ownership", str(source), str(target)]
+    """Copy one file keeping its holes, mode and ownership; raise CopyFailed."""
     try:
-        result = await run_command(argv, timeout=COPY_TIMEOUT_SECS)
-    except (CommandFailedToStart, CommandTimeout) as exc:
-        raise CopyFailed(str(exc)) from exc
-    if result.returncode != 0:
-        raise CopyFailed(f"cp {source} {target}: {result.stderr.strip()[:300]}")
+        async with asyncio.timeout(COPY_TIMEOUT_SECS):
+            await asyncio.to_thread(sparse_copy.copy, Path(source), Path(target))
+    except TimeoutError:
+        raise CopyFailed(f"copying {source} took over {COPY_TIMEOUT_SECS:g}s") from None
+    except OSError as exc:
+        raise CopyFailed(f"copying {source} to {target}: {exc}") from exc
+
+
+async def copy_all(pairs: list[tuple[Path, Path]]) -> None:
+    """`copy_sparse` every (source, target) at once (a tree has a few segments)."""
+    await asyncio.gather(*(copy_sparse(source, target) for source, target in pairs))
 
 
 def driver_version() -> str | None:

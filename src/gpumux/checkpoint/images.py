@@ -22,8 +22,9 @@ import os
 import re
 import shutil
 import stat
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -114,6 +115,11 @@ class Manifest(BaseModel):
 class Image:
     path: Path
     manifest: Manifest
+    #: Each file's lstat taken just before this process hashed it (`publish`,
+    #: `install`); None for an image read from disk. `verified.remember` stamps an image
+    #: only if its files still have these, so a change between the hash and the stamp
+    #: is never stamped as verified.
+    hashed_as: Mapping[str, os.stat_result] | None = field(default=None, compare=False, repr=False)
 
     @property
     def model(self) -> str:
@@ -147,18 +153,22 @@ def make_private_dirs(path: Path) -> None:
 def publish(staging: Path, target: Path, fields: dict[str, object]) -> Image:
     """Lock down, hash and describe `staging`, write its manifest last, rename to `target`."""
     lock_down(staging)
-    entries = _hash_all(staging, image_files(staging))
+    names = image_files(staging)
+    before = {name: _regular_file_inside(staging, name) for name in names}
+    entries = _hash_all(staging, names)
     manifest = Manifest.model_validate({**fields, "version": target.name, "files": entries})
-    return _finish(staging, target, manifest)
+    return replace(_finish(staging, target, manifest), hashed_as=before)
 
 
 def install(staging: Path, target: Path, manifest: Manifest) -> Image:
     """Make a downloaded `staging` the image `target`, if it matches `manifest` (sha256)."""
     lock_down(staging)
-    verify(Image(staging, manifest), checksums=True)
+    downloaded = Image(staging, manifest)
+    before = check_files(downloaded)
+    verify_checksums(downloaded)
     if target.exists() and read(target) is None:
         shutil.rmtree(target)  # an incomplete leftover with no manifest is no image
-    return _finish(staging, target, manifest)
+    return replace(_finish(staging, target, manifest), hashed_as=before)
 
 
 def _finish(staging: Path, target: Path, manifest: Manifest) -> Image:
@@ -173,13 +183,22 @@ def discard_staging(staging: Path) -> None:
 
 
 def lock_down(directory: Path) -> None:
-    """Directories 0700, files 0600: an image holds a process's memory."""
-    os.chmod(directory, DIR_MODE)
+    """Directories 0700, files 0600: an image holds a process's memory.
+
+    Only what has another mode is changed: a chmod sets the file's ctime even when the
+    mode stays, and an unchanged ctime is how `verified` knows a file was not touched
+    since it was hashed."""
+    _set_mode(directory, DIR_MODE)
     for root, dirs, files in os.walk(directory):
         for name in dirs:
-            os.chmod(os.path.join(root, name), DIR_MODE)
+            _set_mode(Path(root, name), DIR_MODE)
         for name in files:
-            os.chmod(os.path.join(root, name), FILE_MODE)
+            _set_mode(Path(root, name), FILE_MODE)
+
+
+def _set_mode(path: Path, mode: int) -> None:
+    if stat.S_IMODE(path.lstat().st_mode) != mode:
+        os.chmod(path, mode)
 
 
 def write_manifest(directory: Path, manifest: Manifest) -> None:
@@ -215,17 +234,31 @@ def read(path: Path) -> Image | None:
 
 def verify(image: Image, *, checksums: bool) -> None:
     """Raise ImageInvalid unless every listed file is there with its size (and sha256)."""
-    for entry in image.manifest.files:
-        size = _regular_file_inside(image.path, entry.path).st_size
-        if size != entry.size:
-            raise ImageInvalid(f"{entry.path}: {size} bytes, manifest says {entry.size}")
+    check_files(image)
     if checksums:
-        actual = {
-            e.path: e.sha256 for e in _hash_all(image.path, [f.path for f in image.manifest.files])
-        }
-        for entry in image.manifest.files:
-            if actual[entry.path] != entry.sha256:
-                raise ImageInvalid(f"{entry.path}: sha256 mismatch")
+        verify_checksums(image)
+
+
+def check_files(image: Image) -> dict[str, os.stat_result]:
+    """Raise ImageInvalid unless every listed file is a regular file inside the image
+    with its manifest's size; return each file's lstat (no byte is read)."""
+    found = {}
+    for entry in image.manifest.files:
+        info = _regular_file_inside(image.path, entry.path)
+        if info.st_size != entry.size:
+            raise ImageInvalid(f"{entry.path}: {info.st_size} bytes, manifest says {entry.size}")
+        found[entry.path] = info
+    return found
+
+
+def verify_checksums(image: Image) -> None:
+    """Raise ImageInvalid unless every listed file hashes to its manifest's sha256."""
+    actual = {
+        e.path: e.sha256 for e in _hash_all(image.path, [f.path for f in image.manifest.files])
+    }
+    for entry in image.manifest.files:
+        if actual[entry.path] != entry.sha256:
+            raise ImageInvalid(f"{entry.path}: sha256 mismatch")
 
 
 def _regular_file_inside(root: Path, relative: str) -> os.stat_result:
