@@ -417,8 +417,17 @@ class Proxy:
             return response
         except ConnectionResetError:  # ClientGone, or aiohttp's own while draining
             return response  # nobody to tell; aiohttp is cancelling this handler
+        except asyncio.CancelledError:
+            # The client left; if it had every byte but the last chunk (it read `[DONE]`
+            # and closed before the backend's end reached this task) the request succeeded.
+            if upstream.delivered():
+                record.tail.extend(upstream.recent_chunks())
+                record.delivered = True
+                self._count(model, path, upstream.status)
+            raise
         record.tail.extend(upstream.recent_chunks())
         record.tail.append(tail)
+        record.delivered = not tail
         self._count(model, path, upstream.status)
         await response.write_eof(tail)  # with the last chunk, in one write
         return response

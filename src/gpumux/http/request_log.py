@@ -69,10 +69,14 @@ class RequestRecord:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     tail: deque[bytes] = field(default_factory=lambda: deque(maxlen=TAIL_READS), repr=False)
+    #: Every byte of the response had gone out but the end of its framing (a stream's
+    #: client that read `[DONE]` and closed): a client leaving now is not a 499.
+    delivered: bool = field(default=False, repr=False)
 
     def as_dict(self) -> dict[str, object]:
         data = asdict(self)
         del data["tail"]  # response bytes never leave the proxy
+        del data["delivered"]
         return data
 
 
@@ -85,7 +89,8 @@ class RequestLog:
     @contextmanager
     def tracking(self, record: RequestRecord, clock: Callable[[], float]) -> Iterator[None]:
         """Log `record` when the block ends, however it ends: a gpumux error's status, 499
-        for a client that left, the duration since the block began."""
+        for a client that left before its response was delivered, the duration since the
+        block began."""
         started = clock()
         try:
             yield
@@ -93,7 +98,8 @@ class RequestLog:
             record.status = exc.http_status
             raise
         except asyncio.CancelledError:
-            record.status = CLIENT_CLOSED
+            if not record.delivered:
+                record.status = CLIENT_CLOSED
             raise
         finally:
             record.duration_secs = round(clock() - started, 6)
