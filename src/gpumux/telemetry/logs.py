@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import json
 import logging
 import re
 import sys
@@ -206,7 +207,7 @@ def configure_logging(fmt: LogFormat, level: str = "info") -> None:
     renderer: Processor
     if fmt == "json":
         shared += [structlog.processors.StackInfoRenderer(), structlog.processors.format_exc_info]
-        renderer = structlog.processors.JSONRenderer()
+        renderer = structlog.processors.JSONRenderer(_encode_json)
     elif fmt == "console":
         renderer = structlog.dev.ConsoleRenderer(colors=_stderr_isatty(), timestamp_key="ts")
     else:
@@ -215,8 +216,10 @@ def configure_logging(fmt: LogFormat, level: str = "info") -> None:
     structlog.configure(
         processors=[*shared, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(threshold),
-        # One write per line (print() makes two: the line, then its newline).
-        logger_factory=structlog.WriteLoggerFactory(file=sys.stderr),
+        # One write per line (print() makes two: the line, then its newline). One writer
+        # for every line: loggers are not cached, so a factory that made a writer would
+        # make one per line.
+        logger_factory=_SharedWriter(structlog.WriteLogger(sys.stderr)),
         cache_logger_on_first_use=False,
     )
 
@@ -239,6 +242,29 @@ def configure_logging(fmt: LogFormat, level: str = "info") -> None:
     root.setLevel(threshold)
     for name in _CHATTY_LIBRARIES:  # their DEBUG is wire traffic, not gpumux's story
         logging.getLogger(name).setLevel(max(threshold, logging.INFO))
+
+
+class _SharedWriter:
+    """A logger factory that hands out the same writer every time."""
+
+    def __init__(self, writer: structlog.WriteLogger) -> None:
+        self._writer = writer
+
+    def __call__(self, *_args: object) -> structlog.WriteLogger:
+        return self._writer
+
+
+#: Built once: `json.dumps` with a `default` builds an encoder for every line.
+_JSON_ENCODERS: dict[object, json.JSONEncoder] = {}
+
+
+def _encode_json(obj: object, **kwargs: object) -> str:
+    """`json.dumps(obj, **kwargs)` with the encoder built once per set of options."""
+    key = tuple((name, id(value)) for name, value in kwargs.items())
+    encoder = _JSON_ENCODERS.get(key)
+    if encoder is None:
+        encoder = _JSON_ENCODERS[key] = json.JSONEncoder(**kwargs)  # type: ignore[arg-type]
+    return encoder.encode(obj)
 
 
 def _stderr_isatty() -> bool:
