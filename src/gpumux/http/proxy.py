@@ -106,12 +106,14 @@ class ProxySettings:
 def end_to_end_headers(headers: MultiMapping[str]) -> dict[str, str]:
     """`headers` without the hop-by-hop ones: the fixed set, and any a `Connection` names
     (RFC 9110 §7.6.1), in either direction."""
-    named = {
-        token.strip().lower()
-        for value in headers.getall("Connection", ())
-        for token in value.split(",")
-    }
-    drop = _HOP_BY_HOP | named
+    drop = _HOP_BY_HOP
+    if "Connection" in headers:  # case-insensitive, as the multidict is
+        named = {
+            token.strip().lower()
+            for value in headers.getall("Connection")
+            for token in value.split(",")
+        }
+        drop = _HOP_BY_HOP | named
     return {k: v for k, v in headers.items() if k.lower() not in drop}
 
 
