@@ -64,8 +64,9 @@ from bench.proxy_overhead import new_session
 from tests.support.daemon import RunningDaemon, mock_model, running_daemon
 
 NAME = "compare"
-#: gpumux before issue 16's proxy work (main when it began).
-BEFORE_REV = "6062259"
+#: gpumux before issue 16's proxy work: main just before it merged (today's features,
+#: the old proxy).
+BEFORE_REV = "8f7f240"
 WARMUP_SECS = 1
 
 

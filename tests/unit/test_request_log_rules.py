@@ -72,3 +72,16 @@ def test_tracking_logs_every_ending_with_its_status_and_duration() -> None:
         raise asyncio.CancelledError
     assert [r["status"] for r in log.latest(10)] == [CLIENT_CLOSED, 429, 200]
     assert all(r["duration_secs"] == 0.5 for r in log.latest(10))
+
+
+def test_a_client_that_leaves_after_its_whole_stream_is_no_499() -> None:
+    # It read `[DONE]` and closed before the backend's end of the body reached the proxy.
+    log = RequestLog(10)
+    delivered, cut_short = record(), record()
+    delivered.status = cut_short.status = 200
+    delivered.delivered = True
+    for rec in (delivered, cut_short):
+        with pytest.raises(asyncio.CancelledError), log.tracking(rec, itertools.count().__next__):
+            raise asyncio.CancelledError
+    assert [r["status"] for r in log.latest(10)] == [CLIENT_CLOSED, 200]
+    assert "delivered" not in log.latest(1)[0]

@@ -167,7 +167,8 @@ class _Connection(asyncio.Protocol):
         self._received_any = False
         self._idle_timeout = idle_timeout
         self._last_received = loop.time()
-        self._arm(idle_timeout)
+        if self._timer is None:  # else the last exchange's timer re-arms for what is left
+            self._arm(idle_timeout)
         transport.write(request)
         head, exchange = await self._head_ready
         return Reply(self, exchange, head)
@@ -293,8 +294,9 @@ class _Connection(asyncio.Protocol):
     def _body_ended(self, trailing: bytes) -> None:
         exchange = self._exchange
         assert exchange is not None
-        self._disarm()
         if self._keep_alive and not trailing and self._transport is not None:
+            # The timer stays: it lapses if it fires while the connection is pooled, or
+            # serves the next exchange (one timer per quiet period, not one per request).
             self._transition(ConnState.IDLE)
             self.idle_since = self._loop.time()
             self._idle_timeout = None
@@ -316,7 +318,7 @@ class _Connection(asyncio.Protocol):
             raise RuntimeError(f"connection cannot go from {self.state.value} to {to.value}")
         self.state = to
 
-    # ---- idle timeout: one timer per quiet period, not one per read ------------------------
+    # ---- idle timeout: one timer per quiet period, not one per read or per exchange --------
 
     def _arm(self, delay: float | None) -> None:
         self._disarm()
@@ -332,7 +334,7 @@ class _Connection(asyncio.Protocol):
         self._timer = None
         timeout = self._idle_timeout
         if timeout is None or self.state not in (ConnState.WAITING, ConnState.BODY):
-            return
+            return  # pooled (or closed): the next exchange arms a timer of its own
         quiet = self._loop.time() - self._last_received
         if quiet < timeout:
             self._arm(timeout - quiet)

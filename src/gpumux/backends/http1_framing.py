@@ -23,7 +23,7 @@ MAX_HEAD_BYTES: Final = 64 * 1024
 MAX_CHUNK_LINE_BYTES: Final = 4096
 MAX_TRAILER_BYTES: Final = 64 * 1024
 _HEX: Final = re.compile(rb"[0-9A-Fa-f]{1,15}")
-_STATUS_LINE: Final = re.compile(rb"HTTP/1\.([01]) ([1-9][0-9]{2})(?: .*)?")
+_STATUS_LINE: Final = re.compile(r"HTTP/1\.([01]) ([1-9][0-9]{2})(?: .*)?")
 CRLF: Final = b"\r\n"
 
 
@@ -59,40 +59,52 @@ def head_end(buffer: bytes | bytearray) -> int:
 
 def parse_head(raw: bytes) -> ResponseHead:
     """The status line and headers in `raw` (the head's bytes, blank line included)."""
-    lines = raw[:-4].split(CRLF)
+    # Decoded once, as aiohttp's parser decodes each name and value (UTF-8, surrogate
+    # escapes), so a header goes back out byte for byte; the separators are ASCII, so
+    # splitting after decoding gives the same strings as decoding each part.
+    lines = raw[:-4].decode("utf-8", "surrogateescape").split("\r\n")
     status_line = _STATUS_LINE.fullmatch(lines[0])
     if status_line is None:
         raise FramingError(f"bad status line {lines[0][:80]!r}")
     minor, status = status_line.group(1), int(status_line.group(2))
-    headers: CIMultiDict[str] = CIMultiDict()
+    pairs: list[tuple[str, str]] = []
+    connection: list[str] = []
+    codings: list[str] = []
+    lengths: set[str] = set()
     for line in lines[1:]:
-        name, colon, value = line.partition(b":")
-        if not colon or not name or name != name.strip(b" \t"):
+        name, colon, value = line.partition(":")
+        if not colon or not name or name != name.strip(" \t"):
             raise FramingError(f"bad header line {line[:80]!r}")
-        # As aiohttp's parser decodes them, so a header goes back out byte for byte.
-        headers.add(
-            name.decode("utf-8", "surrogateescape"),
-            value.strip(b" \t").decode("utf-8", "surrogateescape"),
-        )
-    connection = {t.strip().lower() for v in headers.getall("Connection", ()) for t in v.split(",")}
-    keep_alive = "close" not in connection and (minor == b"1" or "keep-alive" in connection)
-    codings = [
-        t.strip().lower() for v in headers.getall("Transfer-Encoding", ()) for t in v.split(",")
-    ]
+        value = value.strip(" \t")
+        pairs.append((name, value))
+        # The headers that frame the body, noted as they pass (one lookup each, not a
+        # search of the multidict afterwards).
+        lower = name.lower()
+        if lower == "connection":
+            connection += [t.strip().lower() for t in value.split(",")]
+        elif lower == "transfer-encoding":
+            codings += [t.strip().lower() for t in value.split(",")]
+        elif lower == "content-length":
+            lengths.add(value.strip())
+    keep_alive = "close" not in connection and (minor == "1" or "keep-alive" in connection)
     chunked = bool(codings) and codings[-1] == "chunked"
     if codings and not chunked:
         keep_alive = False  # the body runs until the connection closes (RFC 9112 §6.3)
-    length = None if codings else _content_length(headers)
+    length = None if codings else _content_length(lengths)
     if length is None and not chunked and status not in (204, 304) and status >= 200:
         keep_alive = False
-    return ResponseHead(status, headers, keep_alive, chunked, length)
+    return ResponseHead(status, CIMultiDict(pairs), keep_alive, chunked, length)
 
 
-def _content_length(headers: CIMultiDict[str]) -> int | None:
-    values = {v.strip() for v in headers.getall("Content-Length", ())}
+def _content_length(values: set[str]) -> int | None:
     if not values:
         return None
-    if len(values) != 1 or not (value := values.pop()).isdigit() or len(value) > 15:
+    if (
+        len(values) != 1
+        or not (value := values.pop()).isascii()
+        or not value.isdigit()
+        or len(value) > 15
+    ):
         raise FramingError("bad Content-Length")
     return int(value)
 
@@ -153,7 +165,10 @@ class ChunkedScanner:
                     raise FramingError("chunk size line too long")
                 self._need = 0
                 return position
-            size = _chunk_size(buffer[position:line_end])
+            if _HEX.fullmatch(buffer, position, line_end) is not None:  # the usual line
+                size = int(buffer[position:line_end], 16)
+            else:
+                size = _chunk_size(buffer[position:line_end])
             if size == 0:
                 end = _trailers_end(buffer, line_end + 2)
                 if end < 0:
@@ -166,7 +181,7 @@ class ChunkedScanner:
             if frame_end > size_of:
                 self._need = frame_end - position
                 return position
-            if buffer[frame_end - 2 : frame_end] != CRLF:
+            if not buffer.startswith(CRLF, frame_end - 2):
                 raise FramingError("chunk not followed by CRLF")
             position = frame_end
         self._need = 0

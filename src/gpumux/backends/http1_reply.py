@@ -126,6 +126,17 @@ class Reply:
             on_first_bytes()  # the whole body came at once: it all leaves with write_eof
         return tail
 
+    def delivered(self) -> bool:
+        """The body ended cleanly and every chunk of it went straight to the client: only
+        the last chunk (`write_eof`'s) is left to send."""
+        exchange = self._exchange
+        return (
+            exchange.done
+            and exchange.failure is None
+            and exchange.sink is not None
+            and not exchange.received
+        )
+
     def recent_chunks(self) -> tuple[bytes, ...]:
         """The last chunks that went straight to the client (empty when none did)."""
         return tuple(self._exchange.recent)

@@ -112,18 +112,22 @@ async def read_body(request: web.Request) -> bytes:
 
 
 def _model(raw: msgspec.Raw | None) -> str:
-    missing = MissingModel("You must provide a model parameter (a string).", param="model")
     if raw is None:
-        raise missing
+        raise _missing_model()
     try:
         model = _STRING.decode(raw)
     except msgspec.DecodeError:
-        raise missing from None
+        raise _missing_model() from None
     if not model:
-        raise missing
+        raise _missing_model()
     if CONTROL_CHARACTERS.search(model):
         raise ClientError("`model` must not contain control characters.", param="model")
     return model
+
+
+def _missing_model() -> MissingModel:
+    # Built only when raised: an error is costly to build, and nearly every body has one.
+    return MissingModel("You must provide a model parameter (a string).", param="model")
 
 
 def _top_level(body: bytes) -> dict[str, msgspec.Raw]:

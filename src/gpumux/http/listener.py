@@ -85,7 +85,11 @@ class HeadDeadline(asyncio.Protocol):
         self._timeout = timeout
         self._loop = loop
         self._transport: asyncio.Transport | None = None
+        # One timer per quiet period, not one per request: a request's head that arrives
+        # in time only clears `_head_since`; the timer, when it fires, re-arms for what
+        # is left of the current head's time or lapses when no head is under way.
         self._timer: asyncio.TimerHandle | None = None
+        self._head_since: float | None = None  # loop time the pending head began
         self._active = 0  # requests dispatched and not yet finished (aiohttp: at most 1)
         self._served = 0
         self._head_bytes = 0  # counted for the log line only; header contents never are
@@ -95,7 +99,7 @@ class HeadDeadline(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # A stream transport (create_server); uvloop's is not an asyncio.Transport subclass.
         self._transport = cast(asyncio.Transport, transport)
-        self._arm()  # a connection that never sends a byte is not spared
+        self._head_started()  # a connection that never sends a byte is not spared
         self._inner.connection_made(transport)
 
     def data_received(self, data: bytes) -> None:
@@ -103,8 +107,8 @@ class HeadDeadline(asyncio.Protocol):
         # Bytes while one is handled are its body (or a pipelined head, timed from the
         # first byte after that request ends).
         if self._active == 0 and data:
-            if self._timer is None:
-                self._arm()
+            if self._head_since is None:
+                self._head_started()
             self._head_bytes += len(data)
         self._inner.data_received(data)
 
@@ -129,7 +133,7 @@ class HeadDeadline(asyncio.Protocol):
     def request_started(self) -> None:
         """aiohttp dispatched a request: its head is complete, so the deadline is met."""
         self._active += 1
-        self._disarm()
+        self._head_since = None
 
     def request_finished(self) -> None:
         self._active -= 1
@@ -137,12 +141,15 @@ class HeadDeadline(asyncio.Protocol):
 
     # -- the deadline ---------------------------------------------------------------------
 
-    def _arm(self) -> None:
+    def _head_started(self) -> None:
         self._head_bytes = 0
+        self._head_since = self._loop.time()
+        if self._timer is None:
+            self._arm(self._timeout)
+
+    def _arm(self, delay: float) -> None:
         # A fresh context: the callback must not log under a request's bound ids.
-        self._timer = self._loop.call_later(
-            self._timeout, self._expired, context=contextvars.Context()
-        )
+        self._timer = self._loop.call_later(delay, self._expired, context=contextvars.Context())
 
     def _disarm(self) -> None:
         if self._timer is not None:
@@ -151,8 +158,12 @@ class HeadDeadline(asyncio.Protocol):
 
     def _expired(self) -> None:
         self._timer = None
-        transport = self._transport
-        if self._active or transport is None or transport.is_closing():
+        transport, since = self._transport, self._head_since
+        if self._active or since is None or transport is None or transport.is_closing():
+            return  # no head under way: the next one arms a timer of its own
+        left = since + self._timeout - self._loop.time()
+        if left > 0:  # this head began after the one the timer was set for
+            self._arm(left)
             return
         log.info(
             "header_timeout_closed",

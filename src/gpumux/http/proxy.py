@@ -106,12 +106,14 @@ class ProxySettings:
 def end_to_end_headers(headers: MultiMapping[str]) -> dict[str, str]:
     """`headers` without the hop-by-hop ones: the fixed set, and any a `Connection` names
     (RFC 9110 §7.6.1), in either direction."""
-    named = {
-        token.strip().lower()
-        for value in headers.getall("Connection", ())
-        for token in value.split(",")
-    }
-    drop = _HOP_BY_HOP | named
+    drop = _HOP_BY_HOP
+    if "Connection" in headers:  # case-insensitive, as the multidict is
+        named = {
+            token.strip().lower()
+            for value in headers.getall("Connection")
+            for token in value.split(",")
+        }
+        drop = _HOP_BY_HOP | named
     return {k: v for k, v in headers.items() if k.lower() not in drop}
 
 
@@ -417,8 +419,17 @@ class Proxy:
             return response
         except ConnectionResetError:  # ClientGone, or aiohttp's own while draining
             return response  # nobody to tell; aiohttp is cancelling this handler
+        except asyncio.CancelledError:
+            # The client left; if it had every byte but the last chunk (it read `[DONE]`
+            # and closed before the backend's end reached this task) the request succeeded.
+            if upstream.delivered():
+                record.tail.extend(upstream.recent_chunks())
+                record.delivered = True
+                self._count(model, path, upstream.status)
+            raise
         record.tail.extend(upstream.recent_chunks())
         record.tail.append(tail)
+        record.delivered = not tail
         self._count(model, path, upstream.status)
         await response.write_eof(tail)  # with the last chunk, in one write
         return response

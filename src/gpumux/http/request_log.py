@@ -15,8 +15,7 @@ import asyncio
 import hashlib
 import re
 from collections import deque
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 from gpumux.core.errors import GpumuxError
@@ -69,10 +68,14 @@ class RequestRecord:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     tail: deque[bytes] = field(default_factory=lambda: deque(maxlen=TAIL_READS), repr=False)
+    #: Every byte of the response had gone out but the end of its framing (a stream's
+    #: client that read `[DONE]` and closed): a client leaving now is not a 499.
+    delivered: bool = field(default=False, repr=False)
 
     def as_dict(self) -> dict[str, object]:
         data = asdict(self)
         del data["tail"]  # response bytes never leave the proxy
+        del data["delivered"]
         return data
 
 
@@ -82,22 +85,11 @@ class RequestLog:
     def __init__(self, size: int) -> None:
         self._records: deque[RequestRecord] = deque(maxlen=size)
 
-    @contextmanager
-    def tracking(self, record: RequestRecord, clock: Callable[[], float]) -> Iterator[None]:
+    def tracking(self, record: RequestRecord, clock: Callable[[], float]) -> _Tracking:
         """Log `record` when the block ends, however it ends: a gpumux error's status, 499
-        for a client that left, the duration since the block began."""
-        started = clock()
-        try:
-            yield
-        except GpumuxError as exc:
-            record.status = exc.http_status
-            raise
-        except asyncio.CancelledError:
-            record.status = CLIENT_CLOSED
-            raise
-        finally:
-            record.duration_secs = round(clock() - started, 6)
-            self.add(record)
+        for a client that left before its response was delivered, the duration since the
+        block began."""
+        return _Tracking(self, record, clock)
 
     def add(self, record: RequestRecord) -> None:
         if record.tail:
@@ -114,3 +106,27 @@ class RequestLog:
             if model is None or model in (record.model, record.alias):
                 out.append(record.as_dict())
         return out
+
+
+class _Tracking:
+    """`RequestLog.tracking`'s block: a class, not a generator, as it runs per request."""
+
+    __slots__ = ("_clock", "_log", "_record", "_started")
+
+    def __init__(self, log: RequestLog, record: RequestRecord, clock: Callable[[], float]) -> None:
+        self._log, self._record, self._clock = log, record, clock
+        self._started = 0.0
+
+    def __enter__(self) -> None:
+        self._started = self._clock()
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: object
+    ) -> None:
+        record = self._record
+        if isinstance(exc, GpumuxError):
+            record.status = exc.http_status
+        elif isinstance(exc, asyncio.CancelledError) and not record.delivered:
+            record.status = CLIENT_CLOSED
+        record.duration_secs = round(self._clock() - self._started, 6)
+        self._log.add(record)

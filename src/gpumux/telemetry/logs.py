@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import json
 import logging
 import re
 import sys
@@ -145,7 +146,7 @@ def _scrub(value: object, depth: int) -> object:
     if depth > _MAX_DEPTH:
         return value
     if isinstance(value, str):
-        return _BEARER.sub(lambda m: f"{m.group(1)} {REDACTED}", value)
+        return _BEARER.sub(_mask_credential, value)
     if isinstance(value, Mapping):
         return {k: _scrub_item(str(k), v, depth + 1) for k, v in value.items()}
     if isinstance(value, list):
@@ -170,11 +171,28 @@ def redact_secrets(_logger: WrappedLogger, _method: str, event_dict: EventDict) 
     count-like key (`prompt_tokens=12`). `Bearer …` credentials inside any string are
     masked too. The caller's objects are never mutated. `event` itself is kept.
     """
-    for key, value in list(event_dict.items()):
+    # Values of existing keys are replaced while iterating: the dict's size never changes.
+    for key, value in event_dict.items():
         if key == "event":
             continue
-        event_dict[key] = _scrub_item(key, value, 0)
+        if is_sensitive_key(key):
+            event_dict[key] = _scrub_item(key, value, 0)
+            continue
+        # Plain values first, by exact type: most of a line's values, and cheaper than
+        # `_scrub`'s ABC checks (this runs for every line: one per proxied request).
+        kind = type(value)
+        if kind is str:
+            event_dict[key] = _BEARER.sub(_mask_credential, value)
+        elif kind not in _PLAIN_TYPES:
+            event_dict[key] = _scrub(value, 0)
     return event_dict
+
+
+_PLAIN_TYPES: Final = frozenset({int, float, bool, type(None)})
+
+
+def _mask_credential(match: re.Match[str]) -> str:
+    return f"{match.group(1)} {REDACTED}"
 
 
 def default_format() -> LogFormat:
@@ -206,7 +224,7 @@ def configure_logging(fmt: LogFormat, level: str = "info") -> None:
     renderer: Processor
     if fmt == "json":
         shared += [structlog.processors.StackInfoRenderer(), structlog.processors.format_exc_info]
-        renderer = structlog.processors.JSONRenderer()
+        renderer = structlog.processors.JSONRenderer(_encode_json)
     elif fmt == "console":
         renderer = structlog.dev.ConsoleRenderer(colors=_stderr_isatty(), timestamp_key="ts")
     else:
@@ -215,8 +233,10 @@ def configure_logging(fmt: LogFormat, level: str = "info") -> None:
     structlog.configure(
         processors=[*shared, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(threshold),
-        # One write per line (print() makes two: the line, then its newline).
-        logger_factory=structlog.WriteLoggerFactory(file=sys.stderr),
+        # One write per line (print() makes two: the line, then its newline). One writer
+        # for every line: loggers are not cached, so a factory that made a writer would
+        # make one per line.
+        logger_factory=_SharedWriter(structlog.WriteLogger(sys.stderr)),
         cache_logger_on_first_use=False,
     )
 
@@ -239,6 +259,29 @@ def configure_logging(fmt: LogFormat, level: str = "info") -> None:
     root.setLevel(threshold)
     for name in _CHATTY_LIBRARIES:  # their DEBUG is wire traffic, not gpumux's story
         logging.getLogger(name).setLevel(max(threshold, logging.INFO))
+
+
+class _SharedWriter:
+    """A logger factory that hands out the same writer every time."""
+
+    def __init__(self, writer: structlog.WriteLogger) -> None:
+        self._writer = writer
+
+    def __call__(self, *_args: object) -> structlog.WriteLogger:
+        return self._writer
+
+
+#: Built once: `json.dumps` with a `default` builds an encoder for every line.
+_JSON_ENCODERS: dict[object, json.JSONEncoder] = {}
+
+
+def _encode_json(obj: object, **kwargs: object) -> str:
+    """`json.dumps(obj, **kwargs)` with the encoder built once per set of options."""
+    key = tuple((name, id(value)) for name, value in kwargs.items())
+    encoder = _JSON_ENCODERS.get(key)
+    if encoder is None:
+        encoder = _JSON_ENCODERS[key] = json.JSONEncoder(**kwargs)  # type: ignore[arg-type]
+    return encoder.encode(obj)
 
 
 def _stderr_isatty() -> bool:
