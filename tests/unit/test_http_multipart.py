@@ -1,6 +1,7 @@
-"""The multipart `model` reader (for the audio routes) in process: forms written by
-aiohttp's own multipart writer are read back, the last `model` wins as in the backend's
-form parser, and anything malformed — hand-written or cut at random — is a client error.
+"""The multipart form reader (for the audio routes) in process: forms written by
+aiohttp's own multipart writer are read back (`model`, `stream`), a second `model` or a
+`model` file is refused, an alias rewrite changes only the `model` value's bytes, and
+anything malformed — hand-written or cut at random — is a client error.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gpumux.core.errors import ClientError, MissingModel
-from gpumux.http.multipart import MAX_MODEL_BYTES, multipart_model
+from gpumux.http.multipart import MAX_MODEL_BYTES, multipart_model, read_form, with_model
 
 pytestmark = pytest.mark.unit
 
@@ -59,17 +60,51 @@ model_names = st.text(
 @PROPERTY
 @given(
     before=st.lists(
-        st.tuples(st.sampled_from(["file", "language", "model"]), model_names), max_size=3
+        st.tuples(st.sampled_from(["file", "language", "prompt"]), model_names), max_size=3
     ),
     model=model_names,
+    alias_of=model_names,
     audio=st.binary(max_size=2000),
 )
-def test_forms_from_aiohttps_writer_are_read_back_last_model_wins(
-    before: list[tuple[str, str]], model: str, audio: bytes
+def test_forms_from_aiohttps_writer_are_read_back_and_rewritten_in_place(
+    before: list[tuple[str, str]], model: str, alias_of: str, audio: bytes
 ) -> None:
     fields: list[tuple[str, str | bytes]] = [*before, ("file", audio), ("model", model)]
     body, content_type = written(fields)
     assert multipart_model(body, content_type) == model
+    rewritten = with_model(body, content_type, alias_of)
+    assert multipart_model(rewritten, content_type) == alias_of
+    # Only the value changed: the same form written with the new name, byte for byte
+    # once its (random) boundary is the first one's.
+    expected, other_type = written([*before, ("file", audio), ("model", alias_of)])
+    assert rewritten == expected.replace(boundary_of(other_type), boundary_of(content_type))
+
+
+def boundary_of(content_type: str) -> bytes:
+    return content_type.split("boundary=", 1)[1].strip('"').encode()
+
+
+def test_a_second_model_field_or_a_model_file_is_refused() -> None:
+    twice, content_type = written([("model", "a"), ("file", b"x"), ("model", "b")])
+    with pytest.raises(ClientError, match="more than one `model`"):
+        read_form(twice, content_type)
+    as_file, content_type = written([("model", b"whisper")])
+    with pytest.raises(ClientError, match="not a file"):
+        read_form(as_file, content_type)
+
+
+@pytest.mark.parametrize(
+    ("values", "stream"),
+    [([], False), (["true"], True), (["True"], True), (["1"], True), (["on"], True),
+     (["false"], False), (["no"], False), (["true", "false"], False), (["0", "yes"], True),
+     (["true" + " " * 40], False)],
+)  # fmt: skip
+def test_stream_is_read_as_the_backend_reads_a_bool(values: list[str], stream: bool) -> None:
+    fields: list[tuple[str, str | bytes]] = [("model", "w"), ("file", b"x")]
+    fields += [("stream", v) for v in values]
+    body, content_type = written(fields)
+    assert read_form(body, content_type) == read_form(body, content_type)
+    assert read_form(body, content_type).stream is stream
 
 
 def form(*parts: bytes, boundary: bytes = b"xyz") -> bytes:

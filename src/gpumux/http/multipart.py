@@ -1,14 +1,20 @@
-"""The `model` field of a `multipart/form-data` body, for the audio routes
+"""The `model` (and `stream`) fields of a `multipart/form-data` body, for the audio routes
 (`/v1/audio/transcriptions`, `/v1/audio/translations`), read without parsing the file.
 
 Owns: finding the boundary in the Content-Type, walking the parts by their delimiters
 (memchr-speed `find`, so a 25 MiB audio file is skipped, not copied), reading each part's
-headers (bounded) and returning the value of the last part named `model` — the one the
-backend's form parser (Starlette's, in vLLM) keeps when a name repeats.
-Does not: read any other field or file, change the body (it is forwarded as sent), or
-decide whether the model exists.
+headers (bounded), the `model` value and where it lies in the body, the `stream` flag,
+and `with_model`: the body with only the `model` value's bytes replaced (for an alias).
+Does not: read any other field or file, re-encode anything (every other byte is forwarded
+as sent), or decide whether the model exists.
 
-Anything malformed is the client's 400 (`invalid_multipart`'s message says what): no
+A `model` field given twice is refused rather than resolved: the backend's form parser
+(Starlette's, in vLLM) keeps the last one, and a proxy that routes by one copy while the
+backend reads another is how a request reaches a model it was not queued for. A `model`
+sent as a file part (with a `filename`) is refused too: the backend would not read it as
+text.
+
+Anything malformed is the client's 400 (`ClientError`'s message says what): no
 boundary or one longer than RFC 2046's 70 characters, no closing delimiter, a part
 without a header block, headers past `MAX_PART_HEAD` bytes, a `model` value that is not
 UTF-8, empty, longer than `MAX_MODEL_BYTES` or holding control characters.
@@ -16,6 +22,8 @@ UTF-8, empty, longer than `MAX_MODEL_BYTES` or holding control characters.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from dataclasses import dataclass
 from email.message import Message
 
 from gpumux.core.errors import ClientError, MissingModel
@@ -24,17 +32,66 @@ from gpumux.http.body import CONTROL_CHARACTERS
 MAX_PART_HEAD = 8192
 MAX_MODEL_BYTES = 1024
 _MAX_BOUNDARY = 70
+#: Pydantic's spellings of a true bool (the backend's form model reads `stream` with it).
+_TRUE = frozenset({"1", "on", "t", "true", "y", "yes"})
+_MAX_FLAG_BYTES = 16
+
+
+@dataclass(frozen=True)
+class Form:
+    """What the proxy routes a form by: `model`, its byte span in the body, and `stream`."""
+
+    model: str
+    model_start: int
+    model_end: int
+    stream: bool
+
+
+@dataclass(frozen=True)
+class _Part:
+    name: str | None
+    is_file: bool
+    start: int  # the value's first byte
+    end: int  # one past its last byte
+
+
+def read_form(body: bytes, content_type: str) -> Form:
+    """The routing fields of a multipart body; raises a `ClientError` for a bad one."""
+    model: _Part | None = None
+    stream = False
+    for part in _parts(body, content_type):
+        if part.name == "model":
+            if model is not None:
+                raise ClientError("The form has more than one `model` field.", param="model")
+            if part.is_file:
+                raise ClientError("`model` must be a form field, not a file.", param="model")
+            model = part
+        elif part.name == "stream":  # the last one counts, as in the backend's parser
+            stream = _flag(body[part.start : part.end])
+    if model is None:
+        raise MissingModel("You must provide a model form field.", param="model")
+    name = _model(body[model.start : model.end])
+    return Form(model=name, model_start=model.start, model_end=model.end, stream=stream)
 
 
 def multipart_model(body: bytes, content_type: str) -> str:
     """The `model` form field of a multipart body; raises a `ClientError` for a bad one."""
+    return read_form(body, content_type).model
+
+
+def with_model(body: bytes, content_type: str, model: str) -> bytes:
+    """`body` with its `model` value replaced by `model`; every other byte is kept."""
+    form = read_form(body, content_type)
+    return body[: form.model_start] + model.encode() + body[form.model_end :]
+
+
+def _parts(body: bytes, content_type: str) -> Iterator[_Part]:
     delimiter = b"--" + _boundary(content_type)
-    found: bytes | None = None
     at = _first_delimiter(body, delimiter)
     while True:
         after = at + len(delimiter)
         if body.startswith(b"--", after):
-            break  # the close delimiter: no more parts
+            return  # the close delimiter: no more parts
         if not body.startswith(b"\r\n", after):
             raise _malformed("a delimiter is not followed by a line break")
         head_end = body.find(b"\r\n\r\n", after + 2, after + 2 + MAX_PART_HEAD)
@@ -43,10 +100,9 @@ def multipart_model(body: bytes, content_type: str) -> str:
         next_at = body.find(b"\r\n" + delimiter, head_end + 4)
         if next_at == -1:
             raise _malformed("the body has no closing delimiter")
-        if _field_name(body[after + 2 : head_end]) == "model":
-            found = body[head_end + 4 : next_at]
+        name, is_file = _disposition(body[after + 2 : head_end])
+        yield _Part(name, is_file, head_end + 4, next_at)
         at = next_at + 2
-    return _model(found)
 
 
 def _boundary(content_type: str) -> bytes:
@@ -69,19 +125,25 @@ def _first_delimiter(body: bytes, delimiter: bytes) -> int:
     return at + 2
 
 
-def _field_name(head: bytes) -> str | None:
-    """The `name` parameter of a part's Content-Disposition, if it has one."""
+def _disposition(head: bytes) -> tuple[str | None, bool]:
+    """The `name` parameter of a part's Content-Disposition (if any), and whether the part
+    is a file (it has a `filename`)."""
     for line in head.split(b"\r\n"):
         name, _, value = line.partition(b":")
         if name.strip().lower() == b"content-disposition":
             header = Message()
             header["content-disposition"] = value.decode("latin-1").strip()
             field = header.get_param("name", header="content-disposition")
-            return field if isinstance(field, str) else None
-    return None
+            is_file = header.get_param("filename", header="content-disposition") is not None
+            return (field if isinstance(field, str) else None), is_file
+    return None, False
 
 
-def _model(value: bytes | None) -> str:
+def _flag(value: bytes) -> bool:
+    return len(value) <= _MAX_FLAG_BYTES and value.decode("latin-1").strip().lower() in _TRUE
+
+
+def _model(value: bytes) -> str:
     if not value:
         raise MissingModel("You must provide a model form field.", param="model")
     if len(value) > MAX_MODEL_BYTES:
