@@ -66,6 +66,11 @@ class RealVllm:
         """The setup's root (`<home>/venv/bin/vllm`)."""
         return self.vllm.parent.parent.parent
 
+    @property
+    def python(self) -> Path:
+        """The interpreter of vLLM's environment (its Starlette, pydantic, ...)."""
+        return self.vllm.parent / "python"
+
     def model_dir(self, name: str) -> Path:
         """`tiny-a` (2 layers) or `tiny-b` (3 layers)."""
         return self.home / "models" / name

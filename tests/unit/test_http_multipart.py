@@ -114,13 +114,15 @@ def form(*parts: bytes, boundary: bytes = b"xyz") -> bytes:
 MODEL_PART = b'Content-Disposition: form-data; name="model"\r\n\r\nwhisper'
 
 
-def test_unquoted_names_preamble_and_a_file_before_the_model() -> None:
+def test_unquoted_names_and_a_file_before_the_model() -> None:
     file_part = b'Content-Disposition: form-data; name="file"; filename="a.wav"\r\n\r\n' + (
         b"--xy\r\n" * 1000  # delimiter-like bytes inside the file are not delimiters
     )
     unquoted = b"Content-Disposition: form-data; name=model\r\n\r\nwhisper"
-    body = b"preamble\r\n" + form(file_part, unquoted)
+    body = form(file_part, unquoted)
     assert multipart_model(body, CT) == "whisper"
+    with pytest.raises(ClientError, match="start with its boundary"):
+        multipart_model(b"preamble\r\n" + body, CT)  # the backend's parser refuses one
 
 
 @pytest.mark.parametrize(
@@ -170,3 +172,52 @@ def test_cut_or_corrupted_forms_are_client_errors_or_a_reading(
             continue
         assert isinstance(model, str)
         assert model
+
+
+def disposition(value: bytes, header: bytes = b"Content-Disposition") -> bytes:
+    return form(header + b": " + value + b"\r\n\r\nwhisper")
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "model"),
+    [
+        # As python-multipart (the backend's parser) reads parameters: the last of a
+        # repeated key, `name*=` ignored, `;` inside quotes kept, keys in any case.
+        (disposition(b'form-data; name="x"; name="model"'), CT, "whisper"),
+        (disposition(b"form-data; name*=utf-8''x; name=\"model\""), CT, "whisper"),
+        (disposition(b'form-data; NAME="model"'), CT, "whisper"),
+        (disposition(b'form-data ; name = "model"'), CT, "whisper"),
+        (disposition(b'form-data; name="model"', b"content-DISPOSITION"), CT, "whisper"),
+        (form(b'Content-Disposition: form-data; name="x"\r\n'
+              b'Content-Disposition: form-data; name="model"\r\n\r\nwhisper'), CT, "whisper"),
+        (form(MODEL_PART), 'multipart/form-data; boundary="xyz"', "whisper"),
+        (form(MODEL_PART), "multipart/form-data; boundary=other; boundary=xyz", "whisper"),
+        (form(MODEL_PART), "multipart/form-data; boundary=xyz; charset=UTF8", "whisper"),
+    ],
+)  # fmt: skip
+def test_headers_are_read_as_the_backend_reads_them(
+    body: bytes, content_type: str, model: str
+) -> None:
+    assert multipart_model(body, content_type) == model
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "why"),
+    [
+        (disposition(b'form-data; name="model"; name="x"'), CT, "no model"),
+        (disposition(b'form-data; name="model"', b"Content-Disposition "), CT, "not `name"),
+        (form(MODEL_PART, b"X-Other: form-data\r\n\r\nv"), CT, "no Content-Disposition name"),
+        (form(MODEL_PART), CT + "; charset=latin-1", "charset"),
+        (form(MODEL_PART), CT + "; charset=bogus", "charset"),
+        (form(MODEL_PART), "multipart/form-data; boundary=xyz; boundary=other", "start with"),
+    ],
+)  # fmt: skip
+def test_forms_the_backend_reads_differently_or_refuses_are_refused(
+    body: bytes, content_type: str, why: str
+) -> None:
+    with pytest.raises(ClientError) as refused:
+        multipart_model(body, content_type)
+    if why != "no model":
+        assert why in str(refused.value)
+    else:
+        assert isinstance(refused.value, MissingModel)

@@ -22,9 +22,9 @@ UTF-8, empty, longer than `MAX_MODEL_BYTES` or holding control characters.
 
 from __future__ import annotations
 
+import codecs
 from collections.abc import Iterator
 from dataclasses import dataclass
-from email.message import Message
 
 from gpumux.core.errors import ClientError, MissingModel
 from gpumux.http.body import CONTROL_CHARACTERS
@@ -35,6 +35,8 @@ _MAX_BOUNDARY = 70
 #: Pydantic's spellings of a true bool (the backend's form model reads `stream` with it).
 _TRUE = frozenset({"1", "on", "t", "true", "y", "yes"})
 _MAX_FLAG_BYTES = 16
+#: RFC 9110 token characters, the only ones a header name may hold.
+_TOKEN = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 
 
 @dataclass(frozen=True)
@@ -49,7 +51,7 @@ class Form:
 
 @dataclass(frozen=True)
 class _Part:
-    name: str | None
+    name: str
     is_file: bool
     start: int  # the value's first byte
     end: int  # one past its last byte
@@ -87,7 +89,10 @@ def with_model(body: bytes, content_type: str, model: str) -> bytes:
 
 def _parts(body: bytes, content_type: str) -> Iterator[_Part]:
     delimiter = b"--" + _boundary(content_type)
-    at = _first_delimiter(body, delimiter)
+    if not body.startswith(delimiter):
+        # RFC 2046 allows a preamble; the backend's parser (python-multipart) does not.
+        raise _malformed("the body does not start with its boundary")
+    at = 0
     while True:
         after = at + len(delimiter)
         if body.startswith(b"--", after):
@@ -106,37 +111,90 @@ def _parts(body: bytes, content_type: str) -> Iterator[_Part]:
 
 
 def _boundary(content_type: str) -> bytes:
-    header = Message()
-    header["content-type"] = content_type
-    boundary = header.get_param("boundary")
-    if header.get_content_type() != "multipart/form-data" or not isinstance(boundary, str):
+    media_type, params = _parameters(content_type)
+    boundary = params.get("boundary")
+    if media_type != "multipart/form-data" or boundary is None:
         raise _malformed("the Content-Type must be multipart/form-data with a boundary")
     if not 0 < len(boundary) <= _MAX_BOUNDARY or not boundary.isascii():
         raise _malformed("the boundary must be 1 to 70 ASCII characters")
+    charset = params.get("charset", "utf-8")
+    # The backend decodes field names and values in this charset: any other than UTF-8
+    # could make it read another `model` than the one gpumux routed by.
+    try:
+        utf8 = codecs.lookup(charset).name == "utf-8"
+    except LookupError:
+        utf8 = False
+    if not utf8:
+        raise _malformed("the form's charset must be UTF-8")
     return boundary.encode()
 
 
-def _first_delimiter(body: bytes, delimiter: bytes) -> int:
-    if body.startswith(delimiter):
-        return 0
-    at = body.find(b"\r\n" + delimiter)  # after a preamble
-    if at == -1:
-        raise _malformed("the body has no delimiter")
-    return at + 2
-
-
-def _disposition(head: bytes) -> tuple[str | None, bool]:
-    """The `name` parameter of a part's Content-Disposition (if any), and whether the part
-    is a file (it has a `filename`)."""
+def _disposition(head: bytes) -> tuple[str, bool]:
+    """The `name` parameter of a part's Content-Disposition, and whether the part is a
+    file (it has a `filename`). Read as the backend reads it: each header name must be a
+    token (python-multipart refuses the whole form otherwise), the last Content-Disposition
+    counts, leading spaces of its value are skipped; a part without a `name` is refused,
+    as the backend refuses it."""
+    value: bytes | None = None
     for line in head.split(b"\r\n"):
-        name, _, value = line.partition(b":")
-        if name.strip().lower() == b"content-disposition":
-            header = Message()
-            header["content-disposition"] = value.decode("latin-1").strip()
-            field = header.get_param("name", header="content-disposition")
-            is_file = header.get_param("filename", header="content-disposition") is not None
-            return (field if isinstance(field, str) else None), is_file
-    return None, False
+        name, colon, rest = line.partition(b":")
+        if not colon or not name or name.translate(None, _TOKEN):
+            raise _malformed("a part header is not `name: value`")
+        if name.lower() == b"content-disposition":
+            value = rest.lstrip(b" ")
+    params = {} if value is None else _parameters(value.decode("latin-1"))[1]
+    if "name" not in params:
+        raise _malformed("a part has no Content-Disposition name")
+    return params["name"], "filename" in params
+
+
+def _parameters(value: str) -> tuple[str, dict[str, str]]:
+    """A header value's lower-cased type and its parameters, as python-multipart's
+    `parse_options_header` (the backend's, through Starlette) reads them: `;` outside
+    double quotes splits, keys are lower-cased, extended `key*` forms are ignored, a
+    repeated key keeps its last value, one pair of quotes is removed with `\\\\` and `\\"`
+    unescaped. Reading exactly as the backend does is what keeps a crafted header (two
+    `name`s, a quoted `;`) from routing by one field while the backend reads another."""
+    if ";" not in value:
+        return value.lower().strip(" \t"), {}
+    media_type, *segments = _split_parameters(value)
+    params: dict[str, str] = {}
+    for segment in segments:
+        key, _, found = segment.partition("=")
+        if "*" in key:
+            continue
+        if len(found) >= 2 and found[0] == '"' and found[-1] == '"':
+            found = found[1:-1].replace("\\\\", "\\").replace('\\"', '"')
+        params[key] = found
+    return media_type.lower(), params
+
+
+def _split_parameters(value: str) -> list[str]:
+    """`value` split at each `;` outside double quotes, keys lower-cased: the standard
+    library's `email.message._parseparam` as python-multipart 0.0.34 vendors it (it
+    strips only spaces and tabs), kept step for step so both split alike."""
+    s = ";" + value
+    parts: list[str] = []
+    start = 0
+    while s.find(";", start) == start:
+        start += 1
+        end = s.find(";", start)
+        ind, diff = start, 0
+        while end > 0:
+            diff += s.count('"', ind, end) - s.count('\\"', ind, end)
+            if diff % 2 == 0:
+                break
+            end, ind = ind, s.find(";", end + 1)
+        if end < 0:
+            end = len(s)
+        i = s.find("=", start, end)
+        if i == -1:
+            part = s[start:end]
+        else:
+            part = s[start:i].rstrip(" \t").lower() + "=" + s[i + 1 : end].lstrip(" \t")
+        parts.append(part.strip(" \t"))
+        start = end
+    return parts
 
 
 def _flag(value: bytes) -> bool:
