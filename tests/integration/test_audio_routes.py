@@ -127,6 +127,11 @@ def assert_refusals(daemon: RunningDaemon) -> None:
     assert "closing delimiter" in assert_openai_error(cut, 400)["message"]
     unknown = send_form(daemon, TRANSLATE, form(("model", "nope")))
     assert_openai_error(unknown, 404, "model_not_found")
+    # A form gpumux can route but the backend refuses: its 400, in vLLM's shape.
+    no_file = form(("model", "whisper")).replace(b'; filename="a.wav"', b"")
+    refused = send_form(daemon, TRANSCRIBE, no_file)
+    assert refused.status == 400, refused.body
+    assert refused.json()["error"]["param"] == "file"
 
 
 def mirrored(reply: Reply) -> dict[str, Any]:

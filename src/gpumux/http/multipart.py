@@ -84,7 +84,9 @@ def multipart_model(body: bytes, content_type: str) -> str:
 def with_model(body: bytes, content_type: str, model: str) -> bytes:
     """`body` with its `model` value replaced by `model`; every other byte is kept."""
     form = read_form(body, content_type)
-    return body[: form.model_start] + model.encode() + body[form.model_end :]
+    # One copy of the body (slicing bytes and concatenating would make three).
+    view = memoryview(body)
+    return b"".join((view[: form.model_start], model.encode(), view[form.model_end :]))
 
 
 def _parts(body: bytes, content_type: str) -> Iterator[_Part]:
