@@ -3,7 +3,8 @@
 Owns: ``/health``, ``/version``, ``/load``, ``/v1/models``, ``/metrics``; turning
 `ApiError` into vLLM's error body and routing misses into FastAPI's ``{"detail": …}``;
 uvicorn-style access lines.
-Does not: generate (``generate``, ``pooling``) or sleep (``dev_routes``).
+Does not: generate (``generate``, ``pooling``, ``scoring``, ``classify``, ``audio``) or
+sleep (``dev_routes``).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from mock_vllm import dev_routes, generate, metrics, pooling, vlog
+from mock_vllm import audio, classify, dev_routes, generate, metrics, pooling, scoring, vlog
 from mock_vllm.engine import Engine
 from mock_vllm.errors import ApiError
 from mock_vllm.generate import ENGINE, OPTIONS
@@ -109,6 +110,9 @@ def build_app(engine: Engine, opts: ServeOptions) -> web.Application:
     app.router.add_get("/metrics", prometheus)
     generate.add_routes(app)
     pooling.add_routes(app)
+    scoring.add_routes(app)
+    classify.add_routes(app)
+    audio.add_routes(app)
     dev_routes.add_mock_routes(app)
     if dev_mode_enabled():
         dev_routes.add_dev_routes(app)

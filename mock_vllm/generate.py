@@ -125,11 +125,15 @@ async def _run(
 async def _serve(
     request: web.Request, parse: Callable[[dict[str, object], str, str], Job]
 ) -> web.StreamResponse:
-    engine, opts = request.app[ENGINE], request.app[OPTIONS]
     body = await rq.read_json(request)
-    model = rq.check_model(body, opts)
+    model = rq.check_model(body, request.app[OPTIONS])
     rid = rq.request_id(request)
-    job = parse(body, rid, model)
+    return await serve_job(request, parse(body, rid, model), rid)
+
+
+async def serve_job(request: web.Request, job: Job, rid: str) -> web.StreamResponse:
+    """Run one parsed generation request (any API, ``audio`` included) to its response."""
+    engine, opts = request.app[ENGINE], request.app[OPTIONS]
     if count_tokens(job.prompt) + job.max_tokens > opts.max_model_len:
         raise ApiError(
             400,

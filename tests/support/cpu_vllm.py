@@ -9,8 +9,10 @@ litter, the openai SDK client, and snapshots of what a vLLM tree leaves behind
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -64,6 +66,11 @@ class RealVllm:
         """The setup's root (`<home>/venv/bin/vllm`)."""
         return self.vllm.parent.parent.parent
 
+    @property
+    def python(self) -> Path:
+        """The interpreter of vLLM's environment (its Starlette, pydantic, ...)."""
+        return self.vllm.parent / "python"
+
     def model_dir(self, name: str) -> Path:
         """`tiny-a` (2 layers) or `tiny-b` (3 layers)."""
         return self.home / "models" / name
@@ -108,6 +115,36 @@ def vllm_model(
         },
     }
     entry.update(overrides)
+    return entry
+
+
+def cross_encoder_model(
+    real: RealVllm, run_dir: Path, base: str = "tiny-a", **overrides: Any
+) -> dict[str, Any]:
+    """A model entry for a tiny cross-encoder (rerank, score, classify, pooling): `base`'s
+    tokenizer under a `LlamaForSequenceClassification` config with one label, served by
+    the pooling runner with vLLM's dummy weights.
+
+    Derived here rather than by scripts/setup-real-vllm.sh: it is a config file and three
+    copied tokenizer files, written in milliseconds, and leaving the setup's recipe alone
+    keeps the shared, cached environment (a new recipe rebuilds it for everyone).
+    """
+    directory = run_dir / "cross-encoder"
+    directory.mkdir(parents=True, exist_ok=True)
+    source = real.model_dir(base)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copyfile(source / name, directory / name)
+    config = json.loads((source / "config.json").read_text())
+    config.update(
+        architectures=["LlamaForSequenceClassification"],
+        num_labels=1,
+        id2label={"0": "LABEL_0"},
+        label2id={"LABEL_0": 0},
+    )
+    (directory / "config.json").write_text(json.dumps(config, indent=1))
+    entry = vllm_model(real, run_dir, base, **overrides)
+    entry["model_path"] = str(directory)
+    entry["extra_args"] = [*entry["extra_args"], "--runner", "pooling"]
     return entry
 
 

@@ -1,4 +1,5 @@
-"""A backend that answers every proxied request with what it received (method, path, headers).
+"""A backend that answers every proxied request with what it received (method, path, headers,
+the body and its SHA-256).
 
 Owns: nothing but a mirror. gpumux starts it like `vllm serve` (`vllm_command` points here,
 unknown flags are ignored), so a test can see exactly which headers and path gpumux
@@ -12,6 +13,7 @@ config names it with `vllm_command=list(ECHO_COMMAND)`.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import sys
 from pathlib import Path
 
@@ -37,6 +39,7 @@ async def mirror(request: web.Request) -> web.Response:
             "raw_path": request.raw_path,
             "headers": [[k, v] for k, v in request.headers.items()],
             "body": body.decode(errors="replace"),
+            "body_sha256": hashlib.sha256(body).hexdigest(),  # byte-exact forwarding
         },
         headers={
             # Hop-by-hop on the way back: a proxy must not pass these to its client.

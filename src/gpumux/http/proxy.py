@@ -1,8 +1,9 @@
 """The OpenAI-compatible front door on port 3000.
 
-Owns: the allow-list of forwarded routes, request validation (auth, content type, body
-limit, `model`), the lease around each forwarded request (held until the body ends or
-the client leaves), byte-exact forwarding with streaming, and OpenAI-shaped errors.
+Owns: request validation (auth, content type, body limit, `model`; which routes are
+forwarded and how each body names its model is `routes.py`'s table), the lease around
+each forwarded request (held until the body ends or the client leaves), byte-exact
+forwarding with streaming, and OpenAI-shaped errors.
 Does not: decide where or when a model runs (it asks the scheduler for a lease), judge
 backends (it only tells `passive_health` each status a backend sent), or touch backends
 beyond forwarding one request.
@@ -41,33 +42,21 @@ from gpumux.core.errors import (
     RequestTooLarge,
     RouteNotFound,
     ShuttingDown,
-    UnsupportedMediaType,
     UpstreamTimeout,
     openai_envelope,
 )
-from gpumux.http.aliases import alias_entries, resolve, with_model
+from gpumux.http.aliases import alias_entries, resolve
 from gpumux.http.auth import ApiKeys
-from gpumux.http.body import peek, read_body
+from gpumux.http.body import read_body
 from gpumux.http.errors import REQUEST_ID, error_response, sse_error_event
 from gpumux.http.feedback import LoadingFeedback, backend_error_event, describe_wait
 from gpumux.http.passive_health import BackendStreaks
 from gpumux.http.request_log import RequestLog, RequestRecord, key_hash
+from gpumux.http.routes import ROUTES
 from gpumux.scheduler.runner import Lease, Scheduler
 from gpumux.telemetry.metrics import Metrics
 
 log = structlog.get_logger(__name__)
-
-#: The only paths that reach a backend (vLLM's dev routes are unauthenticated).
-FORWARDED_PATHS = frozenset(
-    {
-        "/v1/chat/completions",
-        "/v1/completions",
-        "/v1/embeddings",
-        "/v1/responses",
-        "/tokenize",
-        "/detokenize",
-    }
-)
 
 #: Hop-by-hop headers (RFC 9110 §7.6.1) plus those aiohttp recomputes.
 _HOP_BY_HOP = frozenset(
@@ -226,23 +215,25 @@ class Proxy:
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
         # Match on the raw path: `/v1/../sleep` or `//sleep` never normalise into a route.
         path = request.raw_path.split("?", 1)[0]
-        if path not in FORWARDED_PATHS:
+        route = ROUTES.get(path)
+        if route is None:
             raise RouteNotFound(f"Unknown route {request.method} {path}.")
         if request.method != "POST":
             raise MethodNotAllowed(f"{path} accepts POST only.")
         self._keys.check(request.headers.get("Authorization"))
         if self._shutting_down():
             raise ShuttingDown("gpumux is shutting down", retry_after=5)
-        if request.content_type != "application/json":
-            raise UnsupportedMediaType("Content-Type must be application/json.")
+        route.body.check_media_type(request.content_type)
         body = await read_body(request)
-        requested, stream = _peek(body)
-        resolved = resolve(self._config, requested)
+        content_type = request.headers.get("Content-Type", "")
+        peeked = route.read(body, content_type)
+        stream = peeked.stream
+        resolved = resolve(self._config, peeked.model)
         model = resolved.model
         structlog.contextvars.bind_contextvars(model=model[:128])
         if resolved.via_alias is not None:
             structlog.contextvars.bind_contextvars(alias=resolved.via_alias)
-            body = with_model(body, model)
+            body = route.body.with_model(body, content_type, model)
         record = RequestRecord(
             started_at=time.time(),
             model=model[:128],
@@ -465,12 +456,6 @@ def client_request_id(given: str | None) -> str:
     if given and _REQUEST_ID_RE.fullmatch(given):
         return given
     return os.urandom(16).hex()  # as random as uuid4().hex, without building a UUID
-
-
-def _peek(body: bytes) -> tuple[str, bool]:
-    """Read `model` and `stream` without re-encoding the body (it is forwarded as sent)."""
-    peeked = peek(body)
-    return peeked.model, peeked.stream
 
 
 def _log_rejection(request: web.Request, status: int, code: str) -> None:
