@@ -65,3 +65,35 @@ def test_switch_cost_and_a_profile_are_one_or_the_other(
         simulate(capsys, "--switch-cost", "5", "--cost-profile", "h200-vm")
     assert exit_.value.code == 2
     assert "not allowed with" in capsys.readouterr().err
+
+
+def test_bound_adds_a_bound_beside_the_policies_that_none_beats(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code, out, _ = simulate(capsys, "--json", "--bound", "--policy", "cost_aware")
+    assert code == 0
+    results = json.loads(out)
+    assert set(results) == {"fifo", "cost_aware", "bound"}
+    bound = results["bound"]
+    assert set(bound) == {"p99_wait", "busy_fraction", "method", "requests"}
+    assert bound["method"] in ("exact", "windows")
+    assert bound["requests"] == results["fifo"]["completed"]
+    for policy in ("fifo", "cost_aware"):
+        assert results[policy]["p99_wait"] >= bound["p99_wait"]
+        assert results[policy]["busy_fraction"] <= bound["busy_fraction"]
+
+
+def test_bound_in_the_table_output_is_one_line_under_it(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code, out, _ = simulate(capsys, "--bound", "--cost-profile", "h200-vm")
+    assert code == 0
+    assert out.splitlines()[-1].startswith("bound (")
+    assert "no policy's p99 wait is below" in out
+
+
+def test_without_bound_the_json_has_only_the_policies(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    _, out, _ = simulate(capsys, "--json")
+    assert set(json.loads(out)) == {"fifo"}

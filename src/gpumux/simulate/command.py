@@ -2,10 +2,11 @@
 
 Owns: the command's arguments (CONFIG, `--workload NAME | --trace FILE`, `--policy P`
 repeatable (default: the config's policy), `--duration SECS`, `--seed N`,
-`--switch-cost SECS` or `--cost-profile NAME|FILE`, `--plot PNG`, `--json`) and its
-output: `--json` prints exactly
-`{policy: {mean_wait, p50_wait, p99_wait, max_wait, switches, busy_fraction, over_bound,
-completed}}`, otherwise a Markdown table. Exit 0, or 2 for a bad config, trace or profile.
+`--switch-cost SECS` or `--cost-profile NAME|FILE`, `--bound`, `--plot PNG`, `--json`)
+and its output: `--json` prints exactly `{policy: {mean_wait, p50_wait, p99_wait,
+max_wait, switches, busy_fraction, over_bound, completed}}`, plus `"bound": {p99_wait,
+busy_fraction, method, requests}` with `--bound`, otherwise a Markdown table. Exit 0,
+or 2 for a bad config, trace or profile.
 Does not: define the top-level CLI (`cli` calls `add_arguments` and `run`). Output goes
 through `sys.stdout.write`, since only `cli` may print.
 """
@@ -20,9 +21,10 @@ from pathlib import Path
 from gpumux.core.config import ConfigProblems
 from gpumux.daemon.config_file import load_config
 from gpumux.policy.registry import POLICIES
+from gpumux.simulate.bound import compute_bound
 from gpumux.simulate.cost_profile import BUILTIN, ProfileError, load_profile
 from gpumux.simulate.plot import plot
-from gpumux.simulate.report import markdown, rounded, summarize
+from gpumux.simulate.report import bound_line, markdown, rounded, summarize
 from gpumux.simulate.runs import load, run_policies
 from gpumux.simulate.switch_model import CostSource, SwitchModel
 from gpumux.simulate.workloads import WORKLOADS, TraceError
@@ -72,6 +74,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"per-byte step costs of a machine: built in ({', '.join(sorted(BUILTIN))}) "
         "or a JSON profile (`gpumux costs --profile` exports a daemon's)",
     )
+    parser.add_argument(
+        "--bound",
+        action="store_true",
+        help="also compute a lower bound on p99 wait (and an upper bound on GPU busy) "
+        "that no policy can beat on this load (docs/policies.md, 'The bound')",
+    )
     parser.add_argument("--plot", type=Path, metavar="PNG", help="draw queue waits over time")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
@@ -103,12 +111,18 @@ def run(args: argparse.Namespace) -> int:
     policies = list(dict.fromkeys(args.policies or [config.policy.policy_type]))
     records = run_policies(config, arrivals, policies, costs)
     results = {policy: rounded(summarize(record)) for policy, record in records.items()}
+    bound = compute_bound(config, arrivals, costs).to_dict() if args.bound else None
     if args.json:
-        sys.stdout.write(json.dumps(results, indent=2) + "\n")
+        payload: dict[str, object] = dict(results)
+        if bound is not None:
+            payload["bound"] = bound
+        sys.stdout.write(json.dumps(payload, indent=2) + "\n")
     else:
         source = args.workload or str(args.trace)
         sys.stdout.write(f"{source}: {len(arrivals)} requests, {len(config.models)} models\n\n")
         sys.stdout.write(markdown(results) + "\n")
+        if bound is not None:
+            sys.stdout.write("\n" + bound_line(bound) + "\n")
     if args.plot is not None:
         plot(records, args.plot, title=args.workload or args.trace.name)
     return 0

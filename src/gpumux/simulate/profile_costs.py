@@ -92,17 +92,32 @@ class ProfileCosts:
         return self._bytes[model]
 
     def step_secs(self, op: Operation, step: Step, *, first_sleep: bool = False) -> float:
-        secs = self.estimate(op, step, first_sleep=first_sleep)
-        measured = self._measured(op)
-        if measured is not None and step in op.steps:
-            total = sum(self.estimate(op, s, first_sleep=first_sleep) for s in op.steps)
-            secs = measured * secs / total if total > 0 else measured / len(op.steps)
+        secs = self._charged(op, step, first_sleep=first_sleep, cached=None)
         if step in (Step.RELOAD_WEIGHTS, Step.COLD_START):
             self._read(op.model)
         return secs
 
-    def estimate(self, op: Operation, step: Step, *, first_sleep: bool = False) -> float:
-        """What `step` of `op` costs at the profile's rates (the page cache as it is now)."""
+    def least_step_secs(self, op: Operation, step: Step) -> float:
+        """Pinning paid already, the files in the page cache."""
+        return self._charged(op, step, first_sleep=False, cached=True)
+
+    def _charged(
+        self, op: Operation, step: Step, *, first_sleep: bool, cached: bool | None
+    ) -> float:
+        secs = self.estimate(op, step, first_sleep=first_sleep, cached=cached)
+        measured = self._measured(op)
+        if measured is not None and step in op.steps:
+            total = sum(
+                self.estimate(op, s, first_sleep=first_sleep, cached=cached) for s in op.steps
+            )
+            secs = measured * secs / total if total > 0 else measured / len(op.steps)
+        return secs
+
+    def estimate(
+        self, op: Operation, step: Step, *, first_sleep: bool = False, cached: bool | None = None
+    ) -> float:
+        """What `step` of `op` costs at the profile's rates; `cached`: whether the model's
+        files are in the page cache (None: as the cache is now)."""
         p, size = self._profile, self._bytes[op.model]
         weights = size.weights / _GB
         if step is Step.SLEEP_OFFLOAD:
@@ -113,9 +128,9 @@ class ProfileCosts:
         if step in _CALLS:
             return p.call_secs
         if step is Step.RELOAD_WEIGHTS:
-            return p.call_secs + self._read_secs(op.model)
+            return p.call_secs + self._read_secs(op.model, cached)
         if step is Step.COLD_START:
-            return p.process_start_secs + self._read_secs(op.model)
+            return p.process_start_secs + self._read_secs(op.model, cached)
         if step is Step.CUDA_SUSPEND:
             return self._on_gpu(op) / _GB / p.cuda_suspend_gbps
         if step is Step.CUDA_RESUME:
@@ -147,9 +162,10 @@ class ProfileCosts:
         }[op.eviction.weights]
         return self._profile.criu_process_image_gib * GIB + held
 
-    def _read_secs(self, model: str) -> float:
+    def _read_secs(self, model: str, cached: bool | None) -> float:
         weights = self._bytes[model].weights / _GB
-        cached = model in self._cache
+        if cached is None:
+            cached = model in self._cache
         rate = self._profile.page_cache_read_gbps if cached else self._profile.disk_read_gbps
         return weights / rate
 

@@ -49,6 +49,9 @@ class StepCosts(Protocol):
         """Seconds `step` takes as part of `op`; `first_sleep`: the process has never
         slept at level 1 (so a level-1 sleep pays for pinning its host memory)."""
 
+    def least_step_secs(self, op: Operation, step: Step) -> float:
+        """The least `step` of `op` can ever take (the cheapest history): for bounds."""
+
 
 @dataclass(frozen=True)
 class SwitchModel:
@@ -69,6 +72,9 @@ class SwitchModel:
             return 0.0
         share = EVICT_SHARE if op.kind is not OpKind.WAKE else 1 - EVICT_SHARE
         return self.override_secs * share * secs / total
+
+    def least_step_secs(self, op: Operation, step: Step) -> float:
+        return self.step_secs(op, step)
 
     def phases(self, op: Operation) -> tuple[tuple[str, float], ...]:
         """(phase, seconds) for each planned step of `op`, in order (when none fails)."""
