@@ -90,7 +90,8 @@ def levels(choice: object) -> tuple[EvictionConfig, ...]:
 def reachable_levels(config: Config, alias: str) -> tuple[EvictionConfig, ...]:
     model = config.models[alias]
     found = list(levels(model.eviction or config.policy.eviction))
-    found += [step.eviction for step in config.idle_ladder(alias)]
+    for step in config.idle_ladder(alias):
+        found += levels(step.eviction)
     return tuple(dict.fromkeys(found))
 
 
