@@ -47,6 +47,7 @@ from gpumux.scheduler.inputs import (
     Tick,
 )
 from gpumux.scheduler.messages import AdminRefusal, Command, Mode, OpKind, OpOutcome, Reject
+from gpumux.scheduler.state.ahead import Ahead
 from gpumux.scheduler.state.host_budget import HostBudget
 from gpumux.scheduler.state.idle import Idle
 from gpumux.scheduler.state.models import STARTABLE, M, Models
@@ -100,6 +101,12 @@ class SchedulerCore:
         self.operator = Operator(self.models, self.moves, self.supervisor, self.switches)
         self.retirements = Retirements(self.models, self.moves)
         self.idle = Idle(self.models, self.moves, config)
+        self.ahead = Ahead(
+            self.models,
+            self.moves,
+            enabled=config.policy.evict_ahead,
+            min_active=config.policy.min_active_secs,
+        )
         preload = (config.resolve_model(name) for name in config.preload)
         self.preload = Preload(self.models, self.moves, [a for a in preload if a is not None])
 
@@ -154,6 +161,7 @@ class SchedulerCore:
         elif slot.state is M.FAILED and not self.supervisor.retry_failed(slot, now, out):
             out.add(Reject(ticket, self.supervisor.unavailable(slot, now)))
         else:
+            self.models.demand.arrived(model, now)
             self.queues.enqueue(ticket, slot, now, out)
 
     def _op_done(self, outcome: OpOutcome, now: float, out: Outbox) -> None:
@@ -271,6 +279,7 @@ class SchedulerCore:
             self.models.hold(alias, on=False)
             self.switches.forget(alias)
             self.host.forget(alias)
+            self.models.demand.forget(alias)
             out.note("model_removed", {"model": alias})
             return
         slot = self.models.slots[alias]
@@ -309,6 +318,13 @@ class SchedulerCore:
         if self.operator.busy:
             return  # an operator's switch goes first; the policy resumes after it
         self._recheck_at = None
+        self._ask_policy(now, out)
+        # After the policy's wakes: an idle model leaves for a contender predicted sooner.
+        self.ahead.advance(now, out, self._idle_exempt)
+
+    def _ask_policy(self, now: float, out: Outbox) -> None:
+        """Bring up, through placement, the models the policy chooses."""
+        slots = self.models.slots
         if not any(slot.queue for slot in slots.values()):
             return  # policies only wake models with demand: nothing to ask
         decision = self._policy.decide(self.snapshot(now))
@@ -356,12 +372,15 @@ class SchedulerCore:
                 times.append(slot.retry_not_before)
         if self._recheck_at is not None:
             times.append(self._recheck_at)
+        ahead = self.ahead.next_deadline()
+        if ahead is not None and ahead > self._last_now:  # stale when its pass was skipped
+            times.append(ahead)
         times += self.idle.deadlines(self._idle_exempt)
         return min(times, default=None)
 
     def snapshot(self, now: float) -> Snapshot:
         """What the policy sees."""
-        tenants = self.models.tenants()
+        tenants = self.models.tenants(now)
         capacity = self.models.capacity
         views = {
             alias: slot.view(

@@ -16,6 +16,8 @@ from gpumux.core.eviction import Step
 from gpumux.core.placement import Admission, Tenant, admit
 from gpumux.core.states import MODEL_TRANSITIONS, WAKEABLE_STATES, ModelState, transition
 from gpumux.policy.costs import SwitchCosts
+from gpumux.policy.demand import DemandBook
+from gpumux.policy.victims import gdsf_rank
 from gpumux.scheduler.messages import Mode, Operation, OpKind, StartOp, StateChanged
 from gpumux.scheduler.state.outbox import Outbox
 from gpumux.scheduler.state.slots import Slot
@@ -35,6 +37,8 @@ class Models:
         self._costs = costs
         self._min_active_secs = policy.min_active_secs
         self._next_op = 1
+        #: Each model's decayed arrival rate (victims, eviction ahead of need, auto).
+        self.demand = DemandBook(policy.demand_time_constant_secs)
 
     def add(
         self, alias: str, config: ModelConfig, eviction: EvictionConfig, residual_bytes: int
@@ -138,16 +142,22 @@ class Models:
         op = "cold_start" if slot.state is M.STOPPED else "wake"
         return self._costs.op_cost(slot.alias, op, str(slot.eviction))
 
-    def tenants(self, *, force: bool = False) -> dict[str, Tenant]:
+    def evict_cost(self, slot: Slot) -> float:
+        return self._costs.op_cost(slot.alias, "evict", str(slot.eviction))
+
+    def tenants(self, now: float, *, force: bool = False) -> dict[str, Tenant]:
         """The table as placement sees it; `force` (an operator's switch) ignores min_active."""
         return {
             alias: s.tenant(
                 min_active_secs=0.0 if force else self._min_active_secs,
                 wake_cost_secs=self.wake_cost(s),
+                evict_cost_secs=self.evict_cost(s),
+                reuse_rate=self.demand.rate_at(alias, now),
                 pinned=self.protected(alias),
             )
             for alias, s in self.slots.items()
         }
 
     def admit(self, alias: str, now: float, *, force: bool = False) -> Admission:
-        return admit(alias, self.tenants(force=force), self._capacity, now)
+        """Placement's answer, victims ranked by the policy's GDSF rule (`policy.victims`)."""
+        return admit(alias, self.tenants(now, force=force), self._capacity, now, gdsf_rank)

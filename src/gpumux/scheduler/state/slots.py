@@ -81,7 +81,13 @@ class Slot:
         return not self.leases and not self.queue
 
     def tenant(
-        self, *, min_active_secs: float, wake_cost_secs: float, pinned: bool = False
+        self,
+        *,
+        min_active_secs: float,
+        wake_cost_secs: float,
+        pinned: bool = False,
+        evict_cost_secs: float = 0.0,
+        reuse_rate: float = 0.0,
     ) -> Tenant:
         ready_since = self.ready_since if self.ready_since is not None else 0.0
         return Tenant(
@@ -97,6 +103,8 @@ class Slot:
             evictable_at=ready_since + min_active_secs,
             wake_cost_secs=wake_cost_secs,
             pinned=pinned,
+            evict_cost_secs=evict_cost_secs,
+            reuse_rate=reuse_rate,
         )
 
     def view(
