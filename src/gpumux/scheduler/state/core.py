@@ -50,6 +50,7 @@ from gpumux.scheduler.messages import AdminRefusal, Command, Mode, OpKind, OpOut
 from gpumux.scheduler.state.ahead import Ahead
 from gpumux.scheduler.state.host_budget import HostBudget
 from gpumux.scheduler.state.idle import Idle
+from gpumux.scheduler.state.levels import AutoLevels
 from gpumux.scheduler.state.models import STARTABLE, M, Models
 from gpumux.scheduler.state.moves import Moves
 from gpumux.scheduler.state.operator import Operator
@@ -94,8 +95,11 @@ class SchedulerCore:
         self.supervisor = Supervisor(self.models, self.queues, config.supervision)
         self.host = HostBudget(self.models, int(config.host_memory.reserve_gib * GIB))
         self.switches = SwitchBook(self.costs)
+        levels = AutoLevels(
+            self.models, self.host, self.costs, checkpoint=config.checkpoint is not None
+        )
         self.moves = Moves(
-            self.models, self.queues, self.host, self.switches, self.costs, config.policy
+            self.models, self.queues, self.host, self.switches, self.costs, config.policy, levels
         )
         self.warmup = Warmup(self.models, self.moves, config.models if config.warmup else ())
         self.operator = Operator(self.models, self.moves, self.supervisor, self.switches)
@@ -261,7 +265,8 @@ class SchedulerCore:
 
     def _add(self, alias: str, model: ModelConfig, config: Config) -> None:
         residual = int(config.gpu.sleeping_residual_gib * GIB)
-        self.models.add(alias, model, config.eviction_for(alias), residual)
+        eviction = config.eviction_for(alias)
+        self.models.add(alias, model, eviction, residual, auto=config.eviction_is_auto(alias))
 
     def _retire(self, slot: Slot, new: ModelConfig | None, out: Outbox) -> None:
         self.retirements.retire(slot, new)
@@ -285,7 +290,9 @@ class SchedulerCore:
         slot = self.models.slots[alias]
         slot.config = new
         slot.eviction = self._config.eviction_for(alias)
+        slot.auto = self._config.eviction_is_auto(alias)
         slot.evicted_weights = None
+        slot.evicted_with = None
         self.supervisor.reset(slot, out)
         out.note("model_reconfigured", {"model": alias})
 

@@ -25,6 +25,8 @@ from gpumux.scheduler.state.slots import Slot
 M = ModelState
 #: States from which a model can be brought up (woken, restored, resumed or cold-started).
 STARTABLE = WAKEABLE_STATES | {M.STOPPED}
+#: States in which the model's process no longer exists (its host RAM is given back).
+_PROCESS_GONE = frozenset({M.STOPPED, M.CHECKPOINTED, M.FAILED})
 
 
 class Models:
@@ -41,9 +43,15 @@ class Models:
         self.demand = DemandBook(policy.demand_time_constant_secs)
 
     def add(
-        self, alias: str, config: ModelConfig, eviction: EvictionConfig, residual_bytes: int
+        self,
+        alias: str,
+        config: ModelConfig,
+        eviction: EvictionConfig,
+        residual_bytes: int,
+        *,
+        auto: bool = False,
     ) -> None:
-        self.slots[alias] = Slot(alias, config, eviction, residual_bytes=residual_bytes)
+        self.slots[alias] = Slot(alias, config, eviction, residual_bytes=residual_bytes, auto=auto)
         self.hold(alias, on=config.pinned)
 
     def hold(self, alias: str, *, on: bool) -> None:
@@ -84,6 +92,8 @@ class Models:
         slot.state = transition(MODEL_TRANSITIONS, before, target, what=f"model {slot.alias}")
         # A stopping tree holds what it held before (a crashed sleeper: its residual only).
         slot.stopping_from = before if target is M.STOPPING else None
+        if target in _PROCESS_GONE:
+            slot.l1_backup = False  # the process and its pinned host cache are gone
         out.add(StateChanged(slot.alias, before, target))
 
     def start_op(
@@ -140,6 +150,8 @@ class Models:
 
     def wake_cost(self, slot: Slot) -> float:
         op = "cold_start" if slot.state is M.STOPPED else "wake"
+        if slot.auto and slot.evicted_with is not None and op == "wake":
+            return self._costs.op_cost(slot.alias, op, str(slot.evicted_with))
         return self._costs.op_cost(slot.alias, op, str(slot.eviction))
 
     def evict_cost(self, slot: Slot) -> float:

@@ -62,6 +62,12 @@ class Slot:
     drain_eviction: EvictionConfig | None = None
     switch_id: int | None = None  # the switch bringing this model up
     evicted_weights: WeightStrategy | None = None  # how the weights left (for the wake plan)
+    #: This process has slept at level 1: vLLM's pinned backup (torch's host cache) stays
+    #: allocated until the process ends, awake or not (design §8). Level 2, a checkpoint
+    #: or a stop gives it back.
+    l1_backup: bool = False
+    auto: bool = False  # `eviction: "auto"`: each eviction's level is chosen when it starts
+    evicted_with: EvictionConfig | None = None  # the level of its last eviction (wake costs)
     start_failures: int = 0
     retry_not_before: float | None = None
     last_error: str = ""
