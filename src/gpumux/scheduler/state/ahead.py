@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+from gpumux.core.config import PolicyConfig
 from gpumux.policy.ahead import AHEAD_MARGIN, Contender, Idler, should_leave
 from gpumux.scheduler.state.models import STARTABLE, M, Models
 from gpumux.scheduler.state.moves import Moves
@@ -23,11 +24,11 @@ from gpumux.scheduler.state.slots import Slot
 
 
 class Ahead:
-    def __init__(self, models: Models, moves: Moves, *, enabled: bool, min_active: float):
+    def __init__(self, models: Models, moves: Moves, policy: PolicyConfig) -> None:
         self._models = models
         self._moves = moves
-        self.enabled = enabled
-        self._min_active = min_active
+        self.enabled = policy.evict_ahead
+        self._min_active = policy.min_active_secs
         self._recheck_at: float | None = None
 
     def advance(self, now: float, out: Outbox, exempt: Callable[[str], bool]) -> None:
@@ -53,8 +54,11 @@ class Ahead:
             )
             self._moves.start_drain(slot, None, now, out)
 
-    def next_deadline(self) -> float | None:
-        return self._recheck_at
+    def deadlines(self, *, after: float) -> list[float]:
+        """When the verdict could next change; a time not `after` the last input is stale
+        (its pass was skipped, e.g. while an operator's switch ran) and left out."""
+        at = self._recheck_at
+        return [at] if at is not None and at > after else []
 
     def _contender(self, slot: Slot, now: float) -> Contender | None:
         """The first model `slot` should leave for now, else None (noting when to look again)."""

@@ -5,8 +5,9 @@ dispatch of every input (`handle`), the inputs no single part owns (a finished
 operation, shutdown, reload, the refusals common to admin commands), and the reconcile
 pass after each input: walk retiring models, expire deadlines, grant ready queues, call
 off needless switches, finish drains, relieve host pressure, then the warm-up pass, the
-operator's forced switch, or the policy's choices brought up through placement. Also the
-policy's snapshot, the next deadline, and the frozen view the runner publishes.
+operator's forced switch, or the policy's choices brought up through placement, then
+eviction ahead of need (`Ahead`). Also the next deadline and the frozen view the runner
+publishes (the policy's snapshot is `snapshot.py`'s).
 Does not: await, perform I/O or read the clock. The async runner (`runner`) and the
 simulator (`simulate`) feed it inputs with `now` and execute its commands, so the same
 logic runs in real and virtual time. Not thread-safe by design: one task drives it.
@@ -18,9 +19,8 @@ from collections.abc import Mapping
 
 from gpumux.core.config import GIB, Config, ModelConfig, WeightStrategy
 from gpumux.core.errors import ModelNotFound, ShuttingDown
-from gpumux.core.placement import admit
 from gpumux.core.states import ModelState
-from gpumux.policy.base import Policy, Snapshot
+from gpumux.policy.base import Policy
 from gpumux.policy.costs import SwitchCosts
 from gpumux.scheduler.inputs import (
     Admin,
@@ -60,6 +60,7 @@ from gpumux.scheduler.state.publish import publish
 from gpumux.scheduler.state.queues import Queues
 from gpumux.scheduler.state.retirements import Retirements
 from gpumux.scheduler.state.slots import Slot
+from gpumux.scheduler.state.snapshot import policy_snapshot
 from gpumux.scheduler.state.supervisor import Supervisor
 from gpumux.scheduler.state.switches import SwitchBook
 from gpumux.scheduler.state.warmup import Warmup
@@ -95,9 +96,7 @@ class SchedulerCore:
         self.supervisor = Supervisor(self.models, self.queues, config.supervision)
         self.host = HostBudget(self.models, int(config.host_memory.reserve_gib * GIB))
         self.switches = SwitchBook(self.costs)
-        levels = AutoLevels(
-            self.models, self.host, self.costs, checkpoint=config.checkpoint is not None
-        )
+        levels = AutoLevels(self.models, self.host, self.costs, config)
         self.moves = Moves(
             self.models, self.queues, self.host, self.switches, self.costs, config.policy, levels
         )
@@ -105,12 +104,7 @@ class SchedulerCore:
         self.operator = Operator(self.models, self.moves, self.supervisor, self.switches)
         self.retirements = Retirements(self.models, self.moves)
         self.idle = Idle(self.models, self.moves, config)
-        self.ahead = Ahead(
-            self.models,
-            self.moves,
-            enabled=config.policy.evict_ahead,
-            min_active=config.policy.min_active_secs,
-        )
+        self.ahead = Ahead(self.models, self.moves, config.policy)
         preload = (config.resolve_model(name) for name in config.preload)
         self.preload = Preload(self.models, self.moves, [a for a in preload if a is not None])
 
@@ -334,7 +328,7 @@ class SchedulerCore:
         slots = self.models.slots
         if not any(slot.queue for slot in slots.values()):
             return  # policies only wake models with demand: nothing to ask
-        decision = self._policy.decide(self.snapshot(now))
+        decision = self._policy.decide(policy_snapshot(self.models, self.costs, now))
         self._recheck_at = decision.recheck_at
         pinned = self.models.pinned
         blocked_gpus: set[int] = set()
@@ -379,31 +373,9 @@ class SchedulerCore:
                 times.append(slot.retry_not_before)
         if self._recheck_at is not None:
             times.append(self._recheck_at)
-        ahead = self.ahead.next_deadline()
-        if ahead is not None and ahead > self._last_now:  # stale when its pass was skipped
-            times.append(ahead)
+        times += self.ahead.deadlines(after=self._last_now)
         times += self.idle.deadlines(self._idle_exempt)
         return min(times, default=None)
-
-    def snapshot(self, now: float) -> Snapshot:
-        """What the policy sees."""
-        tenants = self.models.tenants(now)
-        capacity = self.models.capacity
-        views = {
-            alias: slot.view(
-                wake_cost_secs=self.models.wake_cost(slot),
-                evict_cost_secs=self.costs.op_cost(alias, "evict", str(slot.eviction)),
-                drain_cost_secs=self.costs.op_cost(alias, "drain", str(slot.eviction)),
-                # Only models with demand can be woken, so only they need placement.
-                fits_now=bool(slot.queue)
-                and slot.state in STARTABLE
-                and admit(alias, tenants, capacity, now).fits_now,
-            )
-            for alias, slot in self.models.slots.items()
-        }
-        return Snapshot(
-            now=now, models=views, switching=self.models.busy, pinned=self.models.pinned
-        )
 
     def load(self) -> tuple[dict[str, int], dict[str, int]]:
         """Requests queued and in flight per model (cheap: the runner reports it every step)."""

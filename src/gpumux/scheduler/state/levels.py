@@ -12,7 +12,7 @@ guard still applies to the chosen level). Pure: `now` is passed in.
 
 from __future__ import annotations
 
-from gpumux.core.config import GIB, EvictionConfig, ProcessStrategy
+from gpumux.core.config import GIB, Config, EvictionConfig, ProcessStrategy
 from gpumux.core.placement import Tenant, footprint
 from gpumux.core.states import ModelState
 from gpumux.policy.costs import SwitchCosts
@@ -28,13 +28,11 @@ WEIGHTS_SHARE = 0.5
 
 
 class AutoLevels:
-    def __init__(
-        self, models: Models, host: HostBudget, costs: SwitchCosts, *, checkpoint: bool
-    ) -> None:
+    def __init__(self, models: Models, host: HostBudget, costs: SwitchCosts, config: Config):
         self._models = models
         self._host = host
         self._costs = costs
-        self._checkpoint = checkpoint
+        self._checkpoint = config.checkpoint is not None  # suspend and CRIU need the section
 
     def sizes(self, slot: Slot) -> Sizes:
         gpu = sum(footprint(self._tenant(slot), ModelState.READY, self._models.capacity).values())

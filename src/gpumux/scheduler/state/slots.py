@@ -9,6 +9,7 @@ always through `Models.set_state` (`states.transition()`). What only one part ne
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -120,6 +121,8 @@ class Slot:
         evict_cost_secs: float,
         fits_now: bool,
         drain_cost_secs: float = 0.0,
+        arrival_rate: float = 0.0,
+        next_arrival_at: float = math.inf,
     ) -> ModelView:
         return ModelView(
             alias=self.alias,
@@ -138,4 +141,6 @@ class Slot:
             gpus=self.config.gpu_indices,
             switch_pending=self.switch_id is not None,
             priority=self.config.priority,
+            arrival_rate=arrival_rate,
+            next_arrival_at=next_arrival_at,
         )
