@@ -159,7 +159,9 @@ def test_auto_takes_level1_with_room_and_level2_when_host_ram_is_short() -> None
     assert d.pending_op("a").op.eviction == LEVEL1
     chosen = notes(d, "auto_eviction")[-1].fields
     assert chosen["eviction"] == "offload+keep_running"
-    assert set(chosen["prices_s"]) == {
+    prices = chosen["prices_s"]
+    assert isinstance(prices, dict)
+    assert set(prices) == {
         "offload+keep_running",
         "discard+keep_running",
         "retain+stop",
