@@ -89,9 +89,9 @@ class Ahead:
         """When `slot`'s predicted idle time could first cover its margin (predictions of a
         quiet model drift later as its decayed rate falls)."""
         demand = self._models.demand.of(slot.alias)
-        due = demand.last_at + demand.mean_gap() if demand.last_at is not None else math.inf
-        if due > now and math.isfinite(due):
-            return due  # then the prediction switches to the memoryless one
+        late = demand.overdue_at()
+        if late > now and math.isfinite(late):
+            return late  # then the prediction becomes the memoryless one
         if demand.last_at is None or demand.rate <= 0:
             return None
         need = AHEAD_MARGIN * idler.round_trip_secs
