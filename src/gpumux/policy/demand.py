@@ -5,8 +5,10 @@ Each arrival adds `1/τ` to a rate that decays by `e^(−Δt/τ)` (τ = `policy.
 demand_time_constant_secs`), so the estimate is a moving average over about τ seconds that
 follows drifting load without a window to store. `next_at` predicts the next arrival:
 one mean gap after the last one while that moment is ahead, "now" while it is due (up to
-two mean gaps after the last), and one (decayed) mean gap from now once it is late (for Poisson arrivals the wait ahead does not depend on the
-past, and the decay lets a model that went quiet look ever further from its next use).
+two mean gaps after the last), and one (decayed) mean gap from now once it is late (for
+Poisson arrivals the wait ahead does not depend on the past, and the decay lets a model
+that went quiet look ever further from its next use). The mean gap is bias-corrected and
+exact for a periodic load.
 Does not: read the clock (`now` is passed in) or decide anything: victim choice, eviction
 ahead of need and `auto` eviction read it. Pure.
 """
@@ -15,7 +17,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-
 
 #: A next arrival later than this many mean gaps after the last one is "late": from then
 #: on the prediction is memoryless (one decayed mean gap from now). For Poisson arrivals
