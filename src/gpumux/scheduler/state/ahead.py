@@ -21,12 +21,16 @@ from gpumux.scheduler.state.models import STARTABLE, M, Models
 from gpumux.scheduler.state.moves import Moves
 from gpumux.scheduler.state.outbox import Outbox
 from gpumux.scheduler.state.slots import Slot
+from gpumux.scheduler.state.switches import SwitchBook
 
 
 class Ahead:
-    def __init__(self, models: Models, moves: Moves, policy: PolicyConfig) -> None:
+    def __init__(
+        self, models: Models, moves: Moves, switches: SwitchBook, policy: PolicyConfig
+    ) -> None:
         self._models = models
         self._moves = moves
+        self._switches = switches
         self.enabled = policy.evict_ahead
         self._min_active = policy.min_active_secs
         self._recheck_at: float | None = None
@@ -53,6 +57,7 @@ class Ahead:
                 {"model": slot.alias, "for": contender.alias, "queued": contender.queued},
             )
             self._moves.start_drain(slot, None, now, out)
+            self._switches.left_ahead(slot.alias, slot.config.gpu_indices)
 
     def deadlines(self, *, after: float) -> list[float]:
         """When the verdict could next change; a time not `after` the last input is stale
