@@ -77,6 +77,14 @@ def test_the_exact_search_finds_the_optimum_worked_out_by_hand(
     assert min_max_wait(requests(*trace), TWO, free_start=False) == pytest.approx(optimum)
 
 
+def test_a_model_lets_go_when_its_requests_ran_or_the_drain_timeout_passed() -> None:
+    # a@0 runs 20 s once granted at 3; b@0 comes after it: 3 + 20 + 2 + 3 = 28, or with a
+    # 5 s drain timeout (the core aborts a then) 3 + 5 + 2 + 3 = 13; b first is as bad.
+    trace = [Request(0.0, "a", 20.0), Request(0.0, "b", 20.0)]
+    assert min_max_wait(trace, TWO, free_start=False, drain_secs=60) == pytest.approx(28.0)
+    assert min_max_wait(trace, TWO, free_start=False, drain_secs=5) == pytest.approx(13.0)
+
+
 def test_a_free_start_may_begin_with_the_right_model_ready() -> None:
     trace = requests((100.0, "a"), (100.0, "b"))
     assert min_max_wait(trace, TWO, free_start=True) == pytest.approx(5.0)
@@ -97,11 +105,12 @@ def test_the_bound_equals_what_every_policy_gets_when_they_reach_the_optimum() -
 
 
 def test_two_models_that_do_not_fit_together_pay_a_switch() -> None:
-    # a and b at 0 on one card: a ready at 6; b after a's 4 s sleep and its 6 s wake.
+    # a and b at 0 on one card: a ready at 6, its request runs 11 tokens / 50 per s =
+    # 0.22 s, then a's 4 s sleep and b's 6 s wake: b waits 16.22 s.
     cfg = config([0.9, 0.9])
     arrivals = [Arrival(0.0, "a", 10, 10), Arrival(0.0, "b", 10, 10)]
     bound = compute_bound(cfg, arrivals, SwitchModel(10.0))
-    assert bound.p99_wait == pytest.approx(16.0)
+    assert bound.p99_wait == pytest.approx(16.22)
     for policy in POLICIES:
         got = summarize(Simulation(for_policy(cfg, policy), arrivals, SwitchModel(10.0)).run())
         assert got["p99_wait"] >= bound.p99_wait - 1e-9, policy

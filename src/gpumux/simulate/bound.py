@@ -12,10 +12,13 @@ system that knows every arrival. The relaxation keeps only what no policy escape
 - a wake takes at least the cheapest wake the model's reachable eviction levels allow
   (its configured one, its idle ladder's, every level for `"auto"`) with the cheapest
   history (pinning paid, files in the page cache), and that first eviction step likewise.
-It drops everything else, each of which can only lengthen a wait: service time (a ready
-model serves every waiting request at once), drains, `min_active_secs`, sleeping models'
-residual memory, host-RAM guards, failures. So every schedule a policy can produce is a
-schedule of the relaxation, and the relaxation's best p99 is at most the policy's.
+- a granted request runs at least its work at one sequence's full speed (`SEQ_TPS`), and
+  a model starts evicting only when what it was granted has finished or the drain timeout
+  after its last grant has passed (the core's drain; a switch is decided after a grant).
+It drops everything else, each of which can only lengthen a wait: batching slowdowns,
+`min_active_secs`, sleeping models' residual memory, host-RAM guards, failures. So every
+schedule a policy can produce is a schedule of the relaxation, and the relaxation's best
+p99 is at most the policy's.
 
 The relaxation is solved exactly (`exclusive.min_max_wait`) for each *exclusive group*
 (models that pairwise cannot share a GPU: one is ready at a time) whose requests number
@@ -87,7 +90,8 @@ def levels(choice: object) -> tuple[EvictionConfig, ...]:
 def reachable_levels(config: Config, alias: str) -> tuple[EvictionConfig, ...]:
     model = config.models[alias]
     found = list(levels(model.eviction or config.policy.eviction))
-    found += [step.eviction for step in config.idle_ladder(alias)]
+    for step in config.idle_ladder(alias):
+        found += levels(step.eviction)
     return tuple(dict.fromkeys(found))
 
 
@@ -150,10 +154,16 @@ def compute_bound(config: Config, arrivals: Sequence[Arrival], source: CostSourc
     n = len(arrivals)
     timeout = config.policy.request_timeout_secs
     costs = least_costs(config, source)
+    policy = config.policy
+    drain = policy.drain_timeout_secs if policy.drain_before_switch else 0.0
     values: list[float] = []
     exact = n <= 100
     for group, clique in exclusive_groups(config):
-        requests = [Request(a.t, a.model) for a in arrivals if a.model in group]
+        requests = [
+            Request(a.t, a.model, work_of(a.prompt_tokens, a.output_tokens) / SEQ_TPS)
+            for a in arrivals
+            if a.model in group
+        ]
         if not requests:
             continue
         if not clique:
@@ -165,12 +175,12 @@ def compute_bound(config: Config, arrivals: Sequence[Arrival], source: CostSourc
             continue
         group_costs = {alias: costs[alias] for alias in group}
         if len(requests) <= EXACT_REQUESTS:
-            values.append(min_max_wait(requests, group_costs, free_start=False))
+            values.append(min_max_wait(requests, group_costs, free_start=False, drain_secs=drain))
             continue
         exact = False
         for i in range(0, len(requests), WINDOW):
             window = requests[i : i + WINDOW]
-            values.append(min_max_wait(window, group_costs, free_start=i > 0))
+            values.append(min_max_wait(window, group_costs, free_start=i > 0, drain_secs=drain))
     capped = [min(v, timeout) for v in values]
     method = "exact" if exact else "windows"
     return Bound(_p99_bound(capped, n), _busy_bound(config, arrivals, costs), method, n)
