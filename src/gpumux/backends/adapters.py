@@ -81,8 +81,9 @@ class _Held:
     #: Loaded by an earlier generation of this same process (a level-2 sleep since):
     #: vLLM's API server still lists them, so they are re-loaded in place.
     registered: set[str] = field(default_factory=set)
-    #: Removed from the config while loaded: unloaded under the model's next lease.
-    to_unload: set[str] = field(default_factory=set)
+    #: Removed from the config while loaded (name → path): unloaded under the model's
+    #: next lease, unless a later SIGHUP brings it back first.
+    to_unload: dict[str, str] = field(default_factory=dict)
 
 
 class AdapterLoader:
@@ -108,12 +109,16 @@ class AdapterLoader:
             wanted = config.models[model].adapters if model in config.models else {}
             for name, path in list(held.loaded.items()):
                 if name not in wanted:
-                    del held.loaded[name]
-                    held.to_unload.add(name)
+                    held.to_unload[name] = held.loaded.pop(name)
                 elif wanted[name] != path:
                     del held.loaded[name]
                     held.registered.add(name)
-            held.to_unload -= set(wanted)
+            for name in set(held.to_unload) & set(wanted):  # back before it was unloaded
+                path = held.to_unload.pop(name)
+                if wanted[name] == path:
+                    held.loaded[name] = path
+                else:
+                    held.registered.add(name)
 
     async def ensure(self, model: str, pid: int | None, adapter: str | None) -> None:
         """Before a request on `model`'s process `pid`: settle pending unloads, and have
@@ -139,7 +144,7 @@ class AdapterLoader:
         fresh = _Held(generation)
         if held is not None and held.generation[0] == pid:
             fresh.registered = held.registered | set(held.loaded)
-            fresh.to_unload = set(held.to_unload)
+            fresh.to_unload = dict(held.to_unload)
         self._held[model] = fresh
         return fresh
 
@@ -168,14 +173,14 @@ class AdapterLoader:
         held.registered.discard(adapter)
         current = self._config.models.get(model)
         if current is None or current.adapters.get(adapter) != path:
-            held.to_unload.add(adapter)  # a SIGHUP removed or moved it while it loaded
+            held.to_unload[adapter] = path  # a SIGHUP removed or moved it while it loaded
         else:
             held.loaded[adapter] = path
         log.info("adapter_loaded", model=model, adapter=adapter, pid=held.generation[0])
         self._observe(model, adapter, "loaded")
 
     async def _unload(self, model: str, held: _Held) -> None:
-        names, held.to_unload = sorted(held.to_unload), set()
+        names, held.to_unload = sorted(held.to_unload), {}
         timeout = self._config.supervision.adapter_load_timeout_secs
         port = self._config.models[model].port
         for name in names:
