@@ -5,13 +5,15 @@ Owns: `adapter_dir` (a PEFT-shaped directory whose `adapter_config.json` is all 
 `mock_vllm` and gpumux's config check read), `RecordingAdapterApi` (an `AdapterApi` that
 records each call, can hold a load open until released and can fail the next loads with
 a given status and message), and `lora_counts` (a mock backend's `/mock/lora`).
-Does not: write real weights (`scripts/make_tiny_lora.py` does, for the real vLLM tier).
+Does not: write real weights itself: `tiny_adapter` runs `scripts/make_tiny_lora.py` (the
+real vLLM tier's adapter).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -80,3 +82,14 @@ class RecordingAdapterApi:
 
     async def unload(self, model: str, port: int, name: str, *, timeout: float) -> None:
         self.calls.append(Call("unload", model, port, name))
+
+
+def tiny_adapter(python: Path, model_dir: Path, out: Path, *, seed: int = 0, rank: int = 8) -> Path:
+    """A real, seeded PEFT adapter for a `make_tiny_model.py` model, written by
+    `scripts/make_tiny_lora.py` with `python` (the vLLM environment's: it has torch)."""
+    script = Path(__file__).resolve().parents[2] / "scripts" / "make_tiny_lora.py"
+    argv = [str(python), str(script), str(model_dir), str(out), f"--seed={seed}", f"--rank={rank}"]
+    subprocess.run(argv, check=True, capture_output=True, timeout=300)
+    assert (out / "adapter_config.json").is_file()
+    assert (out / "adapter_model.safetensors").is_file()
+    return out
