@@ -232,7 +232,7 @@ class VllmAdapterApi:
                 status = resp.status
         except TimeoutError:
             raise AdapterApiError(None, f"no answer within {timeout:g}s") from None
-        except (aiohttp.ClientError, OSError) as exc:
+        except (aiohttp.ClientError, OSError, RuntimeError) as exc:  # RuntimeError: pool closed
             raise AdapterApiError(None, f"{type(exc).__name__}: {exc}") from None
         if not 200 <= status < 300:
             raise AdapterApiError(status, _message(raw))
