@@ -83,7 +83,9 @@ def test_a_generated_adapter_answers_and_survives_criu_and_a_restart(
         assert len(events(daemon, "adapter_loaded", model="tiny")) == 1
 
         # A restart (stop, cold start): a new process, so gpumux loads the adapter again.
-        assert admin.post("/api/models/tiny/restart")[0] == 200
+        # The call answers once the new process is up: a cold start on 2 busy cores.
+        restart = admin.post("/api/models/tiny/restart", timeout=STARTUP_TIMEOUT_SECS)
+        assert restart[0] == 200
         assert complete(daemon, "sql-lora", "Hello there") == text
         assert backend_tree(daemon, "tiny")[0].pid != root
         assert backend_log(daemon, "tiny").count(LOADED_LINE) == 2
