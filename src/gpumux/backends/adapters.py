@@ -123,6 +123,8 @@ class AdapterLoader:
     async def ensure(self, model: str, pid: int | None, adapter: str | None) -> None:
         """Before a request on `model`'s process `pid`: settle pending unloads, and have
         `adapter` (when the request named one) loaded. Raises AdapterApiError."""
+        if adapter is None and model not in self._held:
+            return  # a model whose adapters were never asked for: nothing to settle
         held = self._current(model, pid)
         if held.to_unload:
             await self._unload(model, held)
