@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from mock_vllm import audio, classify, dev_routes, generate, metrics, pooling, scoring, vlog
+from mock_vllm import audio, classify, dev_routes, generate, lora, metrics, pooling, scoring, vlog
 from mock_vllm.engine import Engine
 from mock_vllm.errors import ApiError
 from mock_vllm.generate import ENGINE, OPTIONS
@@ -78,12 +78,13 @@ async def models(request: web.Request) -> web.Response:
         "allow_search_indices": False, "allow_view": True, "allow_fine_tuning": False,
         "organization": "*", "group": None, "is_blocking": False,
     }  # fmt: skip
-    data = [
+    data: list[dict[str, object]] = [
         {"id": name, "object": "model", "created": created, "owned_by": "vllm",
          "root": opts.model, "parent": None, "max_model_len": opts.max_model_len,
          "permission": [permission]}
         for name in opts.served_names
     ]  # fmt: skip
+    data += lora.model_cards(request.app, created)
     return web.json_response({"object": "list", "data": data})
 
 
@@ -113,6 +114,7 @@ def build_app(engine: Engine, opts: ServeOptions) -> web.Application:
     scoring.add_routes(app)
     classify.add_routes(app)
     audio.add_routes(app)
+    lora.add_routes(app)
     dev_routes.add_mock_routes(app)
     if dev_mode_enabled():
         dev_routes.add_dev_routes(app)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
+from collections.abc import Collection
 
 from aiohttp import web
 
@@ -38,12 +39,13 @@ def request_id(request: web.Request) -> str:
     return given if _REQUEST_ID.match(given) else uuid.uuid4().hex
 
 
-def check_model(body: dict[str, object], opts: ServeOptions) -> str:
-    """The served name the body asks for (vLLM defaults a missing one), or 404."""
+def check_model(body: dict[str, object], opts: ServeOptions, adapters: Collection[str] = ()) -> str:
+    """The served name (or loaded LoRA adapter) the body asks for (vLLM defaults a
+    missing one), or 404."""
     model = body.get("model")
     if model is None:
         return opts.model_id
-    if model not in opts.served_names:
+    if model not in opts.served_names and model not in adapters:
         raise ApiError(404, f"The model `{model}` does not exist.", "NotFoundError", "model")
     return str(model)
 

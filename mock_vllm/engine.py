@@ -211,9 +211,17 @@ class Engine:
             self._idle.set()
 
     async def generate(
-        self, req: Request, prompt: str, max_tokens: int, on_token: Callable[[str], Awaitable[None]]
+        self,
+        req: Request,
+        prompt: str,
+        max_tokens: int,
+        on_token: Callable[[str], Awaitable[None]],
+        adapter: str | None = None,
     ) -> bool:
-        """Emit up to ``max_tokens`` tokens at the configured pace; False if aborted."""
+        """Emit up to ``max_tokens`` tokens at the configured pace; False if aborted.
+
+        With a LoRA ``adapter`` the first token is ``[lora NAME]`` and the rest are
+        seeded by the adapter's name, so tests can tell which one answered."""
         self.stats.prompt_tokens += textgen.count_tokens(prompt)
         for i in range(max_tokens):
             delay = self.opts.ttft_ms / 1000 if i == 0 else 1 / self.opts.tokens_per_sec
@@ -230,9 +238,11 @@ class Engine:
             if i == 0:
                 self.stats.ttft.observe(time.monotonic() - req.arrived)
             self.stats.generation_tokens += 1
-            piece = textgen.token(self.opts.model_id, prompt, i)
+            piece = textgen.token(adapter or self.opts.model_id, prompt, i)
             if not self.weights_valid:
                 piece = textgen.GARBAGE_TOKEN
+            if i == 0 and adapter is not None:
+                piece = f"[lora {adapter}]"
             if i == 0 and self.device is not None:
                 piece = f"[weights {await self.device.checksum()}]"
             await on_token(piece)

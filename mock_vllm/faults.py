@@ -92,6 +92,10 @@ class Faults:
     keepalive_timeout_secs: float = 5.0
     # Send ": keep-alive" SSE comments at this period while a stream waits (0 = off).
     sse_keepalive_secs: float = 0.0
+    # The next N `/v1/load_lora_adapter` calls fail with 500 (each failure counts one down).
+    lora_load_failures: int | None = None
+    # How long a LoRA load takes (so concurrent first requests overlap it).
+    lora_load_delay_secs: float = 0.0
 
     def merge(self, updates: Mapping[str, object]) -> None:
         """Apply ``updates`` all or nothing; unknown names or bad values raise ValueError."""
@@ -134,4 +138,6 @@ FAULT_PARSERS: dict[str, Callable[[object], object]] = {
     "http_error_marker": parse_text,
     "keepalive_timeout_secs": parse_secs,
     "sse_keepalive_secs": parse_secs,
+    "lora_load_failures": parse_opt_int,
+    "lora_load_delay_secs": parse_secs,
 }

@@ -23,6 +23,8 @@ from mock_vllm.textgen import count_tokens
 
 ENGINE: web.AppKey[Engine] = web.AppKey("engine", Engine)
 OPTIONS: web.AppKey[ServeOptions] = web.AppKey("options", ServeOptions)
+#: The served LoRA adapters (name → path); `lora` fills it.
+LORA: web.AppKey[dict[str, str]] = web.AppKey("lora_served", dict)
 
 SSE_HEADERS = {"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache"}
 
@@ -37,6 +39,7 @@ class Job:
     stream: bool
     include_usage: bool
     fmt: Format
+    adapter: str | None = None  # the LoRA adapter serving it: its answer says so
 
     def finish_reason(self, completed: bool) -> str:
         if not completed:
@@ -72,7 +75,7 @@ async def _run(
         done = await engine.admit(req)
         if done:
             await engine.after_chunk(0)
-            done = await engine.generate(req, job.prompt, job.max_tokens, collect)
+            done = await engine.generate(req, job.prompt, job.max_tokens, collect, job.adapter)
         engine.check_alive()
         req.finish_reason = job.finish_reason(done)
         body = job.fmt.full("".join(pieces), req.finish_reason, prompt_tokens, len(pieces))
@@ -104,7 +107,7 @@ async def _run(
             await engine.after_chunk(0)
             for frame in job.fmt.open_frames():
                 await send(frame)
-            done = await engine.generate(req, job.prompt, job.max_tokens, on_token)
+            done = await engine.generate(req, job.prompt, job.max_tokens, on_token, job.adapter)
         engine.check_alive()
         req.finish_reason = job.finish_reason(done)
         closing = job.fmt.close_frames(req.finish_reason, prompt_tokens, n_out, job.include_usage)
@@ -126,9 +129,13 @@ async def _serve(
     request: web.Request, parse: Callable[[dict[str, object], str, str], Job]
 ) -> web.StreamResponse:
     body = await rq.read_json(request)
-    model = rq.check_model(body, request.app[OPTIONS])
+    adapters = request.app[LORA]
+    model = rq.check_model(body, request.app[OPTIONS], adapters)
     rid = rq.request_id(request)
-    return await serve_job(request, parse(body, rid, model), rid)
+    job = parse(body, rid, model)
+    if model in adapters:
+        job.adapter = model
+    return await serve_job(request, job, rid)
 
 
 async def serve_job(request: web.Request, job: Job, rid: str) -> web.StreamResponse:

@@ -108,6 +108,9 @@ class ServeOptions:
     gpu: str = "ledger"
     seed: int | None = None
     weights_dir: str | None = None
+    enable_lora: bool = False
+    max_lora_rank: int = 16
+    max_loras: int = 1
     faults: Faults = field(default_factory=Faults)
     unknown_args: list[str] = field(default_factory=list)
     non_default_args: dict[str, object] = field(default_factory=dict)
@@ -182,6 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-model-len", type=_count, default=4096)
     parser.add_argument("--max-num-seqs", type=int, default=256)
     parser.add_argument("--disable-uvicorn-access-log", action="store_true")
+    parser.add_argument("--enable-lora", action="store_true")
+    parser.add_argument("--max-lora-rank", type=int, default=16)
+    parser.add_argument("--max-loras", type=int, default=1)
     for name, (kind, default, help_text) in PROFILE_KNOBS.items():
         _knob_arg(parser, name, kind, default, help_text)
     for name, fault_kind in FAULT_PARSERS.items():
@@ -224,6 +230,9 @@ def parse_serve_args(argv: Sequence[str]) -> ServeOptions:
         max_model_len=args.max_model_len,
         max_num_seqs=args.max_num_seqs,
         access_log=not args.disable_uvicorn_access_log,
+        enable_lora=args.enable_lora,
+        max_lora_rank=args.max_lora_rank,
+        max_loras=args.max_loras,
         **{name: getattr(args, name) for name in PROFILE_KNOBS},
         faults=faults,
         unknown_args=unknown,

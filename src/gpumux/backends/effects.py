@@ -28,7 +28,7 @@ from gpumux.backends.vllm_client import BackendControlError, VllmClient
 from gpumux.checkpoint.checkpoints import CheckpointFailed, Checkpoints
 from gpumux.checkpoint.identity import ModelIdentity
 from gpumux.checkpoint.timeline import RestoreTimeline
-from gpumux.core.config import Config, ModelConfig, ProcessStrategy, WeightStrategy
+from gpumux.core.config import LORA_FLAG, Config, ModelConfig, ProcessStrategy, WeightStrategy
 from gpumux.core.errors import StepFailed
 from gpumux.core.eviction import WEIGHTS_AFTER, Step
 from gpumux.cuda.suspend import CudaSuspender, CudaSuspendFailed, nccl_safe_env, suspender_for
@@ -88,6 +88,9 @@ def backend_env(
     }
     if ledger_path is not None:
         extra["MOCK_VLLM_LEDGER"] = str(ledger_path)
+    if model.has_flag(LORA_FLAG):
+        # For vLLM's runtime adapter API; on the flag, so adding `adapters` restarts nothing.
+        extra["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"
     if alias is not None:
         extra.update(nccl_safe_env(config, alias))
     return child_environment(parent, model_env=model.env, secret_names=secrets, extra=extra)
@@ -107,6 +110,7 @@ class _Backend:
     weights: WeightStrategy = WeightStrategy.RETAIN
     #: Set while a CRIU dump runs: nothing may open a connection into the tree.
     quiesced: bool = False
+    weight_resets: int = 0  # cold starts + level-2 sleeps: LoRA adapters loaded are gone
 
 
 class Backends:
@@ -199,6 +203,8 @@ class Backends:
         except BackendControlError as exc:
             raise StepFailed(model, step, str(exc)) from exc
         backend.weights = WEIGHTS_AFTER.get(step, backend.weights)
+        if step in (Step.COLD_START, Step.SLEEP_DISCARD):
+            backend.weight_resets += 1
         gone_is_ok = (Step.STOP, Step.COLD_START, Step.CRIU_DUMP)
         if step not in gone_is_ok and self.pid_of(model) is None:
             raise StepFailed(model, step, "the backend process is gone")
@@ -350,6 +356,9 @@ class Backends:
 
     def client(self, model: str) -> VllmClient:
         return self._backends[model].client
+
+    def weight_resets(self, model: str) -> int:  # the LoRA adapter loader's key
+        return self._backends[model].weight_resets
 
     def recent_output(self, model: str) -> list[str]:
         tail = self._backends[model].tail

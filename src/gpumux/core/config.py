@@ -117,9 +117,14 @@ EvictionChoice = Annotated[
 
 
 #: Model fields a reload applies in place, without restarting the backend.
+#: `adapters` is one: they are loaded through vLLM's runtime API, and the process's own
+#: fact (`--enable-lora`, which turns on that API) is in `extra_args`.
 RUNTIME_ONLY_FIELDS = frozenset(
-    {"aliases", "max_concurrency", "ttl_secs", "idle", "pinned", "priority"}
+    {"aliases", "max_concurrency", "ttl_secs", "idle", "pinned", "priority", "adapters"}
 )
+
+#: What a model serving `adapters` must pass vLLM (the runtime load API needs LoRA on).
+LORA_FLAG = "--enable-lora"
 
 
 class ModelConfig(_Strict):
@@ -181,6 +186,14 @@ class ModelConfig(_Strict):
         description="Other names clients may request this model by (e.g. `gpt-4o-mini`); "
         "the proxy rewrites `model` to this model's name before forwarding, because the "
         "backend serves only that name. Listed in /v1/models with `alias_of`.",
+    )
+    adapters: dict[str, str] = Field(
+        default_factory=dict,
+        description="LoRA adapters served on this model: {name: path}. A request whose "
+        "`model` is a name here goes to this model's backend unchanged; gpumux loads the "
+        "adapter through vLLM's runtime API before the first such request of each backend "
+        "process (and after a level-2 wake). Needs `--enable-lora` in extra_args (and "
+        "`--max-lora-rank` at least the adapters' rank). Listed in /v1/models with `parent`.",
     )
 
     @cached_property  # the scheduler reads these on every request
@@ -346,6 +359,12 @@ class SupervisionConfig(_Strict):
             "only a failed confirmation restarts it. 0 disables."
         ),
     )
+    adapter_load_timeout_secs: float = Field(
+        default=120,
+        gt=0,
+        description="How long gpumux waits for vLLM to load a LoRA adapter (the request "
+        "that needed it then fails with 502 adapter_load_failed).",
+    )
     upstream_connect_timeout_secs: float = Field(default=5, gt=0)
     upstream_idle_timeout_secs: float = Field(default=600, gt=0)
     restart_backoff_secs: float = Field(default=1, ge=0)
@@ -429,6 +448,15 @@ class Config(_Strict):
         for name, model in self.models.items():
             for alias in model.aliases:
                 targets.setdefault(alias, name)
+        return targets
+
+    @property
+    def adapter_targets(self) -> dict[str, str]:
+        """Each LoRA adapter name → the model that serves it (validation keeps names unique)."""
+        targets: dict[str, str] = {}
+        for name, model in self.models.items():
+            for adapter in model.adapters:
+                targets.setdefault(adapter, name)
         return targets
 
     def resolve_model(self, requested: str) -> str | None:
@@ -565,6 +593,7 @@ def semantic_errors(config: Config) -> Iterator[str]:
     yield from _collisions(claims)
     yield from _checkpoint_errors(config)
     yield from _alias_errors(config)
+    yield from _adapter_errors(config)
     yield from _idle_errors(config)
     yield from _preload_errors(config)
     yield from pin_overcommit(config.models, [n for n, m in config.models.items() if m.pinned])
@@ -641,6 +670,36 @@ def _alias_errors(config: Config) -> Iterator[str]:
                 )
             else:
                 claimed[alias] = name
+
+
+def _adapter_errors(config: Config) -> Iterator[str]:
+    """An adapter name is unique among models, aliases and adapters; its model enables LoRA.
+
+    Paths are checked where files can be read (`daemon.config_file`), not here."""
+    aliases = config.alias_targets
+    claimed: dict[str, str] = {}
+    for name, model in config.models.items():
+        where = f"models.{name}.adapters"
+        for adapter, path in model.adapters.items():
+            if not adapter.strip():
+                yield f"{where}: an adapter name must be non-empty"
+            elif adapter in config.models:
+                yield f"{where}: {adapter!r} is already the name of model {adapter!r}"
+            elif adapter in aliases:
+                yield f"{where}: {adapter!r} is already an alias of model {aliases[adapter]!r}"
+            elif adapter in claimed:
+                yield f"{where}: {adapter!r} is already an adapter of model {claimed[adapter]!r}"
+            else:
+                claimed[adapter] = name
+            if not path.strip():
+                yield f"{where}.{adapter}: the adapter's path must be non-empty"
+        if model.adapters and not model.has_flag(LORA_FLAG):
+            yield (
+                f"{where}: serving LoRA adapters needs vLLM's LoRA support; add "
+                f"{LORA_FLAG!r} to models.{name}.extra_args (and '--max-lora-rank', 'R' "
+                "when an adapter's rank is above vLLM's default 16; '--max-loras', 'N' to "
+                "run N adapters in one batch)"
+            )
 
 
 def _preload_errors(config: Config) -> Iterator[str]:

@@ -126,6 +126,14 @@ class BackendUnreachable(ServerError):
     code = "backend_unreachable"
 
 
+class AdapterLoadFailed(ServerError):
+    """vLLM refused (or did not finish) loading a configured LoRA adapter; the message
+    carries vLLM's own. The next request for the adapter tries the load again."""
+
+    http_status = 502
+    code = "adapter_load_failed"
+
+
 class SwitchConflict(ClientError):
     http_status = 409
     code = "switch_in_progress"

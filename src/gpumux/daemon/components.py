@@ -26,6 +26,7 @@ from gpumux.admin.api import AdminApi
 from gpumux.admin.auth import AdminToken
 from gpumux.admin.node import NodeSources, NodeStatus, epp_snapshot, read_node_status
 from gpumux.admin.setup import admin_port, build_admin, proxy_url
+from gpumux.backends.adapters import AdapterLoader, VllmAdapterApi
 from gpumux.backends.effects import Backends
 from gpumux.checkpoint.checkpoints import Checkpoints
 from gpumux.checkpoint.s3.auth import check_manifest_key
@@ -46,6 +47,7 @@ from gpumux.daemon.state_dir import prepare_fake_ledger, resolve_state_dir
 from gpumux.fleet.responder import AgentResponder
 from gpumux.gpu.probe import GpuProbe, open_probe
 from gpumux.http.auth import ApiKeys
+from gpumux.http.lora import AdapterGate
 from gpumux.http.passive_health import BackendStreaks
 from gpumux.http.proxy import Proxy
 from gpumux.policy.registry import make_policy
@@ -190,6 +192,12 @@ async def _build(
     scheduler = Scheduler(core, Orchestrator(backends, loop.time), observer, loop.time)
     exits.connect(scheduler.process_exited)
     streaks = BackendStreaks(config.supervision.passive_5xx_threshold)
+    adapter_loader = AdapterLoader(
+        config,
+        VllmAdapterApi(parts.pools.session),
+        backends.weight_resets,
+        lambda model, adapter, outcome: metrics.adapter_loads.labels(model, adapter, outcome).inc(),
+    )
     proxy = Proxy(
         config,
         scheduler,
@@ -198,6 +206,7 @@ async def _build(
         ApiKeys.from_env_value(os.environ.get(config.api_keys_env or "", "")),
         lifecycle.shutting_down,
         streaks=streaks,
+        adapters=AdapterGate(adapter_loader, metrics),
     )
     resources = Resources(probe, metrics, scheduler.report_host_memory)
     node_status = partial(

@@ -9,6 +9,7 @@ Does not: resolve secrets, print, or exit (the CLI does).
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 from gpumux.core.config import Config, ConfigProblems, parse_config
@@ -45,9 +46,27 @@ def load_config(path: str | Path) -> tuple[Config, list[str]]:
         config, warnings = parse_config(raw)
     except ConfigProblems as exc:
         raise ConfigProblems(duplicates + exc.errors, exc.warnings) from None
-    if duplicates:
-        raise ConfigProblems(duplicates, warnings)
+    problems = duplicates + list(adapter_path_errors(config))
+    if problems:
+        raise ConfigProblems(problems, warnings)
     return config, warnings
+
+
+def adapter_path_errors(config: Config) -> Iterator[str]:
+    """Each LoRA adapter path that is not a directory holding `adapter_config.json`.
+
+    An error, not a warning: vLLM would refuse the load at the adapter's first request,
+    long after start, and only that request would say why; at load time `validate`
+    exits 2 and a SIGHUP keeps the old config serving.
+    """
+    for name, model in config.models.items():
+        for adapter, path in model.adapters.items():
+            where = f"models.{name}.adapters.{adapter}"
+            directory = Path(path).expanduser()
+            if not directory.is_dir():
+                yield f"{where}: {path} is not a directory (a PEFT adapter's directory)"
+            elif not (directory / "adapter_config.json").is_file():
+                yield f"{where}: {path} holds no adapter_config.json (not a PEFT adapter)"
 
 
 class _RejectDuplicates:

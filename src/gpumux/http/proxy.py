@@ -45,11 +45,12 @@ from gpumux.core.errors import (
     UpstreamTimeout,
     openai_envelope,
 )
-from gpumux.http.aliases import alias_entries, resolve
+from gpumux.http.aliases import adapter_entries, alias_entries, resolve
 from gpumux.http.auth import ApiKeys
 from gpumux.http.body import read_body
 from gpumux.http.errors import REQUEST_ID, error_response, sse_error_event
 from gpumux.http.feedback import LoadingFeedback, backend_error_event, describe_wait
+from gpumux.http.lora import AdapterGate, refuse_runtime_lora_route
 from gpumux.http.passive_health import BackendStreaks
 from gpumux.http.request_log import RequestLog, RequestRecord, key_hash
 from gpumux.http.routes import ROUTES
@@ -116,8 +117,10 @@ class Proxy:
         api_keys: ApiKeys,
         is_shutting_down: Callable[[], bool],
         streaks: BackendStreaks | None = None,
+        adapters: AdapterGate | None = None,
     ) -> None:
         self._config = config
+        self._adapters = adapters or AdapterGate(None, metrics)  # LoRA loads before forwards
         self._streaks = streaks  # passive health: counts statuses backends themselves sent
         # `created` in /v1/models: stable for the daemon's life, like a model registry's.
         self._started_at = int(time.time())
@@ -137,6 +140,7 @@ class Proxy:
     def reload(self, config: Config) -> None:
         """Serve a new model table (SIGHUP); limits and timeouts stay as started."""
         self._config = config
+        self._adapters.reload(config)
 
     def app(self) -> web.Application:
         app = web.Application(
@@ -189,7 +193,7 @@ class Proxy:
                 )
             return error_response(error, request_id)
         finally:
-            structlog.contextvars.unbind_contextvars("request_id", "model", "alias")
+            structlog.contextvars.unbind_contextvars("request_id", "model", "alias", "adapter")
 
     async def _health(self, request: web.Request) -> web.Response:
         if self._shutting_down():
@@ -210,11 +214,13 @@ class Proxy:
             for alias, model in self._config.models.items()
         ]
         data += alias_entries(self._config, created)
+        data += adapter_entries(self._config, created)
         return web.json_response({"object": "list", "data": data})
 
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
         # Match on the raw path: `/v1/../sleep` or `//sleep` never normalise into a route.
         path = request.raw_path.split("?", 1)[0]
+        refuse_runtime_lora_route(path)
         route = ROUTES.get(path)
         if route is None:
             raise RouteNotFound(f"Unknown route {request.method} {path}.")
@@ -234,6 +240,8 @@ class Proxy:
         if resolved.via_alias is not None:
             structlog.contextvars.bind_contextvars(alias=resolved.via_alias)
             body = route.body.with_model(body, content_type, model)
+        if resolved.adapter is not None:
+            structlog.contextvars.bind_contextvars(adapter=resolved.adapter)
         record = RequestRecord(
             started_at=time.time(),
             model=model[:128],
@@ -241,15 +249,17 @@ class Proxy:
             endpoint=path,
             client=request.remote,
             key_hash=key_hash(request.headers.get("Authorization")),
+            adapter=resolved.adapter,
         )
         request[_RECORD] = record
         started = time.monotonic()
-        with self.request_log.tracking(record, time.monotonic):
+        with self._adapters.counting(record), self.request_log.tracking(record, time.monotonic):
             lease, prepared = await self._wait(request, model, record, resolved.known, stream)
             if lease is None:
                 assert prepared is not None  # the wait failed after 200: the stream said why
                 return prepared
             try:
+                await self._adapters.ready(lease, record)
                 response = await self._forward(
                     request, lease, body, path, stream, started, prepared
                 )

@@ -1,6 +1,6 @@
 """The request log: the latest proxied requests, for `GET /api/requests` and the dashboard.
 
-Owns: one record per request that named a model (time, model and the alias used,
+Owns: one record per request that named a model (time, model and the alias or adapter used,
 endpoint, status, queue wait, TTFT, duration, prompt/completion tokens when the backend
 reported usage, client address, a short hash of the API key), a bounded ring of them
 (`request_log_size`), and reading usage out of a response tail.
@@ -67,6 +67,7 @@ class RequestRecord:
     duration_secs: float | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    adapter: str | None = None  # the LoRA adapter the request named (served by `model`)
     tail: deque[bytes] = field(default_factory=lambda: deque(maxlen=TAIL_READS), repr=False)
     #: Every byte of the response had gone out but the end of its framing (a stream's
     #: client that read `[DONE]` and closed): a client leaving now is not a 499.
@@ -103,7 +104,7 @@ class RequestLog:
         for record in reversed(self._records):
             if len(out) >= limit:
                 break
-            if model is None or model in (record.model, record.alias):
+            if model is None or model in (record.model, record.alias, record.adapter):
                 out.append(record.as_dict())
         return out
 

@@ -70,6 +70,20 @@ class Metrics:
             ["model", "endpoint", "code"],
             registry=r,
         )
+        # Adapters get their own series: `gpumux_requests_total` keeps its contract labels,
+        # and `adapter` values are only configured names (unknown ones 404 as models).
+        self.adapter_requests = Counter(
+            "gpumux_adapter_requests",
+            "Proxied requests for a LoRA adapter by its model, adapter, endpoint and status.",
+            ["model", "adapter", "endpoint", "code"],
+            registry=r,
+        )
+        self.adapter_loads = Counter(
+            "gpumux_adapter_loads",
+            "LoRA adapter loads into a backend process by outcome (loaded, failed).",
+            ["model", "adapter", "outcome"],
+            registry=r,
+        )
         self.queue_depth = Gauge(
             "gpumux_queue_depth",
             "Requests waiting for a lease on the model.",
