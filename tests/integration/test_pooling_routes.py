@@ -1,7 +1,8 @@
 """Rerank, score, pooling and classify through the real daemon and mock backends: routed by
 the body's `model` (aliases too), a rerank that needs a switch gets one, the same errors
 as chat (unknown model 404, bad JSON 400, wrong media type 415), the endpoint label in
-`gpumux_requests_total`, a request-log entry per route, and the mock's fault knobs."""
+`gpumux_requests_total`, a request-log entry per route, the mock's fault knobs, and loading
+feedback kept out of replies that are not streams."""
 
 from __future__ import annotations
 
@@ -143,3 +144,36 @@ def test_the_mocks_fault_knobs_apply_to_pooling_routes(tmp_path: Path) -> None:
             "the crash noticed",
         )
         ok(send(daemon, "/score", model="ranker", queries="q", documents=["d"]))
+
+
+@pytest.mark.timeout(120)
+def test_loading_feedback_never_enters_a_rerank_reply(tmp_path: Path) -> None:
+    """`stream: true` in a rerank body is not a stream: a slow cold start sends no SSE
+    comments into the JSON reply, while a streamed transcription does get them."""
+    slow = ["--mock-startup-secs", "2"]
+    models = {"ranker": mock_model(extra_args=slow), "whisper": mock_model(extra_args=slow)}
+    with running_daemon(
+        tmp_path, models, loading_feedback="comments", loading_feedback_after_secs=0.3
+    ) as daemon:
+        reply = send(daemon, "/rerank", model="ranker", query="q", documents=DOCUMENTS, stream=True)
+        assert float(reply.headers["x-gpumux-queue-seconds"]) > 0.3  # it waited
+        assert reply.headers["content-type"].startswith("application/json")
+        assert b"gpumux" not in reply.body
+        assert len(ok(reply)["results"]) == len(DOCUMENTS)
+
+        boundary = "fb0undary"
+        form = (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="model"\r\n\r\nwhisper\r\n'
+            f'--{boundary}\r\nContent-Disposition: form-data; name="stream"\r\n\r\ntrue\r\n'
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n'
+            f"\r\nRIFF\r\n--{boundary}--\r\n"
+        ).encode()
+        streamed = post(
+            daemon,
+            "/v1/audio/transcriptions",
+            form,
+            headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+        )
+        assert streamed.status == 200, streamed.body
+        assert streamed.body.startswith(b": gpumux: waiting for whisper (")
+        assert streamed.body.endswith(b"data: [DONE]\n\n")

@@ -1,5 +1,6 @@
-"""A real vLLM cross-encoder behind gpumux: rerank (all three paths), score (both),
-classify and pooling, routed by `model` (an alias too), with the shapes mock_vllm copies.
+"""A real vLLM cross-encoder behind gpumux: a rerank that switches from a chat model,
+rerank (all three paths), score (both), classify and pooling, routed by `model` (an alias
+too), with the shapes mock_vllm copies.
 
 The model is a tiny `LlamaForSequenceClassification` (one label) derived from the tier's
 tiny Llama and served by vLLM's pooling runner with dummy weights (`cross_encoder_model`).
@@ -19,15 +20,18 @@ from tests.support.cpu_vllm import (
     CLIENT_TIMEOUT_SECS,
     STARTUP_TIMEOUT_SECS,
     RealVllm,
+    complete,
     cross_encoder_model,
     vllm_daemon,
+    vllm_model,
 )
 from tests.support.daemon import RunningDaemon
 from tests.support.metrics import metric_value
 
-pytestmark = [pytest.mark.real_vllm, pytest.mark.timeout(STARTUP_TIMEOUT_SECS + 120)]
+pytestmark = [pytest.mark.real_vllm, pytest.mark.timeout(3 * STARTUP_TIMEOUT_SECS + 120)]
 
 MODEL = "ranker"
+CHAT = "tiny"
 ALIAS = "ranker-alias"
 DOCUMENTS = ["the quick brown fox", "a lazy dog sleeps", "GPU memory is scarce"]
 
@@ -37,7 +41,10 @@ def daemon(
     real_vllm: RealVllm, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[RunningDaemon]:
     tmp = tmp_path_factory.mktemp("scoring")
-    models = {MODEL: cross_encoder_model(real_vllm, tmp / "vllm-tmp", aliases=[ALIAS])}
+    models = {
+        MODEL: cross_encoder_model(real_vllm, tmp / "ranker-tmp", aliases=[ALIAS]),
+        CHAT: vllm_model(real_vllm, tmp / "chat-tmp"),
+    }
     with vllm_daemon(tmp, real_vllm, models) as running:
         yield running
 
@@ -46,6 +53,17 @@ def send(daemon: RunningDaemon, path: str, **body: Any) -> Any:
     reply: Reply = post(daemon, path, json.dumps(body).encode(), timeout=CLIENT_TIMEOUT_SECS)
     assert reply.status == 200, (path, reply.body[:500])
     return reply.json()
+
+
+def test_a_rerank_switches_from_the_chat_model(daemon: RunningDaemon) -> None:
+    """One nominal GPU at 0.9 each: the rerank stops the chat model and starts the ranker."""
+    assert complete(daemon, CHAT)
+    switches = metric_value(daemon, "gpumux_switches_total", to=MODEL)
+    found = send(daemon, "/rerank", model=MODEL, query="fox", documents=DOCUMENTS)
+    assert found["model"] == MODEL
+    assert metric_value(daemon, "gpumux_switches_total", to=MODEL) == switches + 1
+    assert metric_value(daemon, "gpumux_model_state", model=CHAT, state="stopped") == 1
+    assert metric_value(daemon, "gpumux_model_state", model=MODEL, state="ready") == 1
 
 
 def test_rerank_on_every_path_sorted_and_cut_to_top_n(daemon: RunningDaemon) -> None:
@@ -62,7 +80,7 @@ def test_rerank_on_every_path_sorted_and_cut_to_top_n(daemon: RunningDaemon) -> 
         for result in results:
             assert result["document"]["text"] == DOCUMENTS[result["index"]]
         labels = {"model": MODEL, "endpoint": path, "code": "200"}
-        assert metric_value(daemon, "gpumux_requests_total", **labels) == 1
+        assert metric_value(daemon, "gpumux_requests_total", **labels) >= 1
 
 
 def test_score_classify_and_pooling(daemon: RunningDaemon) -> None:

@@ -14,6 +14,14 @@ backend reads another is how a request reaches a model it was not queued for. A 
 sent as a file part (with a `filename`) is refused too: the backend would not read it as
 text.
 
+Headers are read exactly as the backend's parser (python-multipart, through Starlette)
+reads them — its parameter splitting, the last Content-Disposition of a part — and what
+it refuses is refused here too (a preamble, a header name that is not a token, a part
+without a `name`), so gpumux never queues a form for one model that the backend reads as
+another or turns away; `tests/real_vllm/test_real_form_parity.py` checks this against
+the real parser. A charset other than UTF-8 is refused: the backend would decode names
+and values in it.
+
 Anything malformed is the client's 400 (`ClientError`'s message says what): no
 boundary or one longer than RFC 2046's 70 characters, no closing delimiter, a part
 without a header block, headers past `MAX_PART_HEAD` bytes, a `model` value that is not
