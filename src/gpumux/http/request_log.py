@@ -21,8 +21,9 @@ from dataclasses import asdict, dataclass, field
 
 from gpumux.core.errors import GpumuxError
 
-#: Usage counts as OpenAI and vLLM write them (`"prompt_tokens": 12`).
-_TOKENS = re.compile(rb'"(prompt_tokens|completion_tokens)"\s*:\s*(\d+)')
+#: Usage counts as OpenAI and vLLM write them (`"prompt_tokens": 12`), and as Anthropic's
+#: Messages API (and OpenAI's Responses API) do (`"input_tokens": 12, "output_tokens": 3`).
+_TOKENS = re.compile(rb'"(prompt_tokens|completion_tokens|input_tokens|output_tokens)"\s*:\s*(\d+)')
 _USAGE = b'"usage"'
 #: A streamed usage chunk is small and comes last; the last reads hold it.
 TAIL_READS = 2
@@ -49,7 +50,8 @@ def usage_from_tail(tail: bytes) -> tuple[int | None, int | None]:
     if at < 0:
         return None, None
     found = {name: int(value) for name, value in _TOKENS.findall(tail[at : at + 512])}
-    return found.get(b"prompt_tokens"), found.get(b"completion_tokens")
+    prompt = found.get(b"prompt_tokens", found.get(b"input_tokens"))
+    return prompt, found.get(b"completion_tokens", found.get(b"output_tokens"))
 
 
 @dataclass
@@ -83,14 +85,20 @@ class RequestLog:
         self._records: deque[RequestRecord] = deque(maxlen=size)
 
     @contextmanager
-    def tracking(self, record: RequestRecord, clock: Callable[[], float]) -> Iterator[None]:
-        """Log `record` when the block ends, however it ends: a gpumux error's status, 499
-        for a client that left, the duration since the block began."""
+    def tracking(
+        self,
+        record: RequestRecord,
+        clock: Callable[[], float],
+        status_of: Callable[[GpumuxError], int] = lambda error: error.http_status,
+    ) -> Iterator[None]:
+        """Log `record` when the block ends, however it ends: a gpumux error's status (as
+        `status_of` says the client saw it), 499 for a client that left, the duration since
+        the block began."""
         started = clock()
         try:
             yield
         except GpumuxError as exc:
-            record.status = exc.http_status
+            record.status = status_of(exc)
             raise
         except asyncio.CancelledError:
             record.status = CLIENT_CLOSED
