@@ -3,7 +3,7 @@
 Owns: ``/health``, ``/version``, ``/load``, ``/v1/models``, ``/metrics``; turning
 `ApiError` into vLLM's error body and routing misses into FastAPI's ``{"detail": …}``;
 uvicorn-style access lines.
-Does not: generate (``generate``, ``pooling``) or sleep (``dev_routes``).
+Does not: generate (``generate``, ``pooling``, ``anthropic``) or sleep (``dev_routes``).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from mock_vllm import dev_routes, generate, metrics, pooling, vlog
+from mock_vllm import anthropic, dev_routes, generate, metrics, pooling, vlog
 from mock_vllm.engine import Engine
 from mock_vllm.errors import ApiError
 from mock_vllm.generate import ENGINE, OPTIONS
@@ -108,6 +108,7 @@ def build_app(engine: Engine, opts: ServeOptions) -> web.Application:
     app.router.add_get("/v1/models", models)
     app.router.add_get("/metrics", prometheus)
     generate.add_routes(app)
+    anthropic.add_routes(app)
     pooling.add_routes(app)
     dev_routes.add_mock_routes(app)
     if dev_mode_enabled():

@@ -27,6 +27,10 @@ OPTIONS: web.AppKey[ServeOptions] = web.AppKey("options", ServeOptions)
 SSE_HEADERS = {"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache"}
 
 
+def openai_error_frames(exc: ApiError) -> list[bytes]:
+    return [sse(exc.body()), DONE]
+
+
 @dataclass
 class Job:
     """One generation request, parsed."""
@@ -37,6 +41,9 @@ class Job:
     stream: bool
     include_usage: bool
     fmt: Format
+    # How a failure after the headers went out ends the stream: vLLM's OpenAI routes send
+    # an error chunk and [DONE]; its Anthropic route an `event: error` frame.
+    error_frames: Callable[[ApiError], list[bytes]] = openai_error_frames
 
     def finish_reason(self, completed: bool) -> str:
         if not completed:
@@ -113,8 +120,8 @@ async def _run(
         await resp.write_eof()
     except ApiError as exc:
         # Headers are gone already: vLLM reports a mid-stream failure as an error event.
-        await resp.write(sse(exc.body()))
-        await resp.write(DONE)
+        for frame in job.error_frames(exc):
+            await resp.write(frame)
         await resp.write_eof()
     except ConnectionError:
         # The peer reset the connection between two writes.
@@ -122,9 +129,10 @@ async def _run(
     return resp
 
 
-async def _serve(
+async def serve(
     request: web.Request, parse: Callable[[dict[str, object], str, str], Job]
 ) -> web.StreamResponse:
+    """One generation request of any API: `parse` turns its body into a `Job`."""
     engine, opts = request.app[ENGINE], request.app[OPTIONS]
     body = await rq.read_json(request)
     model = rq.check_model(body, opts)
@@ -169,15 +177,15 @@ def _responses(body: dict[str, object], rid: str, model: str) -> Job:
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
-    return await _serve(request, _chat)
+    return await serve(request, _chat)
 
 
 async def completions(request: web.Request) -> web.StreamResponse:
-    return await _serve(request, _completion)
+    return await serve(request, _completion)
 
 
 async def responses(request: web.Request) -> web.StreamResponse:
-    return await _serve(request, _responses)
+    return await serve(request, _responses)
 
 
 def add_routes(app: web.Application) -> None:
