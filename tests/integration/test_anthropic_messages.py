@@ -172,3 +172,22 @@ def test_a_backend_dying_mid_stream_ends_with_an_error_event(daemon: RunningDaem
         for _ in stream.text_stream:
             pass
     assert raised.value.type == "api_error"  # raised, never a clean end of the stream
+
+
+def test_the_backends_own_error_passes_through_in_anthropic_shape(daemon: RunningDaemon) -> None:
+    """mock_vllm's fault knobs apply to its Messages route: a poisoned prompt fails there
+    (vLLM's Anthropic shape, its class-like type), others are served."""
+    assert post(daemon, MESSAGES, messages_body(), headers=AUTH).status == 200  # awake
+    set_faults(daemon, "a", http_error_status=500, http_error_marker="poison")
+    try:
+        failed = post(daemon, MESSAGES, messages_body(text="poison pill"), headers=AUTH)
+        assert failed.status == 500
+        assert failed.json()["type"] == "error"
+        assert failed.json()["error"]["type"] == "InternalServerError"
+        with sdk(daemon.url, KEY) as client, pytest.raises(anthropic.InternalServerError):
+            client.messages.create(
+                model="a", max_tokens=3, messages=[{"role": "user", "content": "poison"}]
+            )
+        assert post(daemon, MESSAGES, messages_body(text="fine"), headers=AUTH).status == 200
+    finally:
+        set_faults(daemon, "a", http_error_status=None, http_error_marker="")
