@@ -2,7 +2,8 @@
 
 Owns: the allow-list of forwarded routes, request validation (auth, content type, body
 limit, `model`), the lease around each forwarded request (held until the body ends or
-the client leaves), byte-exact forwarding with streaming, and OpenAI-shaped errors.
+the client leaves), byte-exact forwarding with streaming, and errors in the shape of the
+route's API (OpenAI's; Anthropic's on its Messages routes: `anthropic`, `anthropic_errors`).
 Does not: decide where or when a model runs (it asks the scheduler for a lease), judge
 backends (it only tells `passive_health` each status a backend sent), or touch backends
 beyond forwarding one request.
