@@ -418,8 +418,9 @@ class Proxy:
                 lambda: self._observe_ttft(model, started, request),
             )
         except UpstreamError as exc:
-            # What a chunk cut short had brought, then never a clean EOF: an error event
-            # and [DONE] (the SDK raises).
+            # What a chunk cut short had brought, then never a clean EOF: an error event in
+            # the route's API shape (OpenAI's with [DONE], Anthropic's `event: error`); the
+            # SDKs raise on both.
             await response.write(upstream.unsent_payload())
             await response.write(sse_error_event(_upstream_error(exc, model), shape_for(path)))
             record.status = 502
@@ -437,7 +438,7 @@ class Proxy:
     def _response_headers(self, upstream: Reply, request: web.Request) -> dict[str, str]:
         headers = end_to_end_headers(upstream.headers)
         headers[REQUEST_ID] = request[REQUEST_ID]
-        headers.update(_shape(request).id_headers(request[REQUEST_ID]))
+        headers.update(shape_for(request[_RECORD].endpoint).id_headers(request[REQUEST_ID]))
         headers[QUEUE_SECONDS] = f"{request[_RECORD].queue_secs or 0.0:.3f}"
         return headers
 
