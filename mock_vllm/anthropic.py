@@ -64,7 +64,10 @@ class MessagesFormat:
         }
 
     def full(self, text: str, finish: str, prompt_tokens: int, n_out: int) -> dict[str, object]:
-        return self._message([{"type": "text", "text": text}], _STOP_REASONS.get(finish), n_out)
+        message = self._message([{"type": "text", "text": text}], _STOP_REASONS.get(finish), n_out)
+        # vLLM serialises the whole message without its null fields (`stop_sequence` but
+        # for a matched stop string); the stream's `message_start` keeps them.
+        return {key: value for key, value in message.items() if value is not None}
 
     def open_frames(self) -> list[bytes]:
         return [_event("message_start", message=self._message([], None, 0))]

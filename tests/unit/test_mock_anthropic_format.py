@@ -44,6 +44,7 @@ def test_an_empty_stream_has_no_content_block_and_a_full_message_has_one() -> No
     full = MessagesFormat("r", "m", 3).full("", "length", 3, 0)
     assert full["content"] == [{"type": "text", "text": ""}]
     assert full["stop_reason"] == "max_tokens"
+    assert "stop_sequence" not in full  # null fields left out, as vLLM does
 
 
 def test_a_failure_after_the_headers_is_an_error_event() -> None:

@@ -430,7 +430,8 @@ class Proxy:
         except ConnectionResetError:  # ClientGone, or aiohttp's own while draining
             return response  # nobody to tell; aiohttp is cancelling this handler
         record.tail.extend(upstream.recent_chunks())
-        record.tail.append(tail)
+        if tail:  # an empty end would push the usage (Anthropic's `message_delta`) out
+            record.tail.append(tail)
         self._count(model, path, upstream.status)
         await response.write_eof(tail)  # with the last chunk, in one write
         return response
