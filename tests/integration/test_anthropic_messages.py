@@ -172,6 +172,12 @@ def test_a_backend_dying_mid_stream_ends_with_an_error_event(daemon: RunningDaem
         for _ in stream.text_stream:
             pass
     assert raised.value.type == "api_error"  # raised, never a clean end of the stream
+    # Leave the model serving for the next test: the second crash noticed, then a request.
+    wait_until(
+        lambda: metric_value(daemon, RESTARTS, model="a", reason="crash") == restarts + 2,
+        what="the second crash noticed",
+    )
+    assert post(daemon, MESSAGES, messages_body(), headers=AUTH).status == 200
 
 
 def test_the_backends_own_error_passes_through_in_anthropic_shape(daemon: RunningDaemon) -> None:
