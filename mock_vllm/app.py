@@ -3,8 +3,8 @@
 Owns: ``/health``, ``/version``, ``/load``, ``/v1/models``, ``/metrics``; turning
 `ApiError` into vLLM's error body and routing misses into FastAPI's ``{"detail": …}``;
 uvicorn-style access lines.
-Does not: generate (``generate``, ``pooling``, ``scoring``, ``classify``, ``audio``) or
-sleep (``dev_routes``).
+Does not: generate (``generate``, ``pooling``, ``scoring``, ``classify``, ``audio``,
+``anthropic``, ``lora``) or sleep (``dev_routes``).
 """
 
 from __future__ import annotations
@@ -16,7 +16,18 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from mock_vllm import audio, classify, dev_routes, generate, lora, metrics, pooling, scoring, vlog
+from mock_vllm import (
+    anthropic,
+    audio,
+    classify,
+    dev_routes,
+    generate,
+    lora,
+    metrics,
+    pooling,
+    scoring,
+    vlog,
+)
 from mock_vllm.engine import Engine
 from mock_vllm.errors import ApiError
 from mock_vllm.generate import ENGINE, OPTIONS
@@ -110,6 +121,7 @@ def build_app(engine: Engine, opts: ServeOptions) -> web.Application:
     app.router.add_get("/v1/models", models)
     app.router.add_get("/metrics", prometheus)
     generate.add_routes(app)
+    anthropic.add_routes(app)
     pooling.add_routes(app)
     scoring.add_routes(app)
     classify.add_routes(app)

@@ -29,6 +29,10 @@ LORA: web.AppKey[dict[str, str]] = web.AppKey("lora_served", dict)
 SSE_HEADERS = {"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache"}
 
 
+def openai_error_frames(exc: ApiError) -> list[bytes]:
+    return [sse(exc.body()), DONE]
+
+
 @dataclass
 class Job:
     """One generation request, parsed."""
@@ -39,6 +43,9 @@ class Job:
     stream: bool
     include_usage: bool
     fmt: Format
+    # How a failure after the headers went out ends the stream: vLLM's OpenAI routes send
+    # an error chunk and [DONE]; its Anthropic route an `event: error` frame.
+    error_frames: Callable[[ApiError], list[bytes]] = openai_error_frames
     adapter: str | None = None  # the LoRA adapter serving it: its answer says so
 
     def finish_reason(self, completed: bool) -> str:
@@ -116,8 +123,8 @@ async def _run(
         await resp.write_eof()
     except ApiError as exc:
         # Headers are gone already: vLLM reports a mid-stream failure as an error event.
-        await resp.write(sse(exc.body()))
-        await resp.write(DONE)
+        for frame in job.error_frames(exc):
+            await resp.write(frame)
         await resp.write_eof()
     except ConnectionError:
         # The peer reset the connection between two writes.
@@ -125,9 +132,10 @@ async def _run(
     return resp
 
 
-async def _serve(
+async def serve(
     request: web.Request, parse: Callable[[dict[str, object], str, str], Job]
 ) -> web.StreamResponse:
+    """One generation request of any API: `parse` turns its body into a `Job`."""
     body = await rq.read_json(request)
     adapters = request.app[LORA]
     model = rq.check_model(body, request.app[OPTIONS], adapters)
@@ -180,15 +188,15 @@ def _responses(body: dict[str, object], rid: str, model: str) -> Job:
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
-    return await _serve(request, _chat)
+    return await serve(request, _chat)
 
 
 async def completions(request: web.Request) -> web.StreamResponse:
-    return await _serve(request, _completion)
+    return await serve(request, _completion)
 
 
 async def responses(request: web.Request) -> web.StreamResponse:
-    return await _serve(request, _responses)
+    return await serve(request, _responses)
 
 
 def add_routes(app: web.Application) -> None:

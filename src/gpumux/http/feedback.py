@@ -5,7 +5,8 @@ headers and one progress line a second — an SSE comment (`: gpumux: waiting fo
 (waking, 2 queued, about 4 s)`, which SDKs skip and which keeps intermediaries from
 timing out) or, for chat completions in `reasoning` mode, an OpenAI-shaped chunk with
 `delta.reasoning_content` (which chat UIs show) — and ending the stream with an error
-event and `[DONE]` when the wait fails after 200 was sent. A wait shorter than the
+event in the route's API shape (OpenAI's `data:` and `[DONE]`, Anthropic's `event: error`)
+when the wait fails after 200 was sent. A wait shorter than the
 threshold sends nothing: the request behaves exactly as without feedback.
 Does not: forward anything (the proxy relays the backend's stream into the response this
 returns) or read the scheduler's state itself (the proxy passes a `describe` callable).
@@ -22,8 +23,8 @@ from typing import Any, Literal
 
 from aiohttp import web
 
-from gpumux.core.errors import GpumuxError, openai_envelope
-from gpumux.http.errors import sse_error_event
+from gpumux.core.errors import GpumuxError
+from gpumux.http.errors import OPENAI, ErrorShape
 from gpumux.scheduler.runner import Lease, Scheduler
 
 FeedbackMode = Literal["off", "comments", "reasoning"]
@@ -60,11 +61,13 @@ class LoadingFeedback:
         describe: Callable[[float], str],
         *,
         model: str,
+        shape: ErrorShape = OPENAI,
     ) -> Waited:
         """Await `acquire`; past the threshold, stream progress while it runs.
 
         A lease granted while the client is leaving is released here (`release`): every
-        lease either reaches the caller or goes back.
+        lease either reaches the caller or goes back. A failure after 200 ends the stream
+        as `shape` says (the route's API).
         """
         started = time.monotonic()
         task = asyncio.ensure_future(acquire)
@@ -87,7 +90,7 @@ class LoadingFeedback:
             try:
                 return Waited(task.result(), response)
             except GpumuxError as exc:
-                await response.write(sse_error_event(exc))
+                await response.write(shape.stream_error(exc))
                 return Waited(None, response, exc)
         finally:
             if not task.done():
@@ -111,8 +114,9 @@ def describe_wait(scheduler: Scheduler, model: str, waited_secs: float) -> str:
     return f"waiting for {model} ({', '.join(parts)}; {waited_secs:.0f} s so far)"
 
 
-def backend_error_event(status: int, payload: bytes) -> bytes:
-    """The backend refused after gpumux had sent 200: its message as an SSE error event."""
+def backend_error_event(status: int, payload: bytes, shape: ErrorShape = OPENAI) -> bytes:
+    """The backend refused after gpumux had sent 200: its message as an SSE error event
+    (OpenAI's and Anthropic's error bodies both keep it in `error.message`)."""
     message = f"The backend answered {status}."
     try:
         document = json.loads(payload)
@@ -121,9 +125,7 @@ def backend_error_event(status: int, payload: bytes) -> bytes:
             message = found["message"]
     except (ValueError, UnicodeDecodeError):
         pass
-    kind = "invalid_request_error" if status < 500 else "server_error"
-    envelope = openai_envelope(message[:500], kind, "upstream_error")
-    return b"data: " + json.dumps(envelope).encode() + b"\n\ndata: [DONE]\n\n"
+    return shape.stream_refusal(status, message[:500])
 
 
 def _comment(text: str) -> bytes:

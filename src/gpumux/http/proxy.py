@@ -3,7 +3,8 @@
 Owns: request validation (auth, content type, body limit, `model`; which routes are
 forwarded and how each body names its model is `routes.py`'s table), the lease around
 each forwarded request (held until the body ends or the client leaves), byte-exact
-forwarding with streaming, and OpenAI-shaped errors.
+forwarding with streaming, and errors in the shape of the route's API (OpenAI's;
+Anthropic's on its Messages routes: `anthropic`, `anthropic_errors`).
 Does not: decide where or when a model runs (it asks the scheduler for a lease), judge
 backends (it only tells `passive_health` each status a backend sent), or touch backends
 beyond forwarding one request.
@@ -46,9 +47,10 @@ from gpumux.core.errors import (
     openai_envelope,
 )
 from gpumux.http.aliases import adapter_entries, alias_entries, resolve
+from gpumux.http.anthropic import api_key, presented_authorization, shape_for
 from gpumux.http.auth import ApiKeys
 from gpumux.http.body import read_body
-from gpumux.http.errors import REQUEST_ID, error_response, sse_error_event
+from gpumux.http.errors import REQUEST_ID, ErrorShape, error_response, sse_error_event
 from gpumux.http.feedback import LoadingFeedback, backend_error_event, describe_wait
 from gpumux.http.lora import AdapterGate, refuse_runtime_lora_route
 from gpumux.http.passive_health import BackendStreaks
@@ -73,6 +75,7 @@ _HOP_BY_HOP = frozenset(
         "content-length",
         "host",
         "authorization",
+        "x-api-key",  # gpumux's key as Anthropic clients send it: never forwarded
         "date",
         "server",
     }
@@ -157,13 +160,14 @@ class Proxy:
     ) -> web.StreamResponse:
         request_id = client_request_id(request.headers.get(REQUEST_ID))
         request[REQUEST_ID] = request_id
+        shape = _shape(request)
         structlog.contextvars.bind_contextvars(request_id=request_id)
         try:
             return await handler(request)
         except GpumuxError as exc:
             if isinstance(exc, ClientError):
                 _log_rejection(request, exc.http_status, exc.code)
-            response = error_response(exc, request_id)
+            response = error_response(exc, request_id, shape)
             record = request.get(_RECORD)
             if record is not None and record.queue_secs is not None:
                 response.headers[QUEUE_SECONDS] = f"{record.queue_secs:.3f}"
@@ -172,7 +176,7 @@ class Proxy:
             limit = self._config.max_request_body_bytes
             _log_rejection(request, 413, RequestTooLarge.code)
             return error_response(
-                RequestTooLarge(f"Request body exceeds {limit} bytes."), request_id
+                RequestTooLarge(f"Request body exceeds {limit} bytes."), request_id, shape
             )
         except web.HTTPException as exc:
             if exc.status < 400:
@@ -191,7 +195,7 @@ class Proxy:
                 return web.json_response(
                     envelope, status=exc.status, headers={REQUEST_ID: request_id}
                 )
-            return error_response(error, request_id)
+            return error_response(error, request_id, shape)
         finally:
             structlog.contextvars.unbind_contextvars("request_id", "model", "alias", "adapter")
 
@@ -226,7 +230,7 @@ class Proxy:
             raise RouteNotFound(f"Unknown route {request.method} {path}.")
         if request.method != "POST":
             raise MethodNotAllowed(f"{path} accepts POST only.")
-        self._keys.check(request.headers.get("Authorization"))
+        self._keys.check(request.headers.get("Authorization"), api_key(path, request.headers))
         if self._shutting_down():
             raise ShuttingDown("gpumux is shutting down", retry_after=5)
         route.body.check_media_type(request.content_type)
@@ -248,12 +252,16 @@ class Proxy:
             alias=resolved.via_alias,
             endpoint=path,
             client=request.remote,
-            key_hash=key_hash(request.headers.get("Authorization")),
+            key_hash=key_hash(presented_authorization(path, request.headers)),
             adapter=resolved.adapter,
         )
         request[_RECORD] = record
         started = time.monotonic()
-        with self._adapters.counting(record), self.request_log.tracking(record, time.monotonic):
+        shape = shape_for(path)
+        with (
+            self._adapters.counting(record),
+            self.request_log.tracking(record, time.monotonic, shape.status),
+        ):
             lease, prepared = await self._wait(request, model, record, resolved.known, stream)
             if lease is None:
                 assert prepared is not None  # the wait failed after 200: the stream said why
@@ -266,8 +274,8 @@ class Proxy:
             except GpumuxError as exc:
                 if prepared is None:
                     raise
-                await prepared.write(sse_error_event(exc))  # 200 was sent: end the stream
-                record.status, response = exc.http_status, prepared
+                await prepared.write(sse_error_event(exc, shape))  # 200 was sent: end the stream
+                record.status, response = shape.status(exc), prepared
             finally:
                 self._scheduler.release(lease)
             record.status = record.status or response.status
@@ -283,10 +291,13 @@ class Proxy:
         if not (stream and self._feedback.enabled):
             return await acquire, None
 
+        shape = shape_for(record.endpoint)
+
         def headers() -> dict[str, str]:
             # Sent before the wait ends: the wait so far (the log has the whole of it).
             waited = f"{time.monotonic() - started:.3f}"
-            return {REQUEST_ID: request[REQUEST_ID], QUEUE_SECONDS: waited}
+            ids = shape.id_headers(request[REQUEST_ID])
+            return {REQUEST_ID: request[REQUEST_ID], **ids, QUEUE_SECONDS: waited}
 
         describe = partial(describe_wait, self._scheduler, model)
         waited = await self._feedback.wait(
@@ -296,9 +307,10 @@ class Proxy:
             headers,
             describe,
             model=record.alias or record.model,
+            shape=shape,
         )
         if waited.error is not None:
-            record.status = waited.error.http_status
+            record.status = shape.status(waited.error)
         return waited.lease, waited.response
 
     async def _acquire(self, model: str, record: RequestRecord, *, known: bool) -> Lease:
@@ -309,7 +321,8 @@ class Proxy:
         except GpumuxError as exc:
             # Client-chosen names never become label values (unbounded series).
             label = model if known else UNKNOWN_MODEL_LABEL
-            self._metrics.count_request(label, record.endpoint, exc.http_status)
+            status = shape_for(record.endpoint).status(exc)  # the status the client sees
+            self._metrics.count_request(label, record.endpoint, status)
             raise
         finally:
             record.queue_secs = round(time.monotonic() - started, 6)
@@ -349,7 +362,7 @@ class Proxy:
         request[_RECORD].tail.append(payload)
         self._count(lease.model, path, upstream.status)
         if prepared is not None:  # 200 was sent: the backend's refusal ends the stream
-            await prepared.write(backend_error_event(upstream.status, payload))
+            await prepared.write(backend_error_event(upstream.status, payload, shape_for(path)))
             request[_RECORD].status = upstream.status
             return prepared
         return web.Response(
@@ -410,10 +423,11 @@ class Proxy:
                 lambda: self._observe_ttft(model, started, request),
             )
         except UpstreamError as exc:
-            # What a chunk cut short had brought, then never a clean EOF: an error event
-            # and [DONE] (the SDK raises).
+            # What a chunk cut short had brought, then never a clean EOF: an error event in
+            # the route's API shape (OpenAI's with [DONE], Anthropic's `event: error`); the
+            # SDKs raise on both.
             await response.write(upstream.unsent_payload())
-            await response.write(sse_error_event(_upstream_error(exc, model)))
+            await response.write(sse_error_event(_upstream_error(exc, model), shape_for(path)))
             record.status = 502
             self._count(model, path, 502)
             log.warning("stream_failed", model=model, error=type(exc).__name__)
@@ -429,7 +443,8 @@ class Proxy:
                 self._count(model, path, upstream.status)
             raise
         record.tail.extend(upstream.recent_chunks())
-        record.tail.append(tail)
+        if tail:  # an empty end would push the usage (Anthropic's `message_delta`) out
+            record.tail.append(tail)
         record.delivered = not tail
         self._count(model, path, upstream.status)
         await response.write_eof(tail)  # with the last chunk, in one write
@@ -438,6 +453,7 @@ class Proxy:
     def _response_headers(self, upstream: Reply, request: web.Request) -> dict[str, str]:
         headers = end_to_end_headers(upstream.headers)
         headers[REQUEST_ID] = request[REQUEST_ID]
+        headers.update(shape_for(request[_RECORD].endpoint).id_headers(request[REQUEST_ID]))
         headers[QUEUE_SECONDS] = f"{request[_RECORD].queue_secs or 0.0:.3f}"
         return headers
 
@@ -466,6 +482,11 @@ def client_request_id(given: str | None) -> str:
     if given and _REQUEST_ID_RE.fullmatch(given):
         return given
     return os.urandom(16).hex()  # as random as uuid4().hex, without building a UUID
+
+
+def _shape(request: web.Request) -> ErrorShape:
+    """The error shape of the API the request's route speaks (`http/anthropic`)."""
+    return shape_for(request.raw_path.split("?", 1)[0])
 
 
 def _log_rejection(request: web.Request, status: int, code: str) -> None:

@@ -20,8 +20,9 @@ from dataclasses import asdict, dataclass, field
 
 from gpumux.core.errors import GpumuxError
 
-#: Usage counts as OpenAI and vLLM write them (`"prompt_tokens": 12`).
-_TOKENS = re.compile(rb'"(prompt_tokens|completion_tokens)"\s*:\s*(\d+)')
+#: Usage counts as OpenAI and vLLM write them (`"prompt_tokens": 12`), and as Anthropic's
+#: Messages API (and OpenAI's Responses API) do (`"input_tokens": 12, "output_tokens": 3`).
+_TOKENS = re.compile(rb'"(prompt_tokens|completion_tokens|input_tokens|output_tokens)"\s*:\s*(\d+)')
 _USAGE = b'"usage"'
 #: A streamed usage chunk is small and comes last; the last reads hold it.
 TAIL_READS = 2
@@ -48,7 +49,8 @@ def usage_from_tail(tail: bytes) -> tuple[int | None, int | None]:
     if at < 0:
         return None, None
     found = {name: int(value) for name, value in _TOKENS.findall(tail[at : at + 512])}
-    return found.get(b"prompt_tokens"), found.get(b"completion_tokens")
+    prompt = found.get(b"prompt_tokens", found.get(b"input_tokens"))
+    return prompt, found.get(b"completion_tokens", found.get(b"output_tokens"))
 
 
 @dataclass
@@ -86,11 +88,16 @@ class RequestLog:
     def __init__(self, size: int) -> None:
         self._records: deque[RequestRecord] = deque(maxlen=size)
 
-    def tracking(self, record: RequestRecord, clock: Callable[[], float]) -> _Tracking:
-        """Log `record` when the block ends, however it ends: a gpumux error's status, 499
-        for a client that left before its response was delivered, the duration since the
-        block began."""
-        return _Tracking(self, record, clock)
+    def tracking(
+        self,
+        record: RequestRecord,
+        clock: Callable[[], float],
+        status_of: Callable[[GpumuxError], int] = lambda error: error.http_status,
+    ) -> _Tracking:
+        """Log `record` when the block ends, however it ends: a gpumux error's status (as
+        `status_of` says the client saw it), 499 for a client that left before its response
+        was delivered, the duration since the block began."""
+        return _Tracking(self, record, clock, status_of)
 
     def add(self, record: RequestRecord) -> None:
         if record.tail:
@@ -112,10 +119,17 @@ class RequestLog:
 class _Tracking:
     """`RequestLog.tracking`'s block: a class, not a generator, as it runs per request."""
 
-    __slots__ = ("_clock", "_log", "_record", "_started")
+    __slots__ = ("_clock", "_log", "_record", "_started", "_status_of")
 
-    def __init__(self, log: RequestLog, record: RequestRecord, clock: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        log: RequestLog,
+        record: RequestRecord,
+        clock: Callable[[], float],
+        status_of: Callable[[GpumuxError], int],
+    ) -> None:
         self._log, self._record, self._clock = log, record, clock
+        self._status_of = status_of
         self._started = 0.0
 
     def __enter__(self) -> None:
@@ -126,7 +140,7 @@ class _Tracking:
     ) -> None:
         record = self._record
         if isinstance(exc, GpumuxError):
-            record.status = exc.http_status
+            record.status = self._status_of(exc)
         elif isinstance(exc, asyncio.CancelledError) and not record.delivered:
             record.status = CLIENT_CLOSED
         record.duration_secs = round(self._clock() - self._started, 6)

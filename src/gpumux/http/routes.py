@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 from gpumux.core.errors import UnsupportedMediaType
 from gpumux.http import aliases, multipart
+from gpumux.http.anthropic import COUNT_TOKENS_PATH, MESSAGES_PATH
 from gpumux.http.body import Peeked, peek
 
 
@@ -93,4 +94,6 @@ ROUTES: dict[str, Route] = {
     "/classify": _JSON,
     "/v1/audio/transcriptions": _FORM_STREAM,
     "/v1/audio/translations": _FORM_STREAM,
+    MESSAGES_PATH: _JSON_STREAM,  # Anthropic's Messages API: errors in its shape (`anthropic`)
+    COUNT_TOKENS_PATH: _JSON,
 }
