@@ -31,18 +31,21 @@ def form(model: str, *, stream: str | None = None) -> bytes:
 
 def test_the_table_forwards_vllms_model_routes_and_nothing_else() -> None:
     # vLLM 0.32's routers: generate, pooling (embed/score/rerank/pooling/classify),
-    # tokenize and speech-to-text; dev routes (/sleep, /collective_rpc, ...) never.
+    # tokenize, speech-to-text and Anthropic's Messages; dev routes (/sleep,
+    # /collective_rpc, ...) never.
     assert set(ROUTES) == {
         "/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/embeddings",
         "/tokenize", "/detokenize", "/rerank", "/v1/rerank", "/v2/rerank", "/score",
         "/v1/score", "/pooling", "/classify", "/v1/audio/transcriptions",
-        "/v1/audio/translations",
+        "/v1/audio/translations", "/v1/messages", "/v1/messages/count_tokens",
     }  # fmt: skip
     forms = {path for path, route in ROUTES.items() if route.body is FORM_BODY}
     assert forms == {"/v1/audio/transcriptions", "/v1/audio/translations"}
     assert all(route.body is JSON_BODY for path, route in ROUTES.items() if path not in forms)
     streaming = {path for path, route in ROUTES.items() if route.streams}
-    assert streaming == {"/v1/chat/completions", "/v1/completions", "/v1/responses", *forms}
+    assert streaming == {
+        "/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/messages", *forms
+    }  # fmt: skip
 
 
 @pytest.mark.parametrize(
