@@ -81,6 +81,11 @@ _HOP_BY_HOP = frozenset(
     }
 )
 
+#: Headers the proxy sets itself on both legs, so a copy in another letter case (HTTP
+#: names are case-insensitive; the dict below is not) never travels beside its own.
+_SET_BY_PROXY = frozenset({REQUEST_ID.lower()})
+_DROPPED = _HOP_BY_HOP | _SET_BY_PROXY
+
 #: The `model` label of requests naming a model that is not configured.
 UNKNOWN_MODEL_LABEL = "_unknown"
 _REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,128}")
@@ -97,16 +102,16 @@ class ProxySettings:
 
 
 def end_to_end_headers(headers: MultiMapping[str]) -> dict[str, str]:
-    """`headers` without the hop-by-hop ones: the fixed set, and any a `Connection` names
-    (RFC 9110 §7.6.1), in either direction."""
-    drop = _HOP_BY_HOP
+    """`headers` without the hop-by-hop ones (the fixed set, and any a `Connection` names:
+    RFC 9110 §7.6.1) and without those the proxy sets itself, in either direction."""
+    drop = _DROPPED
     if "Connection" in headers:  # case-insensitive, as the multidict is
         named = {
             token.strip().lower()
             for value in headers.getall("Connection")
             for token in value.split(",")
         }
-        drop = _HOP_BY_HOP | named
+        drop = _DROPPED | named
     return {k: v for k, v in headers.items() if k.lower() not in drop}
 
 
