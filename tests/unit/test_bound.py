@@ -15,6 +15,7 @@ from gpumux.policy.registry import POLICIES
 from gpumux.simulate.bound import (
     ALL_LEVELS,
     _p99_bound,
+    _windows,
     compute_bound,
     exclusive_groups,
     least_costs,
@@ -161,3 +162,21 @@ def test_the_cheapest_reachable_level_sets_the_costs() -> None:
     assert reachable_levels(ladder, "a") == (offload, EvictionConfig.parse("retain+stop"))
     costs = least_costs(config([0.9]), SwitchModel())
     assert costs["a"] == Costs(wake=1.5, free=3.0)  # WAKE_ALL and SLEEP_OFFLOAD by default
+
+
+def test_windows_cut_every_request_once_the_first_at_the_offset() -> None:
+    assert _windows(20, 8, 0) == [(0, 8), (8, 16), (16, 20)]
+    assert _windows(20, 8, 4) == [(0, 4), (4, 12), (12, 20)]
+    assert _windows(3, 8, 4) == [(0, 3)]
+
+
+def test_a_long_alternating_load_gets_a_windowed_bound_no_policy_beats() -> None:
+    # 240 requests alternating between two models that cannot share the card.
+    cfg = config([0.9, 0.9])
+    arrivals = [Arrival(1.5 * i, "ab"[i % 2], 200, 100) for i in range(240)]
+    bound = compute_bound(cfg, arrivals, SwitchModel(5.0))
+    assert bound.method == "windows"
+    assert bound.p99_wait > 5.0  # at least a switch: the models alternate every 1.5 s
+    for policy in POLICIES:
+        got = summarize(Simulation(for_policy(cfg, policy), arrivals, SwitchModel(5.0)).run())
+        assert got["p99_wait"] >= bound.p99_wait, policy
