@@ -86,6 +86,21 @@ def test_a_model_lets_go_when_its_requests_ran_or_the_drain_timeout_passed() -> 
     assert min_max_wait(trace, TWO, free_start=False, drain_secs=5) == pytest.approx(13.0)
 
 
+def test_context_requests_hold_the_gpu_but_their_waits_are_not_asked_for() -> None:
+    # Both count: whichever goes first runs 20 s, the other waits 3 + 20 + 2 + 3 = 28 s.
+    both = [Request(0.0, "a", 20.0), Request(0.0, "b", 20.0)]
+    assert min_max_wait(both, TWO, free_start=False, drain_secs=60) == pytest.approx(28.0)
+    # a is context: serve b first (3 s), a's long wait is not counted.
+    context = [Request(0.0, "a", 20.0, counts=False), Request(0.0, "b", 20.0)]
+    assert min_max_wait(context, TWO, free_start=False, drain_secs=60) == pytest.approx(3.0)
+
+
+def test_a_request_past_its_timeout_is_rejected_and_runs_nothing() -> None:
+    trace = [Request(0.0, "a", 20.0), Request(0.0, "b", 20.0)]
+    got = min_max_wait(trace, TWO, free_start=False, drain_secs=60, timeout=10.0)
+    assert got == pytest.approx(10.0)  # the second one times out: its wait is the timeout
+
+
 def test_a_free_start_may_begin_with_the_right_model_ready() -> None:
     trace = requests((100.0, "a"), (100.0, "b"))
     assert min_max_wait(trace, TWO, free_start=True) == pytest.approx(5.0)
