@@ -15,6 +15,7 @@ from gpumux.policy.registry import POLICIES
 from gpumux.simulate.bound import (
     ALL_LEVELS,
     _p99_bound,
+    _windows,
     compute_bound,
     exclusive_groups,
     least_costs,
@@ -83,6 +84,21 @@ def test_a_model_lets_go_when_its_requests_ran_or_the_drain_timeout_passed() -> 
     trace = [Request(0.0, "a", 20.0), Request(0.0, "b", 20.0)]
     assert min_max_wait(trace, TWO, free_start=False, drain_secs=60) == pytest.approx(28.0)
     assert min_max_wait(trace, TWO, free_start=False, drain_secs=5) == pytest.approx(13.0)
+
+
+def test_context_requests_hold_the_gpu_but_their_waits_are_not_asked_for() -> None:
+    # Both count: whichever goes first runs 20 s, the other waits 3 + 20 + 2 + 3 = 28 s.
+    both = [Request(0.0, "a", 20.0), Request(0.0, "b", 20.0)]
+    assert min_max_wait(both, TWO, free_start=False, drain_secs=60) == pytest.approx(28.0)
+    # a is context: serve b first (3 s), a's long wait is not counted.
+    context = [Request(0.0, "a", 20.0, counts=False), Request(0.0, "b", 20.0)]
+    assert min_max_wait(context, TWO, free_start=False, drain_secs=60) == pytest.approx(3.0)
+
+
+def test_a_request_past_its_timeout_is_rejected_and_runs_nothing() -> None:
+    trace = [Request(0.0, "a", 20.0), Request(0.0, "b", 20.0)]
+    got = min_max_wait(trace, TWO, free_start=False, drain_secs=60, timeout=10.0)
+    assert got == pytest.approx(10.0)  # the second one times out: its wait is the timeout
 
 
 def test_a_free_start_may_begin_with_the_right_model_ready() -> None:
@@ -161,3 +177,21 @@ def test_the_cheapest_reachable_level_sets_the_costs() -> None:
     assert reachable_levels(ladder, "a") == (offload, EvictionConfig.parse("retain+stop"))
     costs = least_costs(config([0.9]), SwitchModel())
     assert costs["a"] == Costs(wake=1.5, free=3.0)  # WAKE_ALL and SLEEP_OFFLOAD by default
+
+
+def test_windows_cut_every_request_once_the_first_at_the_offset() -> None:
+    assert _windows(20, 8, 0) == [(0, 8), (8, 16), (16, 20)]
+    assert _windows(20, 8, 4) == [(0, 4), (4, 12), (12, 20)]
+    assert _windows(3, 8, 4) == [(0, 3)]
+
+
+def test_a_long_alternating_load_gets_a_windowed_bound_no_policy_beats() -> None:
+    # 240 requests alternating between two models that cannot share the card.
+    cfg = config([0.9, 0.9])
+    arrivals = [Arrival(1.5 * i, "ab"[i % 2], 200, 100) for i in range(240)]
+    bound = compute_bound(cfg, arrivals, SwitchModel(5.0))
+    assert bound.method == "windows"
+    assert bound.p99_wait > 5.0  # at least a switch: the models alternate every 1.5 s
+    for policy in POLICIES:
+        got = summarize(Simulation(for_policy(cfg, policy), arrivals, SwitchModel(5.0)).run())
+        assert got["p99_wait"] >= bound.p99_wait, policy

@@ -219,3 +219,23 @@ def test_the_builtin_profile_holds_the_h200_rates() -> None:
     assert 1.4 <= H200_VM.disk_read_gbps <= 1.9
     assert 2.0 <= H200_VM.cuda_suspend_gbps <= 2.4
     assert H200_VM.cuda_resume_gbps == 6.5
+
+
+def test_criu_and_a_cold_start_follow_the_image_and_the_files() -> None:
+    profile = H200_VM.model_copy(update={"models": {"m": ModelCosts(weights_gib=10)}})
+    world = World(ProfileCosts(profile, config()))
+    process_gb = profile.criu_process_image_gib * GIB / GB
+    weights_gb = 10 * GIB / GB
+    # discard+checkpoint: the level-2 call, then a dump of the process alone.
+    assert world.evict("discard+checkpoint") == pytest.approx(
+        profile.call_secs + profile.criu_dump_fixed_secs + process_gb / profile.criu_dump_gbps
+    )
+    # offload+checkpoint's image also holds the offloaded weights.
+    restore = world.wake("offload+checkpoint", ModelState.CHECKPOINTED)
+    image_gb = process_gb + weights_gb
+    copy = profile.call_secs + weights_gb / profile.pinned_copy_gbps
+    expected = profile.criu_restore_fixed_secs + image_gb / profile.criu_restore_gbps + copy
+    assert restore == pytest.approx(expected)
+    # A cold start reads the weights from disk (the cache starts empty).
+    cold = world.wake("retain+stop", ModelState.STOPPED)
+    assert cold == pytest.approx(profile.process_start_secs + weights_gb / profile.disk_read_gbps)

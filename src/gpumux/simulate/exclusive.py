@@ -35,6 +35,7 @@ class Request:
     t: float
     model: str
     service: float = 0.0  # the least time it runs once granted
+    counts: bool = True  # False: context, it must be served but its wait is not asked for
 
 
 #: (current model, ready at, next unserved per model, its visit's in-flight release,
@@ -44,12 +45,21 @@ _State = tuple[int, float, tuple[int, ...], float, float | None, bool]
 
 class _Search:
     def __init__(
-        self, requests: Sequence[Request], costs: Mapping[str, Costs], drain_secs: float
+        self,
+        requests: Sequence[Request],
+        costs: Mapping[str, Costs],
+        drain_secs: float,
+        timeout: float,
     ) -> None:
         self.models = sorted({r.model for r in requests})
-        mine = [sorted((r.t, r.service) for r in requests if r.model == m) for m in self.models]
-        self.times = [[t for t, _ in rs] for rs in mine]
-        self.service = [[s for _, s in rs] for rs in mine]
+        mine = [
+            sorted((r.t, r.service, r.counts) for r in requests if r.model == m)
+            for m in self.models
+        ]
+        self.times = [[t for t, _, _ in rs] for rs in mine]
+        self.service = [[s for _, s, _ in rs] for rs in mine]
+        self.counts = [[c for _, _, c in rs] for rs in mine]
+        self.timeout = timeout
         self.wake = [costs[m].wake for m in self.models]
         self.free = [costs[m].free for m in self.models]
         self.drain = drain_secs
@@ -59,15 +69,21 @@ class _Search:
         return all(p == len(t) for p, t in zip(ptrs, self.times, strict=True))
 
     def enter(self, b: int, ready: float, ptrs: tuple[int, ...]) -> tuple[float, _State]:
-        """b is ready at `ready` and grants its waiting requests: (longest wait, state)."""
+        """b is ready at `ready` and grants its waiting requests (those that waited past
+        the timeout were rejected and run nothing): (longest counted wait, state)."""
         times, p = self.times[b], ptrs[b]
-        wait = max(0.0, ready - times[p])
-        release, last = -math.inf, None
+        wait, release, last = 0.0, -math.inf, None
         while p < len(times) and times[p] <= ready:
-            release, last = max(release, ready + self.service[b][p]), ready
+            waited = ready - times[p]
+            if waited > self.timeout:
+                waited = self.timeout
+            else:
+                release, last = max(release, ready + self.service[b][p]), ready
+            if self.counts[b][p]:
+                wait = max(wait, waited)
             p += 1
         entered = (*ptrs[:b], p, *ptrs[b + 1 :])
-        return wait, (b, ready, entered, release, last, last is not None)
+        return wait, (b, ready, entered, release, last, p != ptrs[b])
 
     def best(self, state: _State) -> float:
         """Least max wait of the unserved requests from `state` on."""
@@ -120,6 +136,7 @@ def min_max_wait(
     *,
     free_start: bool,
     drain_secs: float = 0.0,
+    timeout: float = math.inf,
 ) -> float:
     """The least possible longest wait of `requests` (one exclusive group).
 
@@ -127,11 +144,14 @@ def min_max_wait(
     the group may be in any state at the first arrival (any model ready there, or none):
     the best state dominates whatever an earlier schedule left (nothing in flight is
     best), so the result bounds the longest wait of these requests in any longer schedule.
-    `drain_secs`: how long after its last grant a model may be made to let go.
+    `drain_secs`: how long after its last grant a model may be made to let go;
+    `timeout`: a request not granted this long after its arrival is rejected then (its
+    wait counts as the timeout, and it runs nothing). Only requests that `count` are
+    asked about; the others (context before a window) must be served all the same.
     """
     if not requests:
         return 0.0
-    search = _Search(requests, costs, drain_secs)
+    search = _Search(requests, costs, drain_secs, timeout)
     if not free_start:
         return search.from_empty(0.0)
     first = min(r.t for r in requests)
