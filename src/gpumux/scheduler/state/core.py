@@ -10,6 +10,8 @@ policy's snapshot, the next deadline, and the frozen view the runner publishes.
 Does not: await, perform I/O or read the clock. The async runner (`runner`) and the
 simulator (`simulate`) feed it inputs with `now` and execute its commands, so the same
 logic runs in real and virtual time. Not thread-safe by design: one task drives it.
+Long because every input's dispatch and the order of the reconcile pass are kept in one
+place (`design.md`: "*when* rules run, relative to each other"); a part holds each rule.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from gpumux.scheduler.inputs import (
     Cancel,
     ForceStop,
     FoundAsleep,
+    GpuFreed,
     HealthFailed,
     HostMemory,
     Input,
@@ -123,6 +126,8 @@ class SchedulerCore:
                 slot = self.models.slot_of_op(op_id)
                 if slot is not None and slot.state is not state:
                     self.models.set_state(slot, state, out)
+            case GpuFreed(op_id, holds, phase_secs):
+                self.moves.gpu_freed(self.models.slot_of_op(op_id), holds, phase_secs, out)
             case OpDone(outcome):
                 self._op_done(outcome, now, out)
             case ProcessExited(model, pid, code):
