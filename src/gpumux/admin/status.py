@@ -81,6 +81,10 @@ def build_status(src: StatusSources) -> dict[str, object]:
             "reserve_bytes": view.host.reserve_bytes,
             # What each model pins in host RAM while asleep at level 1 or suspended.
             "pin_estimate_bytes": {a: m.host_pin_bytes for a, m in view.models.items()},
+            # What each model pins now; a process that slept at level 1 keeps its pinned
+            # backup while awake too (vLLM frees it only when the process ends).
+            "pinned_now_bytes": {a: m.host_pinned_bytes for a, m in view.models.items()},
+            "level1_backup": [a for a, m in view.models.items() if m.level1_backup],
         },
         "transfers": images.get("transfers", {}),
     }

@@ -16,9 +16,9 @@ import shlex
 from collections.abc import Iterator
 from enum import StrEnum
 from functools import cached_property
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError
 
 GIB = 1024**3
 
@@ -103,6 +103,18 @@ DEFAULT_EVICTION = EvictionConfig(
     weights=WeightStrategy.OFFLOAD, process=ProcessStrategy.KEEP_RUNNING
 )
 
+#: `eviction: "auto"`: the level of each eviction is chosen per switch (policy/levels.py).
+AUTO = "auto"
+#: The tag of the WEIGHTS+PROCESS branch (dropped from error paths: the union is internal).
+_LEVELS_TAG = "WEIGHTS+PROCESS"
+_AUTO_TAG = '"auto"'
+#: `{weights, process}` or `"auto"`; the discriminator reports only the branch meant, so
+#: a misspelt key in `{weights, process}` reads as one error, not one per branch.
+EvictionChoice = Annotated[
+    Annotated[EvictionConfig, Tag(_LEVELS_TAG)] | Annotated[Literal["auto"], Tag(_AUTO_TAG)],
+    Discriminator(lambda v: _AUTO_TAG if v == AUTO else _LEVELS_TAG),
+]
+
 
 #: Model fields a reload applies in place, without restarting the backend.
 RUNTIME_ONLY_FIELDS = frozenset(
@@ -116,7 +128,11 @@ class ModelConfig(_Strict):
     extra_args: list[str] = Field(default_factory=list)
     env: dict[str, str] = Field(default_factory=dict)
     gpus: list[int] | None = None
-    eviction: EvictionConfig | None = None
+    eviction: EvictionChoice | None = Field(
+        default=None,
+        description='WEIGHTS+PROCESS, or "auto": each eviction picks its level from the '
+        "learned costs, the host-RAM budget and the predicted time until reuse.",
+    )
     checkpoint_path: str | None = None
     enable_sleep_mode: bool = True
     startup_timeout_secs: float = Field(default=600, gt=0)
@@ -215,7 +231,7 @@ class PolicyConfig(_Strict):
     max_wait_secs: float = Field(default=15, gt=0)
     tick_interval_ms: float = Field(default=500, gt=0)
     min_quantum_ms: float = Field(default=2000, ge=0)
-    eviction: EvictionConfig = DEFAULT_EVICTION
+    eviction: EvictionChoice = DEFAULT_EVICTION
     ttl_secs: float | None = Field(
         default=None, ge=0, description="The default idle TTL of every model (null/0: never)."
     )
@@ -225,6 +241,18 @@ class PolicyConfig(_Strict):
             "Start a wake as soon as the victims' GPU memory is free (after an eviction's"
             " first step), while the rest of their evictions finish in the background."
         ),
+    )
+    evict_ahead: bool = Field(
+        default=True,
+        description="Evict an idle model in the background when another model sharing its "
+        "GPUs is predicted to be needed sooner and memory is short for it, so the next "
+        "switch pays only the wake (never a model with queued or in-flight work).",
+    )
+    demand_time_constant_secs: float = Field(
+        default=300,
+        gt=0,
+        description="Time constant of each model's decayed arrival-rate estimate (victim "
+        "choice, eviction ahead of need, auto eviction): shorter follows drift faster.",
     )
 
 
@@ -430,8 +458,16 @@ class Config(_Strict):
         return (IdleStep(after_secs=ttl, eviction=self.eviction_for(alias)),)
 
     def eviction_for(self, alias: str) -> EvictionConfig:
-        """The model's own eviction, else the policy default (which must really apply)."""
-        return self.models[alias].eviction or self.policy.eviction
+        """The model's own eviction, else the policy default (which must really apply).
+
+        For `"auto"` this is the nominal level (offload+keep_running: labels, the wake
+        plan of a model never evicted); each eviction's real level is chosen then."""
+        chosen = self.models[alias].eviction or self.policy.eviction
+        return chosen if isinstance(chosen, EvictionConfig) else DEFAULT_EVICTION
+
+    def eviction_is_auto(self, alias: str) -> bool:
+        """The model's (or the policy default's) eviction is `"auto"`."""
+        return (self.models[alias].eviction or self.policy.eviction) == AUTO
 
 
 class ConfigProblems(Exception):
@@ -464,7 +500,8 @@ def parse_config(raw: object) -> tuple[Config, list[str]]:
 
 def _format_pydantic_error(error: object) -> str:
     assert isinstance(error, dict)
-    where = ".".join(str(part) for part in error.get("loc", ())) or "(top level)"
+    loc = (str(part) for part in error.get("loc", ()))
+    where = ".".join(p for p in loc if p not in (_LEVELS_TAG, _AUTO_TAG)) or "(top level)"
     message = str(error.get("msg", "invalid"))
     if error.get("type") == "extra_forbidden":
         message = "unknown key"

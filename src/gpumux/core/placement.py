@@ -1,15 +1,18 @@
 """Memory-aware placement: which models fit on which GPUs, and who must leave for a wake.
 
 Owns: the accounting of design §4 (an awake model reserves `utilization × capacity` on
-each of its GPUs, a sleeping one its residual, everything else nothing) and the choice
-of victims (idle first, then least recently used, then cheapest to bring back).
+each of its GPUs, a sleeping one its residual, everything else nothing) and who *could*
+leave for a wake: READY models sharing a GPU with the target, never a pinned one nor one
+still inside `min_active_secs`; idle ones are taken before busy ones (a busy one costs
+a drain). Among those, *who does* leave is the policy's rank (`VictimRank`: the scheduler
+passes `policy.victims.gdsf_rank`), lowest first; without one, least recently used.
 Does not: decide *when* to switch (policies) or evict anything (the scheduler). Pure:
 `now` is passed in.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from gpumux.core.states import AWAKE_STATES, ModelState
@@ -36,6 +39,17 @@ class Tenant:
     #: While stopping, or evicting past a step that freed its GPU (`policy.overlap`): the
     #: state whose memory it still holds.
     holds: ModelState | None = None
+    evict_cost_secs: float = 0.0  # learned estimate of sending it away
+    reuse_rate: float = 0.0  # decayed arrivals per second (how soon it is needed again)
+
+
+#: A candidate victim and the GPU bytes its eviction frees → its rank (lowest leaves first).
+VictimRank = Callable[[Tenant, int], tuple[float, ...]]
+
+
+def lru_rank(tenant: Tenant, freed_bytes: int) -> tuple[float, ...]:
+    """The rank without a policy: least recently used first, then cheapest to bring back."""
+    return (tenant.last_used_at, tenant.wake_cost_secs)
 
 
 @dataclass(frozen=True)
@@ -81,8 +95,19 @@ def _fits(need: Mapping[int, int], used: Mapping[int, int], capacity: Mapping[in
     return all(used.get(g, 0) + n <= capacity[g] for g, n in need.items())
 
 
+def freed_bytes(tenant: Tenant, capacity: Mapping[int, int]) -> int:
+    """GPU bytes `tenant`'s eviction (to its resting state) gives back, over all its GPUs."""
+    awake = footprint(tenant, ModelState.READY, capacity)
+    rest = footprint(tenant, tenant.resting_state, capacity)
+    return sum(awake[g] - rest[g] for g in tenant.gpus)
+
+
 def admit(
-    target: str, tenants: Mapping[str, Tenant], capacity: Mapping[int, int], now: float
+    target: str,
+    tenants: Mapping[str, Tenant],
+    capacity: Mapping[int, int],
+    now: float,
+    rank: VictimRank = lru_rank,
 ) -> Admission:
     """Can `target` be woken now; if not, which awake models must be evicted first?"""
     me = tenants[target]
@@ -105,7 +130,7 @@ def admit(
             for t in others
             if t.state is ModelState.READY and not t.pinned and shared.intersection(t.gpus)
         ),
-        key=lambda t: (not t.idle, t.last_used_at, t.wake_cost_secs, t.alias),
+        key=lambda t: (not t.idle, rank(t, freed_bytes(t, capacity)), t.alias),
     )
     victims: list[str] = []
     later: list[float] = []

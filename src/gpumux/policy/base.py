@@ -10,6 +10,7 @@ this). Pure.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -36,6 +37,8 @@ class ModelView:
     gpus: tuple[int, ...] = ()  # GPUs it occupies when awake; () = unknown, assume all
     switch_pending: bool = False  # a switch to bring it up has begun (victims may be draining)
     priority: int = 0  # higher goes first among waiting models, within the wait bound
+    arrival_rate: float = 0.0  # decayed arrivals per second (`policy.demand`)
+    next_arrival_at: float = math.inf  # its next request, predicted (inf: none expected)
 
     @property
     def awake(self) -> bool:

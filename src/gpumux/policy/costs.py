@@ -45,6 +45,10 @@ class SwitchCosts:
     def op_cost(self, model: str, op: str, strategy: str) -> float:
         return self.ops.get(f"{model}|{op}|{strategy}", PRIOR_SECS[op])
 
+    def learned(self, model: str, op: str, strategy: str) -> float | None:
+        """The measured average, or None before the first sample (the caller's prior)."""
+        return self.ops.get(f"{model}|{op}|{strategy}")
+
     def switch_cost(self, source: str | None, target: str, strategy: str) -> float:
         measured = self.switches.get(f"{source or '-'}|{target}|{strategy}")
         if measured is not None:

@@ -43,6 +43,10 @@ class ModelStatus:
     wake_cost_secs: float = 0.0  # learned seconds from this state to READY (0 when ready)
     blocked: str = ""  # why it cannot be served now without evicting a pinned or busy model
     refused: str = ""  # why a request sent now would not even wait for it
+    #: Host RAM it pins right now: asleep at level 1 or suspended, or awake keeping the
+    #: pinned backup of an earlier level-1 sleep (vLLM frees it only at process exit).
+    host_pinned_bytes: int = 0
+    level1_backup: bool = False  # its process has slept at level 1 (the backup is kept)
 
 
 @dataclass(frozen=True, slots=True)

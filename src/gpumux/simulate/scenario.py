@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gpumux.core.config import GIB, Config, WeightStrategy
+from gpumux.core.config import GIB, Config, EvictionConfig, WeightStrategy
 from gpumux.core.eviction import evict_plan
 from gpumux.core.states import ModelState
 
@@ -42,7 +42,7 @@ def many_models(config: Config) -> Config:
     raw["models"] = {
         f"m{i}": {
             **template,
-            "eviction": (first.eviction or config.policy.eviction).model_dump(mode="json"),
+            "eviction": _as_json(first.eviction or config.policy.eviction),
             "port": 20000 + i,
             "gpus": [i % MANY_GPUS],
             "extra_args": ["--gpu-memory-utilization", "0.9"],
@@ -51,6 +51,11 @@ def many_models(config: Config) -> Config:
     }
     # 20000+ stays clear of the usual proxy, metrics and admin ports; validation reports a clash.
     return Config.model_validate(raw)
+
+
+def _as_json(eviction: EvictionConfig | str) -> object:
+    """An eviction as the config file writes it (`"auto"` stays a string)."""
+    return eviction if isinstance(eviction, str) else eviction.model_dump(mode="json")
 
 
 def capacity_bytes(config: Config) -> dict[int, int]:

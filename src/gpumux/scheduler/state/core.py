@@ -5,13 +5,12 @@ dispatch of every input (`handle`), the inputs no single part owns (a finished
 operation, shutdown, reload, the refusals common to admin commands), and the reconcile
 pass after each input: walk retiring models, expire deadlines, grant ready queues, call
 off needless switches, finish drains, relieve host pressure, then the warm-up pass, the
-operator's forced switch, or the policy's choices brought up through placement. Also the
-policy's snapshot, the next deadline, and the frozen view the runner publishes.
+operator's forced switch, or the policy's choices brought up through placement, then
+eviction ahead of need (`Ahead`). Also the next deadline and the frozen view the runner
+publishes (the policy's snapshot is `snapshot.py`'s).
 Does not: await, perform I/O or read the clock. The async runner (`runner`) and the
 simulator (`simulate`) feed it inputs with `now` and execute its commands, so the same
 logic runs in real and virtual time. Not thread-safe by design: one task drives it.
-Long because every input's dispatch and the order of the reconcile pass are kept in one
-place (`design.md`: "*when* rules run, relative to each other"); a part holds each rule.
 """
 
 from __future__ import annotations
@@ -20,9 +19,8 @@ from collections.abc import Mapping
 
 from gpumux.core.config import GIB, Config, ModelConfig, WeightStrategy
 from gpumux.core.errors import ModelNotFound, ShuttingDown
-from gpumux.core.placement import admit
 from gpumux.core.states import ModelState
-from gpumux.policy.base import Policy, Snapshot
+from gpumux.policy.base import Policy
 from gpumux.policy.costs import SwitchCosts
 from gpumux.scheduler.inputs import (
     Admin,
@@ -50,8 +48,10 @@ from gpumux.scheduler.inputs import (
     Tick,
 )
 from gpumux.scheduler.messages import AdminRefusal, Command, Mode, OpKind, OpOutcome, Reject
+from gpumux.scheduler.state.ahead import Ahead
 from gpumux.scheduler.state.host_budget import HostBudget
 from gpumux.scheduler.state.idle import Idle
+from gpumux.scheduler.state.levels import AutoLevels
 from gpumux.scheduler.state.models import STARTABLE, M, Models
 from gpumux.scheduler.state.moves import Moves
 from gpumux.scheduler.state.operator import Operator
@@ -61,6 +61,7 @@ from gpumux.scheduler.state.publish import publish
 from gpumux.scheduler.state.queues import Queues
 from gpumux.scheduler.state.retirements import Retirements
 from gpumux.scheduler.state.slots import Slot
+from gpumux.scheduler.state.snapshot import policy_snapshot
 from gpumux.scheduler.state.supervisor import Supervisor
 from gpumux.scheduler.state.switches import SwitchBook
 from gpumux.scheduler.state.warmup import Warmup
@@ -96,13 +97,15 @@ class SchedulerCore:
         self.supervisor = Supervisor(self.models, self.queues, config.supervision)
         self.host = HostBudget(self.models, int(config.host_memory.reserve_gib * GIB))
         self.switches = SwitchBook(self.costs)
+        levels = AutoLevels(self.models, self.host, self.costs, config)
         self.moves = Moves(
-            self.models, self.queues, self.host, self.switches, self.costs, config.policy
+            self.models, self.queues, self.host, self.switches, self.costs, config.policy, levels
         )
         self.warmup = Warmup(self.models, self.moves, config.models if config.warmup else ())
         self.operator = Operator(self.models, self.moves, self.supervisor, self.switches)
         self.retirements = Retirements(self.models, self.moves)
         self.idle = Idle(self.models, self.moves, config)
+        self.ahead = Ahead(self.models, self.moves, config.policy)
         preload = (config.resolve_model(name) for name in config.preload)
         self.preload = Preload(self.models, self.moves, [a for a in preload if a is not None])
 
@@ -159,6 +162,7 @@ class SchedulerCore:
         elif slot.state is M.FAILED and not self.supervisor.retry_failed(slot, now, out):
             out.add(Reject(ticket, self.supervisor.unavailable(slot, now)))
         else:
+            self.models.demand.arrived(model, now)
             self.queues.enqueue(ticket, slot, now, out)
 
     def _op_done(self, outcome: OpOutcome, now: float, out: Outbox) -> None:
@@ -258,7 +262,8 @@ class SchedulerCore:
 
     def _add(self, alias: str, model: ModelConfig, config: Config) -> None:
         residual = int(config.gpu.sleeping_residual_gib * GIB)
-        self.models.add(alias, model, config.eviction_for(alias), residual)
+        eviction = config.eviction_for(alias)
+        self.models.add(alias, model, eviction, residual, auto=config.eviction_is_auto(alias))
 
     def _retire(self, slot: Slot, new: ModelConfig | None, out: Outbox) -> None:
         self.retirements.retire(slot, new)
@@ -276,12 +281,15 @@ class SchedulerCore:
             self.models.hold(alias, on=False)
             self.switches.forget(alias)
             self.host.forget(alias)
+            self.models.demand.forget(alias)
             out.note("model_removed", {"model": alias})
             return
         slot = self.models.slots[alias]
         slot.config = new
         slot.eviction = self._config.eviction_for(alias)
+        slot.auto = self._config.eviction_is_auto(alias)
         slot.evicted_weights = None
+        slot.evicted_with = None
         self.supervisor.reset(slot, out)
         out.note("model_reconfigured", {"model": alias})
 
@@ -314,9 +322,16 @@ class SchedulerCore:
         if self.operator.busy:
             return  # an operator's switch goes first; the policy resumes after it
         self._recheck_at = None
+        self._ask_policy(now, out)
+        # After the policy's wakes: an idle model leaves for a contender predicted sooner.
+        self.ahead.advance(now, out, self._idle_exempt)
+
+    def _ask_policy(self, now: float, out: Outbox) -> None:
+        """Bring up, through placement, the models the policy chooses."""
+        slots = self.models.slots
         if not any(slot.queue for slot in slots.values()):
             return  # policies only wake models with demand: nothing to ask
-        decision = self._policy.decide(self.snapshot(now))
+        decision = self._policy.decide(policy_snapshot(self.models, self.costs, now))
         self._recheck_at = decision.recheck_at
         pinned = self.models.pinned
         blocked_gpus: set[int] = set()
@@ -361,28 +376,9 @@ class SchedulerCore:
                 times.append(slot.retry_not_before)
         if self._recheck_at is not None:
             times.append(self._recheck_at)
+        times += self.ahead.deadlines(after=self._last_now)
         times += self.idle.deadlines(self._idle_exempt)
         return min(times, default=None)
-
-    def snapshot(self, now: float) -> Snapshot:
-        """What the policy sees."""
-        tenants = self.models.tenants()
-        capacity = self.models.capacity
-        views = {
-            alias: slot.view(
-                wake_cost_secs=self.models.wake_cost(slot),
-                evict_cost_secs=self.costs.op_cost(alias, "evict", str(slot.eviction)),
-                drain_cost_secs=self.costs.op_cost(alias, "drain", str(slot.eviction)),
-                # Only models with demand can be woken, so only they need placement.
-                fits_now=bool(slot.queue)
-                and slot.state in STARTABLE
-                and admit(alias, tenants, capacity, now).fits_now,
-            )
-            for alias, slot in self.models.slots.items()
-        }
-        return Snapshot(
-            now=now, models=views, switching=self.models.busy, pinned=self.models.pinned
-        )
 
     def load(self) -> tuple[dict[str, int], dict[str, int]]:
         """Requests queued and in flight per model (cheap: the runner reports it every step)."""

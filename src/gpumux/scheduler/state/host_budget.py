@@ -2,7 +2,11 @@
 
 Owns: the latest host-memory reading, each model's estimate of the host RAM it pins
 while asleep at level 1 or suspended (configured, else learned from the drop in available
-memory across its last such eviction), and the two guards of ecosystem case 27:
+memory across its first such eviction), what each model holds now, and the two guards of
+ecosystem case 27. A vLLM process that has slept at level 1 once keeps its pinned backup
+for its life (torch caches the pinned block; design §8): it holds that RAM while awake
+too, a later level-1 sleep takes no new RAM (and teaches nothing about the pin), and
+only level 2, a checkpoint or a stop gives it back. The guards:
 - before an eviction that would pin host RAM below `host_memory.reserve_gib`, the oldest
   idle pinning sleepers are stopped first (and the eviction waits until a fresh reading
   shows their memory back); when they cannot free enough, the victim is evicted without
@@ -18,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gpumux.core.config import GIB, EvictionConfig, WeightStrategy
+from gpumux.core.config import GIB, EvictionConfig, ProcessStrategy, WeightStrategy
 from gpumux.core.eviction import pins_host_memory, without_host_pin
 from gpumux.scheduler.messages import OpKind
 from gpumux.scheduler.state.models import M, Models
@@ -65,6 +69,17 @@ class HostBudget:
 
     # ---- estimates ---------------------------------------------------------------------
 
+    def room_bytes(self) -> int | None:
+        """Host RAM that may still be pinned above the reserve (None: no budget or no
+        reading yet), net of the pins that evictions under way will take."""
+        if self.reserve_bytes <= 0 or self.available is None:
+            return None
+        return self.available - self._pending_pins() - self.reserve_bytes
+
+    def held_bytes(self, slot: Slot) -> int:
+        """Host RAM `slot` pins right now (0 when none, or when not known yet)."""
+        return (self.pin_estimate(slot) or 0) if _holds(slot) else 0
+
     def pin_estimate(self, slot: Slot) -> int | None:
         """Bytes `slot` pins while asleep at level 1 or suspended, if known."""
         if slot.config.host_memory_gib is not None:
@@ -81,7 +96,7 @@ class HostBudget:
         if before is None or slot.state in (M.DRAINING, M.EVICTING):
             return  # the eviction has not finished yet
         pin.measure_from = None
-        if _pinned(slot):  # not woken or stopped before this reading
+        if _holds(slot):  # not stopped before this reading (awake or not: it holds the pin)
             pin.learned_bytes = max(0, before - available)
 
     def _pending_pins(self) -> int:
@@ -92,7 +107,7 @@ class HostBudget:
     def _pin_pending(self, slot: Slot) -> bool:
         op = slot.op
         if op is not None:
-            return op.kind is OpKind.EVICT and pins_host_memory(op.eviction)
+            return op.kind is OpKind.EVICT and _takes_new_pin(slot, op.eviction)
         if not _pinned(slot):
             return False
         read_at, since = self._read_at, self._pin(slot).since
@@ -112,7 +127,7 @@ class HostBudget:
     def safe_eviction(self, slot: Slot, now: float, out: Outbox) -> EvictionConfig | None:
         """The eviction to use for `slot` now, or None to wait for host RAM being freed."""
         eviction = slot.drain_eviction or slot.eviction
-        if self.reserve_bytes <= 0 or not pins_host_memory(eviction):
+        if self.reserve_bytes <= 0 or not _takes_new_pin(slot, eviction):
             return eviction
         if self._freeing:
             return None
@@ -179,7 +194,8 @@ class HostBudget:
 
     def evicting(self, slot: Slot, eviction: EvictionConfig) -> None:
         """A pinning eviction starts: remember the reading before it, to learn its pin."""
-        self._pin(slot).measure_from = self.available if pins_host_memory(eviction) else None
+        fresh = _takes_new_pin(slot, eviction)
+        self._pin(slot).measure_from = self.available if fresh else None
 
     def evicted(self, slot: Slot, now: float) -> None:
         """An eviction finished: a pinned rest starts its pin; anything else measures nothing."""
@@ -191,8 +207,21 @@ class HostBudget:
             pin.measure_from = None
 
 
+def _takes_new_pin(slot: Slot, eviction: EvictionConfig) -> bool:
+    """Whether evicting `slot` this way allocates host RAM it does not hold yet: a level-1
+    sleep of a process that already slept at level 1 reuses its cached pinned backup."""
+    if not pins_host_memory(eviction):
+        return False
+    return not (slot.l1_backup and eviction.process is ProcessStrategy.KEEP_RUNNING)
+
+
+def _holds(slot: Slot) -> bool:
+    """Whether `slot` holds pinned host RAM now: asleep pinned, or a level-1 backup kept."""
+    return _pinned(slot) or (slot.l1_backup and slot.process_alive)
+
+
 def _pinned(slot: Slot) -> bool:
-    """Whether `slot` holds host RAM for its GPU state right now."""
+    """Whether `slot` is asleep holding host RAM for its GPU state right now."""
     if slot.state is M.SUSPENDED:
         return True
     return slot.state is M.SLEEPING and slot.evicted_weights is WeightStrategy.OFFLOAD

@@ -16,6 +16,8 @@ from gpumux.core.eviction import Step
 from gpumux.core.placement import Admission, Tenant, admit
 from gpumux.core.states import MODEL_TRANSITIONS, WAKEABLE_STATES, ModelState, transition
 from gpumux.policy.costs import SwitchCosts
+from gpumux.policy.demand import DemandBook
+from gpumux.policy.victims import gdsf_rank
 from gpumux.scheduler.messages import Mode, Operation, OpKind, StartOp, StateChanged
 from gpumux.scheduler.state.outbox import Outbox
 from gpumux.scheduler.state.slots import Slot
@@ -23,6 +25,8 @@ from gpumux.scheduler.state.slots import Slot
 M = ModelState
 #: States from which a model can be brought up (woken, restored, resumed or cold-started).
 STARTABLE = WAKEABLE_STATES | {M.STOPPED}
+#: States in which the model's process no longer exists (its host RAM is given back).
+_PROCESS_GONE = frozenset({M.STOPPED, M.CHECKPOINTED, M.FAILED})
 
 
 class Models:
@@ -35,11 +39,19 @@ class Models:
         self._costs = costs
         self._min_active_secs = policy.min_active_secs
         self._next_op = 1
+        #: Each model's decayed arrival rate (victims, eviction ahead of need, auto).
+        self.demand = DemandBook(policy.demand_time_constant_secs)
 
     def add(
-        self, alias: str, config: ModelConfig, eviction: EvictionConfig, residual_bytes: int
+        self,
+        alias: str,
+        config: ModelConfig,
+        eviction: EvictionConfig,
+        residual_bytes: int,
+        *,
+        auto: bool = False,
     ) -> None:
-        self.slots[alias] = Slot(alias, config, eviction, residual_bytes=residual_bytes)
+        self.slots[alias] = Slot(alias, config, eviction, residual_bytes=residual_bytes, auto=auto)
         self.hold(alias, on=config.pinned)
 
     def hold(self, alias: str, *, on: bool) -> None:
@@ -80,6 +92,8 @@ class Models:
         slot.state = transition(MODEL_TRANSITIONS, before, target, what=f"model {slot.alias}")
         # A stopping tree holds what it held before (a crashed sleeper: its residual only).
         slot.stopping_from = before if target is M.STOPPING else None
+        if target in _PROCESS_GONE:
+            slot.l1_backup = False  # the process and its pinned host cache are gone
         out.add(StateChanged(slot.alias, before, target))
 
     def start_op(
@@ -136,18 +150,26 @@ class Models:
 
     def wake_cost(self, slot: Slot) -> float:
         op = "cold_start" if slot.state is M.STOPPED else "wake"
+        if slot.auto and slot.evicted_with is not None and op == "wake":
+            return self._costs.op_cost(slot.alias, op, str(slot.evicted_with))
         return self._costs.op_cost(slot.alias, op, str(slot.eviction))
 
-    def tenants(self, *, force: bool = False) -> dict[str, Tenant]:
+    def evict_cost(self, slot: Slot) -> float:
+        return self._costs.op_cost(slot.alias, "evict", str(slot.eviction))
+
+    def tenants(self, now: float, *, force: bool = False) -> dict[str, Tenant]:
         """The table as placement sees it; `force` (an operator's switch) ignores min_active."""
         return {
             alias: s.tenant(
                 min_active_secs=0.0 if force else self._min_active_secs,
                 wake_cost_secs=self.wake_cost(s),
+                evict_cost_secs=self.evict_cost(s),
+                reuse_rate=self.demand.rate_at(alias, now),
                 pinned=self.protected(alias),
             )
             for alias, s in self.slots.items()
         }
 
     def admit(self, alias: str, now: float, *, force: bool = False) -> Admission:
-        return admit(alias, self.tenants(force=force), self._capacity, now)
+        """Placement's answer, victims ranked by the policy's GDSF rule (`policy.victims`)."""
+        return admit(alias, self.tenants(now, force=force), self._capacity, now, gdsf_rank)

@@ -16,13 +16,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from gpumux.core.config import EvictionConfig, PolicyConfig, ProcessStrategy
+from gpumux.core.config import EvictionConfig, PolicyConfig, ProcessStrategy, WeightStrategy
 from gpumux.core.errors import ModelUnavailable
 from gpumux.core.eviction import Step, evict_plan, wake_plan
 from gpumux.core.states import ModelState
 from gpumux.policy.costs import SwitchCosts
 from gpumux.scheduler.messages import Operation, OpKind, OpOutcome, OpResult, Restarted
 from gpumux.scheduler.state.host_budget import HostBudget
+from gpumux.scheduler.state.levels import AutoLevels
 from gpumux.scheduler.state.models import STARTABLE, M, Models
 from gpumux.scheduler.state.outbox import Outbox
 from gpumux.scheduler.state.queues import Queues
@@ -47,7 +48,9 @@ class Moves:
         switches: SwitchBook,
         costs: SwitchCosts,
         policy: PolicyConfig,
+        levels: AutoLevels | None = None,
     ) -> None:
+        self._levels = levels  # chooses each eviction's level for `eviction: "auto"` models
         self._models = models
         self._queues = queues
         self._host = host
@@ -101,6 +104,8 @@ class Moves:
         deadline_passed = slot.drain_deadline is not None and now >= slot.drain_deadline
         if slot.leases and not deadline_passed:
             return
+        if slot.auto and slot.drain_eviction is None and self._levels is not None:
+            slot.drain_eviction = self._levels.choose(slot, now, out)
         eviction = self._host.safe_eviction(slot, now, out)
         if eviction is None:
             return  # host RAM is being freed first; the next reading resumes this
@@ -179,7 +184,12 @@ class Moves:
         if outcome.result is OpResult.OK:
             self._costs.observe_op(slot.alias, "evict", str(op.eviction), secs)
             slot.evicted_weights = op.eviction.weights
+            slot.evicted_with = op.eviction
             slot.pid = outcome.pid if op.resting_state in (M.SLEEPING, M.SUSPENDED) else None
+            if op.eviction.weights is WeightStrategy.OFFLOAD:
+                slot.l1_backup = slot.pid is not None
+            elif op.eviction.weights is WeightStrategy.DISCARD:
+                slot.l1_backup = False  # level 2 is how the pinned backup is given back
             self._models.set_state(slot, op.resting_state, out)
         else:
             slot.pid = None

@@ -84,4 +84,6 @@ def _model(
         wake_cost_secs=hosting.wake_cost_secs,
         blocked=hosting.blocked,
         refused=hosting.refused,
+        host_pinned_bytes=host.held_bytes(slot),
+        level1_backup=slot.l1_backup,
     )

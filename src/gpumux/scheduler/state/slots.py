@@ -9,6 +9,7 @@ always through `Models.set_state` (`states.transition()`). What only one part ne
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -65,6 +66,12 @@ class Slot:
     drain_eviction: EvictionConfig | None = None
     switch_id: int | None = None  # the switch bringing this model up
     evicted_weights: WeightStrategy | None = None  # how the weights left (for the wake plan)
+    #: This process has slept at level 1: vLLM's pinned backup (torch's host cache) stays
+    #: allocated until the process ends, awake or not (design §8). Level 2, a checkpoint
+    #: or a stop gives it back.
+    l1_backup: bool = False
+    auto: bool = False  # `eviction: "auto"`: each eviction's level is chosen when it starts
+    evicted_with: EvictionConfig | None = None  # the level of its last eviction (wake costs)
     start_failures: int = 0
     retry_not_before: float | None = None
     last_error: str = ""
@@ -88,7 +95,13 @@ class Slot:
         return not self.leases and not self.queue
 
     def tenant(
-        self, *, min_active_secs: float, wake_cost_secs: float, pinned: bool = False
+        self,
+        *,
+        min_active_secs: float,
+        wake_cost_secs: float,
+        pinned: bool = False,
+        evict_cost_secs: float = 0.0,
+        reuse_rate: float = 0.0,
     ) -> Tenant:
         ready_since = self.ready_since if self.ready_since is not None else 0.0
         return Tenant(
@@ -104,6 +117,8 @@ class Slot:
             evictable_at=ready_since + min_active_secs,
             wake_cost_secs=wake_cost_secs,
             pinned=pinned,
+            evict_cost_secs=evict_cost_secs,
+            reuse_rate=reuse_rate,
         )
 
     def view(
@@ -113,6 +128,8 @@ class Slot:
         evict_cost_secs: float,
         fits_now: bool,
         drain_cost_secs: float = 0.0,
+        arrival_rate: float = 0.0,
+        next_arrival_at: float = math.inf,
     ) -> ModelView:
         return ModelView(
             alias=self.alias,
@@ -131,4 +148,6 @@ class Slot:
             gpus=self.config.gpu_indices,
             switch_pending=self.switch_id is not None,
             priority=self.config.priority,
+            arrival_rate=arrival_rate,
+            next_arrival_at=next_arrival_at,
         )
