@@ -11,12 +11,16 @@ as a vLLM process holds its libraries and buffers). Coming back is a real CRIU r
 then discard's wake steps with `reload_weights` at 6 GB/s, the middle of the page-cache
 rate measured on the H200 (4.5–7.7 GB/s): 5.1–7.1 s for these sizes.
 
-One repetition, with three models awake and one cold: a request to the two most recently
-used ones, then `GAP_SECS` idle (time for an eviction ahead of need), then a streaming
-request for the cold model, timed from its send to its first body byte (the first token).
-The least recently used model is the victim, and it is the next repetition's cold model,
-so the four rotate. Between repetitions the bench waits until no model is moving and the
-last CRIU image is written, so one repetition's tail never lands in the next one's time.
+The load: `a` and `b` are hot (a request each at the start of every period of
+`PERIOD_SECS`); `c` and `d` take turns in the third place (one request per period, `d`
+in even periods, `c` in odd ones), so each period's turn-taker is cold when its request
+comes: that request, streamed, is timed from its send to its first body byte (the first
+token). The one that served the period before has been idle a whole period and is not
+needed for another, the case eviction ahead of need is for; without it, it is the
+victim of the cold request. Before the next period the bench waits until no model is
+moving and the last CRIU image is written, so one period's tail never lands in the next
+one's time. The first `warmup` periods give the demand estimates their history and are
+not counted.
 
 Variants, each its own daemon, one after the other in one run:
 - none: `policy.overlap: false` (the wake waits for the victim's whole eviction);
@@ -72,7 +76,11 @@ SLEEP_L2_SECS = 0.5  # level 2 frees weights and KV cache without copying them
 WAKE_CALL_SECS = 0.1  # wake_up?tags=weights / kv_cache: allocation only
 STARTUP_SECS = 2.0  # the first start is not measured; kept short
 HOST_MEMORY_GIB = 1.0  # what each backend's CRIU image holds (dump and restore copy it)
-GAP_SECS = 6.0
+#: Longer than 1.5 round trips (evict + wake, about 8 s here) of the idle model, so the
+#: no-thrash rule of eviction ahead of need lets it leave.
+PERIOD_SECS = 25.0
+HOT = ("a", "b")
+TURNS = ("d", "c")
 EVICTION = {"weights": "discard", "process": "checkpoint"}
 REQUEST_TIMEOUT_SECS = 180.0
 SETTLE_TIMEOUT_SECS = 120.0
@@ -81,12 +89,12 @@ MOVING = frozenset({"draining", "evicting", "waking", "starting", "stopping"})
 
 @dataclass(frozen=True)
 class Plan:
-    repetitions: int = 8
-    warmup_repetitions: int = 1
-    gap_secs: float = GAP_SECS
+    repetitions: int = 6
+    warmup_repetitions: int = 3
+    period_secs: float = PERIOD_SECS
 
 
-QUICK = Plan(repetitions=2, warmup_repetitions=1)
+QUICK = Plan(repetitions=2, warmup_repetitions=3)
 
 
 @dataclass(frozen=True)
@@ -97,8 +105,8 @@ class Variant:
 
     def policy(self) -> dict[str, Any]:
         policy: dict[str, Any] = {"overlap": self.overlap, "min_active_secs": 0}
-        if self.ahead:
-            policy["evict_ahead"] = True
+        if ahead_available():  # its default may be on: say it either way
+            policy["evict_ahead"] = self.ahead
         return policy
 
 
@@ -182,32 +190,23 @@ async def first_token(session: aiohttp.ClientSession, daemon: RunningDaemon, mod
 
 
 async def repetitions(daemon: RunningDaemon, plan: Plan, result: Result) -> None:
-    last_used: dict[str, float] = {}
     timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_SECS)
-
-    async def request(model: str) -> float:
-        secs = await first_token(session, daemon, model)
-        last_used[model] = time.monotonic()
-        return secs
-
     async with aiohttp.ClientSession(timeout=timeout) as session:
-        for model in list(MODELS_GB)[:3]:
-            await request(model)  # cold starts, not measured
+        for model in (*HOT, TURNS[1]):
+            await first_token(session, daemon, model)  # cold starts, not measured
         await settle(daemon)
-        for rep in range(plan.warmup_repetitions + plan.repetitions):
-            # Which model is cold is the daemon's word (the policy chose the last victim).
-            now = states(daemon)
-            since = {m: last_used.get(m, 0.0) for m in MODELS_GB}
-            awake = sorted((m for m in MODELS_GB if now.get(m) == "ready"), key=since.__getitem__)
-            cold = min((m for m in MODELS_GB if m not in awake), key=since.__getitem__)
-            for model in awake[1:]:  # the two most recent serve; the oldest idles
-                await request(model)
-            await asyncio.sleep(plan.gap_secs)
-            secs = await request(cold)
-            if rep >= plan.warmup_repetitions:
+        for period in range(plan.warmup_repetitions + plan.repetitions):
+            began = time.monotonic()
+            for model in HOT:
+                await first_token(session, daemon, model)
+            turn = TURNS[period % 2]
+            was = states(daemon).get(turn, "stopped")
+            secs = await first_token(session, daemon, turn)
+            if period >= plan.warmup_repetitions:
                 result.ttft_secs.append(secs)
-                result.cold.append(cold)
+                result.cold.append(f"{turn} ({was})")
             await settle(daemon)
+            await asyncio.sleep(max(0.0, began + plan.period_secs - time.monotonic()))
 
 
 def run_variant(plan: Plan, variant: Variant) -> Result:
@@ -317,11 +316,12 @@ def render(payload: dict[str, Any]) -> str:
         f"level-2 sleep {SLEEP_L2_SECS} s, then a real CRIU dump of a backend holding "
         f"{HOST_MEMORY_GIB:g} GiB; back: real CRIU restore, then reload_weights at "
         f"{RELOAD_GB_PER_SEC:g} GB/s (H200 page cache 4.5–7.7 GB/s).",
-        f"- Per repetition: two awake models serve, {plan['gap_secs']:g} s idle, then the "
-        "cold model's request (timed to its first streamed byte); the victim is the least "
-        f"recently used model. {plan['repetitions']} measured repetitions per variant "
-        f"after {plan['warmup_repetitions']} warm-up; each variant is its own daemon, "
-        "run one after another.",
+        f"- Every {plan['period_secs']:g} s: one request each to the hot `a` and `b`, then "
+        "one to `d` (even periods) or `c` (odd), which is cold then (timed to its first "
+        "streamed byte); the other turn-taker has idled a whole period. "
+        f"{plan['repetitions']} measured periods per variant after "
+        f"{plan['warmup_repetitions']} warm-up; each variant is its own daemon, run one "
+        "after another.",
         "",
         markdown_table(headers, rows),
         "",
@@ -336,9 +336,9 @@ def render(payload: dict[str, Any]) -> str:
 
 def parse_args(argv: list[str] | None = None) -> tuple[Plan, str]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0] if __doc__ else None)
-    parser.add_argument("--quick", action="store_true", help="two repetitions per variant")
-    parser.add_argument("-n", "--repetitions", type=int, help="measured repetitions (8)")
-    parser.add_argument("--gap-secs", type=float, help=f"idle time before the request ({GAP_SECS})")
+    parser.add_argument("--quick", action="store_true", help="two measured periods per variant")
+    parser.add_argument("-n", "--repetitions", type=int, help="measured periods (6)")
+    parser.add_argument("--period-secs", type=float, help=f"one period ({PERIOD_SECS:g})")
     parser.add_argument("--name", help="results file stem (default switch_ahead[_quick])")
     args = parser.parse_args(argv)
     plan = QUICK if args.quick else Plan()
@@ -347,7 +347,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Plan, str]:
     plan = dataclasses.replace(
         plan,
         repetitions=args.repetitions or plan.repetitions,
-        gap_secs=plan.gap_secs if args.gap_secs is None else args.gap_secs,
+        period_secs=plan.period_secs if args.period_secs is None else args.period_secs,
     )
     return plan, args.name or (NAME + "_quick" if args.quick else NAME)
 
