@@ -29,8 +29,9 @@ Variants, each its own daemon, one after the other in one run:
 - ahead / both: the same with `policy.evict_ahead: true`, only when this tree's config
   has that field (the eviction-ahead-of-need work); otherwise reported as not run.
 Reported per variant: p50 and max of request → first token, gpumux's own switch
-duration (log `switch_finished`), how many evictions freed the GPU early (`gpu_freed`)
-and how many were ahead of need (evictions with no switch).
+duration and phases (log `switch_finished`), how many cold requests found the memory
+already free (their switch had no victim), how many evictions freed the GPU early
+(`gpu_freed`) and how many were ahead of need (`evict_ahead`).
 
 Run as root from the repository root: `.venv/bin/python -m bench.switch_ahead [--quick]`.
 """
@@ -181,6 +182,16 @@ async def settle(daemon: RunningDaemon) -> None:
     raise RuntimeError(f"models still moving after {SETTLE_TIMEOUT_SECS}s: {states(daemon)}")
 
 
+def last_switch(daemon: RunningDaemon, target: str) -> dict[str, Any]:
+    """gpumux's record of the newest finished switch to `target`."""
+    found = [
+        e
+        for e in daemon.log_events()
+        if e.get("event") == "switch_finished" and e.get("target") == target
+    ]
+    return found[-1] if found else {}
+
+
 async def first_token(session: aiohttp.ClientSession, daemon: RunningDaemon, model: str) -> float:
     body = chat_body(model, max_tokens=4, stream=True)
     sample = await timed_post(session, daemon.url + "/v1/chat/completions", body)
@@ -202,10 +213,11 @@ async def repetitions(daemon: RunningDaemon, plan: Plan, result: Result) -> None
             turn = TURNS[period % 2]
             was = states(daemon).get(turn, "stopped")
             secs = await first_token(session, daemon, turn)
+            await settle(daemon)
             if period >= plan.warmup_repetitions:
                 result.ttft_secs.append(secs)
                 result.cold.append(f"{turn} ({was})")
-            await settle(daemon)
+                result.switches.append(last_switch(daemon, turn))
             await asyncio.sleep(max(0.0, began + plan.period_secs - time.monotonic()))
 
 
@@ -233,20 +245,8 @@ def run_variant(plan: Plan, variant: Variant) -> Result:
         ) as daemon:
             asyncio.run(repetitions(daemon, plan, result))
             events = daemon.log_events()
-    warm = [
-        e
-        for e in events
-        if e.get("event") == "switch_finished" and e.get("victims") and e.get("outcome") == "ok"
-    ]
-    result.switches = warm[-plan.repetitions :]
     result.gpu_freed = sum(1 for e in events if e.get("event") == "gpu_freed")
-    switched = sum(
-        len(e.get("victims") or ()) for e in events if e.get("event") == "switch_finished"
-    )
-    evicted = sum(
-        1 for e in events if e.get("event") == "state_changed" and e.get("after") == "evicting"
-    )
-    result.evictions_ahead = max(evicted - switched, 0)
+    result.evictions_ahead = sum(1 for e in events if e.get("event") == "evict_ahead")
     return result
 
 
@@ -255,7 +255,8 @@ def run_variant(plan: Plan, variant: Variant) -> Result:
 
 def variant_result(result: Result) -> dict[str, Any]:
     ttft = summarize(result.ttft_secs)
-    durations = [float(e["duration_s"]) for e in result.switches]
+    durations = [float(e["duration_s"]) for e in result.switches if "duration_s" in e]
+    no_victim = sum(1 for e in result.switches if not e.get("victims"))
     return {
         "variant": result.variant.name,
         "overlap": result.variant.overlap,
@@ -265,6 +266,8 @@ def variant_result(result: Result) -> dict[str, Any]:
         "cold_models": result.cold,
         "switch_duration": summarize(durations).as_dict() if durations else None,
         "switch_phases": [e.get("phases") for e in result.switches],
+        "switch_victims": [e.get("victims") for e in result.switches],
+        "cold_requests_without_victim": no_victim,
         "gpu_freed_events": result.gpu_freed,
         "evictions_ahead_of_need": result.evictions_ahead,
     }
@@ -278,7 +281,7 @@ def render(payload: dict[str, Any]) -> str:
         got = ran.get(variant.name)
         if got is None:
             flags = ["yes" if variant.overlap else "no", "yes" if variant.ahead else "no"]
-            rows.append([variant.name, *flags, 0, "–", "–", "–", "–", "not run: no evict_ahead"])
+            rows.append([variant.name, *flags, 0, "–", "–", "–", "–", "–", "not run"])
             continue
         ttft, switch = got["ttft"], got["switch_duration"] or {}
         rows.append(
@@ -291,6 +294,7 @@ def render(payload: dict[str, Any]) -> str:
                 fmt(ttft["max"]),
                 fmt(base / ttft["p50"] if ttft["p50"] else None),
                 fmt(switch.get("p50")),
+                f"{got['cold_requests_without_victim']} of {ttft['n']}",
                 f"{got['gpu_freed_events']} early frees, {got['evictions_ahead_of_need']} ahead",
             ]
         )
@@ -303,7 +307,8 @@ def render(payload: dict[str, Any]) -> str:
         "max s",
         "none p50 / this p50",
         "gpumux switch p50 s",
-        "evictions",
+        "memory already free",
+        "evictions (whole run)",
     ]
     plan = payload["plan"]
     lines = [
@@ -325,7 +330,8 @@ def render(payload: dict[str, Any]) -> str:
         "",
         markdown_table(headers, rows),
         "",
-        "Switch phases gpumux logged (seconds, per measured switch):",
+        "Phases of each measured switch as gpumux logged them (seconds; a switch whose "
+        "memory was already free has no sleep or dump):",
         "",
     ]
     lines += [f"- {got['variant']}: {got['switch_phases']}" for got in payload["variants"]]
