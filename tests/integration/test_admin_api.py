@@ -70,6 +70,8 @@ def test_status_switch_phases_and_model_actions(tmp_path: Path) -> None:
         assert status["host_budget"] == {
             "reserve_bytes": 2 * 1024**3,
             "pin_estimate_bytes": {"a": None, "b": None},  # nothing measured yet
+            "pinned_now_bytes": {"a": 0, "b": 0},  # nothing pinned: nobody slept yet
+            "level1_backup": [],
         }
         assert "ops" in status["costs"]
 

@@ -1,4 +1,4 @@
-"""The `gpumux` command line: serve, validate, schema, simulate, status, switch, fleet.
+"""The `gpumux` command line: serve, validate, schema, simulate, status, switch, costs, fleet.
 
 Owns: argument parsing, mapping problems to exit codes (0 ok, 2 invalid config or
 usage), and printing. The only module that exits the process.
@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from gpumux.cli.admin import add_admin_commands
+from gpumux.cli.costs import add_costs_command
 from gpumux.cli.fleet import add_fleet_commands
 from gpumux.core.config import Config, ConfigProblems, json_schema
 from gpumux.daemon.components import ServeOptions
@@ -127,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.set_defaults(func=simulate_command.run)
 
     add_admin_commands(sub)
+    add_costs_command(sub)
     add_fleet_commands(sub)
     return parser
 

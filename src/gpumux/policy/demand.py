@@ -4,9 +4,11 @@ Owns: `Demand`, one model's estimate, and `DemandBook`, the estimates of every m
 Each arrival adds `1/τ` to a rate that decays by `e^(−Δt/τ)` (τ = `policy.
 demand_time_constant_secs`), so the estimate is a moving average over about τ seconds that
 follows drifting load without a window to store. `next_at` predicts the next arrival:
-one mean gap after the last one while that moment is ahead, and one (decayed) mean gap
-from now once it has passed (for Poisson arrivals the wait ahead does not depend on the
-past, and the decay lets a model that went quiet look ever further from its next use).
+one mean gap after the last one while that moment is ahead, "now" while it is due (up to
+two mean gaps after the last), and one (decayed) mean gap from now once it is late (for
+Poisson arrivals the wait ahead does not depend on the past, and the decay lets a model
+that went quiet look ever further from its next use). The mean gap is bias-corrected and
+exact for a periodic load.
 Does not: read the clock (`now` is passed in) or decide anything: victim choice, eviction
 ahead of need and `auto` eviction read it. Pure.
 """
@@ -15,6 +17,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+
+#: A next arrival later than this many mean gaps after the last one is "late": from then
+#: on the prediction is memoryless (one decayed mean gap from now). For Poisson arrivals
+#: e^−2 ≈ 14 % of gaps are that long.
+OVERDUE_GAPS = 2.0
 
 
 @dataclass
@@ -49,7 +56,16 @@ class Demand:
         filled = 1.0 - math.exp(-span / self.time_constant)
         if gaps <= 0 or filled <= 0:
             return math.inf
-        return filled / gaps
+        # filled/gaps is τ(e^(P/τ) − 1) for arrivals every P seconds (each gap is weighted
+        # at its end); invert it so that a periodic load is predicted exactly.
+        return self.time_constant * math.log1p(filled / gaps / self.time_constant)
+
+    def overdue_at(self) -> float:
+        """From when on the next arrival counts as late (two mean gaps after the last):
+        until then a request that is due is expected any moment; after, memorylessly."""
+        if self.last_at is None:
+            return math.inf
+        return self.last_at + OVERDUE_GAPS * self.mean_gap()
 
     def next_at(self, now: float) -> float:
         """When the next request is expected (inf: no evidence it ever comes again)."""
@@ -58,6 +74,8 @@ class Demand:
         due = self.last_at + self.mean_gap()
         if due > now:
             return due
+        if now < self.overdue_at():
+            return now  # due: any moment now (a periodic load's jitter lands here)
         rate = self.rate_at(now)
         return now + 1.0 / rate if rate > 0 and self.arrivals >= 2 else math.inf
 

@@ -6,10 +6,12 @@ and the rule. For a model about to leave, every level ℓ it may use gets
 
     price(ℓ) = evict(ℓ) + wake(ℓ)        (learned per model and level, else the prior)
 
+(the pinning of a first level-1 sleep spread over `PIN_AMORTIZED_OVER` round trips),
 and the rule picks, among the levels the host-RAM budget allows (a level that pins new
 host RAM must leave `host_memory.reserve_gib` free), the lowest price; except that a
 model predicted not to be needed for a long time (`reuse_in` ≥ `RELEASE_AFTER` × its
-cheapest price, or never) takes the cheapest level that holds *no* host RAM, so that
+cheapest price; unknown before two arrivals) takes the cheapest level that holds *no*
+host RAM, so that
 RAM goes to models that will wake sooner. A process that already slept at level 1 holds
 its pinned backup anyway (vLLM frees it only at exit), so level 1 costs it no new RAM,
 and leaving it at level 1 keeps that RAM pinned: "holds no host RAM" means level 2, a
@@ -32,12 +34,18 @@ LEVEL1 = EvictionConfig(weights=W.OFFLOAD, process=P.KEEP_RUNNING)
 LEVEL2 = EvictionConfig(weights=W.DISCARD, process=P.KEEP_RUNNING)
 SUSPEND = EvictionConfig(weights=W.RETAIN, process=P.CUDA_SUSPEND)
 CHECKPOINT = EvictionConfig(weights=W.DISCARD, process=P.CHECKPOINT)
+#: Without sleep mode the weights cannot be discarded first: the image holds them too.
+CHECKPOINT_WHOLE = EvictionConfig(weights=W.RETAIN, process=P.CHECKPOINT)
 STOP = EvictionConfig(weights=W.RETAIN, process=P.STOP)
 #: In the order ties are broken: the shallower level first.
 LEVELS = (LEVEL1, LEVEL2, SUSPEND, CHECKPOINT, STOP)
 
 #: A model not needed for this many of its cheapest round trips gives its host RAM back.
 RELEASE_AFTER = 20.0
+#: A process's first level-1 sleep pins its backup once for its whole life; the price of
+#: level 1 counts that pinning spread over this many round trips, not on the first alone
+#: (else level 2 would always look cheaper to a model that never slept at level 1 yet).
+PIN_AMORTIZED_OVER = 4.0
 
 GB = 1e9
 #: Rates measured on one H200 in a VM (design §8), bytes per second, and fixed costs.
@@ -76,7 +84,18 @@ def prior_secs(level: EvictionConfig, op: str, sizes: Sizes) -> float:
         image = gpu - weights  # weights discarded first; the rest of the process is dumped
         criu = FIXED_SECS + max(0, image) / CRIU_RATE
         return criu if op == "evict" else criu + weights / FILE_RELOAD
+    if level == CHECKPOINT_WHOLE:
+        return FIXED_SECS + gpu / CRIU_RATE
     return 2.0 if op == "evict" else COLD_START_SECS + weights / FILE_RELOAD
+
+
+def prior_price(level: EvictionConfig, sizes: Sizes) -> float:
+    """evict + wake at `level` before any measurement, first-sleep pinning amortized."""
+    if level == LEVEL1 and not sizes.has_backup:
+        backed = Sizes(sizes.weights_bytes, sizes.gpu_bytes, has_backup=True)
+        pinning = sizes.weights_bytes / PIN_ALLOC / PIN_AMORTIZED_OVER
+        return prior_price(level, backed) + pinning
+    return prior_secs(level, "evict", sizes) + prior_secs(level, "wake", sizes)
 
 
 def available_levels(*, sleep_mode: bool, checkpoint: bool) -> tuple[EvictionConfig, ...]:
@@ -84,6 +103,9 @@ def available_levels(*, sleep_mode: bool, checkpoint: bool) -> tuple[EvictionCon
     `checkpoint` section."""
     found: list[EvictionConfig] = []
     for level in LEVELS:
+        if level == CHECKPOINT and checkpoint and not sleep_mode:
+            found.append(CHECKPOINT_WHOLE)
+            continue
         if level.needs_sleep_mode and not sleep_mode:
             continue
         if level.needs_checkpoint_section and not checkpoint:
@@ -138,7 +160,7 @@ def choose_level(
     if len(allowed) < len(levels):
         why = "cheapest round trip the host-RAM budget allows"
     cheapest = prices[str(best)]
-    if holds_host_ram(best) and (math.isinf(reuse_in) or reuse_in >= RELEASE_AFTER * cheapest):
+    if holds_host_ram(best) and math.isfinite(reuse_in) and reuse_in >= RELEASE_AFTER * cheapest:
         releasing = [lv for lv in allowed if not holds_host_ram(lv)]
         if releasing:
             best = min(releasing, key=lambda lv: prices[str(lv)])

@@ -41,7 +41,7 @@ from gpumux.simulate.effects import OpRun, SimEffects, advance
 from gpumux.simulate.faults import Faults
 from gpumux.simulate.records import RequestRecord, RunRecord, SwitchLog
 from gpumux.simulate.scenario import capacity_bytes, resting_states
-from gpumux.simulate.switch_model import SwitchModel
+from gpumux.simulate.switch_model import CostSource, step_costs
 from gpumux.simulate.workloads import Arrival
 
 #: Sees every input the core handled and the commands it returned, in order.
@@ -54,7 +54,7 @@ class Simulation:
         self,
         config: Config,
         arrivals: Sequence[Arrival],
-        switch_model: SwitchModel,
+        costs: CostSource,
         *,
         faults: Faults | None = None,
         observer: Observer | None = None,
@@ -67,7 +67,7 @@ class Simulation:
         self._arrivals = arrivals
         self._faults = faults or Faults()
         self._now = 0.0  # the time of the event being handled: the orchestrator's clock
-        self._effects = SimEffects(switch_model, self._abort)
+        self._effects = SimEffects(step_costs(costs, config), self._abort)
         self._orchestrator = Orchestrator(self._effects, lambda: self._now)
         self._observer = observer
         self._fleet = Fleet({a: m.max_num_seqs for a, m in config.models.items()}, self.record.busy)

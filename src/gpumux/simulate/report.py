@@ -106,3 +106,11 @@ def markdown(results: Mapping[str, Mapping[str, float | int]]) -> str:
             f"{100 * s['busy_fraction']:.1f} % | {s['over_bound']} | {s['completed']} |"
         )
     return "\n".join(lines)
+
+
+def bound_line(bound: Mapping[str, object]) -> str:
+    """The `--bound` line under the table."""
+    return (
+        f"bound ({bound['method']}): no policy's p99 wait is below {bound['p99_wait']:.1f} s "
+        f"or its GPU busy above {100 * float(str(bound['busy_fraction'])):.1f} %"
+    )

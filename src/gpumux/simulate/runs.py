@@ -15,7 +15,7 @@ from gpumux.core.config import Config
 from gpumux.simulate import scenario
 from gpumux.simulate.engine import Simulation
 from gpumux.simulate.records import RunRecord
-from gpumux.simulate.switch_model import SwitchModel
+from gpumux.simulate.switch_model import CostSource
 from gpumux.simulate.workloads import Arrival, generate, load_trace
 
 DEFAULT_DURATION_SECS = 3600.0
@@ -48,9 +48,9 @@ def run_policies(
     config: Config,
     arrivals: Sequence[Arrival],
     policies: Sequence[str],
-    switch_model: SwitchModel,
+    costs: CostSource,
 ) -> dict[str, RunRecord]:
     return {
-        policy: Simulation(scenario.for_policy(config, policy), arrivals, switch_model).run()
+        policy: Simulation(scenario.for_policy(config, policy), arrivals, costs).run()
         for policy in policies
     }

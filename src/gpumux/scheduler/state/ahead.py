@@ -21,12 +21,16 @@ from gpumux.scheduler.state.models import STARTABLE, M, Models
 from gpumux.scheduler.state.moves import Moves
 from gpumux.scheduler.state.outbox import Outbox
 from gpumux.scheduler.state.slots import Slot
+from gpumux.scheduler.state.switches import SwitchBook
 
 
 class Ahead:
-    def __init__(self, models: Models, moves: Moves, policy: PolicyConfig) -> None:
+    def __init__(
+        self, models: Models, moves: Moves, switches: SwitchBook, policy: PolicyConfig
+    ) -> None:
         self._models = models
         self._moves = moves
+        self._switches = switches
         self.enabled = policy.evict_ahead
         self._min_active = policy.min_active_secs
         self._recheck_at: float | None = None
@@ -53,6 +57,7 @@ class Ahead:
                 {"model": slot.alias, "for": contender.alias, "queued": contender.queued},
             )
             self._moves.start_drain(slot, None, now, out)
+            self._switches.left_ahead(slot.alias, slot.config.gpu_indices)
 
     def deadlines(self, *, after: float) -> list[float]:
         """When the verdict could next change; a time not `after` the last input is stale
@@ -89,9 +94,9 @@ class Ahead:
         """When `slot`'s predicted idle time could first cover its margin (predictions of a
         quiet model drift later as its decayed rate falls)."""
         demand = self._models.demand.of(slot.alias)
-        due = demand.last_at + demand.mean_gap() if demand.last_at is not None else math.inf
-        if due > now and math.isfinite(due):
-            return due  # then the prediction switches to the memoryless one
+        late = demand.overdue_at()
+        if late > now and math.isfinite(late):
+            return late  # then the prediction becomes the memoryless one
         if demand.last_at is None or demand.rate <= 0:
             return None
         need = AHEAD_MARGIN * idler.round_trip_secs

@@ -105,7 +105,7 @@ class SchedulerCore:
         self.operator = Operator(self.models, self.moves, self.supervisor, self.switches)
         self.retirements = Retirements(self.models, self.moves)
         self.idle = Idle(self.models, self.moves, config)
-        self.ahead = Ahead(self.models, self.moves, config.policy)
+        self.ahead = Ahead(self.models, self.moves, self.switches, config.policy)
         preload = (config.resolve_model(name) for name in config.preload)
         self.preload = Preload(self.models, self.moves, [a for a in preload if a is not None])
 

@@ -37,6 +37,7 @@ class _Pin:
     since: float | None = None  # asleep at level 1 / suspended since (host RAM held)
     measure_from: int | None = None  # host RAM available when its pinning eviction began
     learned_bytes: int | None = None  # measured host RAM its last pin took
+    fresh: bool = False  # its last eviction allocated new pinned RAM (not a kept backup)
 
 
 class HostBudget:
@@ -108,8 +109,8 @@ class HostBudget:
         op = slot.op
         if op is not None:
             return op.kind is OpKind.EVICT and _takes_new_pin(slot, op.eviction)
-        if not _pinned(slot):
-            return False
+        if not _pinned(slot) or not self._pin(slot).fresh:
+            return False  # a level-1 sleep that reused its backup took no new RAM
         read_at, since = self._read_at, self._pin(slot).since
         return read_at is None or (since is not None and since > read_at)
 
@@ -195,6 +196,7 @@ class HostBudget:
     def evicting(self, slot: Slot, eviction: EvictionConfig) -> None:
         """A pinning eviction starts: remember the reading before it, to learn its pin."""
         fresh = _takes_new_pin(slot, eviction)
+        self._pin(slot).fresh = fresh
         self._pin(slot).measure_from = self.available if fresh else None
 
     def evicted(self, slot: Slot, now: float) -> None:

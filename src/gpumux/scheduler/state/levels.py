@@ -16,7 +16,13 @@ from gpumux.core.config import GIB, Config, EvictionConfig, ProcessStrategy
 from gpumux.core.placement import Tenant, footprint
 from gpumux.core.states import ModelState
 from gpumux.policy.costs import SwitchCosts
-from gpumux.policy.levels import Sizes, available_levels, choose_level, prior_secs
+from gpumux.policy.levels import (
+    Sizes,
+    available_levels,
+    choose_level,
+    prior_price,
+    prior_secs,
+)
 from gpumux.scheduler.state.host_budget import HostBudget
 from gpumux.scheduler.state.models import Models
 from gpumux.scheduler.state.outbox import Outbox
@@ -43,11 +49,12 @@ class AutoLevels:
     def price(self, slot: Slot, level: EvictionConfig, sizes: Sizes) -> float:
         """evict + wake at `level` for `slot`: learned where measured, else the prior."""
         wake_op = "cold_start" if level.process is ProcessStrategy.STOP else "wake"
-        total = 0.0
-        for op, prior_op in (("evict", "evict"), (wake_op, "wake")):
-            learned = self._costs.learned(slot.alias, op, str(level))
-            total += learned if learned is not None else prior_secs(level, prior_op, sizes)
-        return total
+        evict = self._costs.learned(slot.alias, "evict", str(level))
+        wake = self._costs.learned(slot.alias, wake_op, str(level))
+        if evict is None and wake is None:
+            return prior_price(level, sizes)
+        evict = evict if evict is not None else prior_secs(level, "evict", sizes)
+        return evict + (wake if wake is not None else prior_secs(level, "wake", sizes))
 
     def choose(self, slot: Slot, now: float, out: Outbox) -> EvictionConfig:
         sizes = self.sizes(slot)
