@@ -30,7 +30,7 @@ Variants, each its own daemon, one after the other in one run:
   has that field (the eviction-ahead-of-need work); otherwise reported as not run.
 Reported per variant: p50 and max of request → first token, gpumux's own switch
 duration and phases (log `switch_finished`), how many cold requests found the memory
-already free (their switch had no victim), how many evictions freed the GPU early
+already free (no eviction phase in their switch), how many evictions freed the GPU early
 (`gpu_freed`) and how many were ahead of need (`evict_ahead`).
 
 Run as root from the repository root: `.venv/bin/python -m bench.switch_ahead [--quick]`.
@@ -85,6 +85,7 @@ TURNS = ("d", "c")
 EVICTION = {"weights": "discard", "process": "checkpoint"}
 REQUEST_TIMEOUT_SECS = 180.0
 SETTLE_TIMEOUT_SECS = 120.0
+EVICT_PHASES = frozenset({"sleep", "suspend", "dump", "stop"})
 MOVING = frozenset({"draining", "evicting", "waking", "starting", "stopping"})
 
 
@@ -256,7 +257,8 @@ def run_variant(plan: Plan, variant: Variant) -> Result:
 def variant_result(result: Result) -> dict[str, Any]:
     ttft = summarize(result.ttft_secs)
     durations = [float(e["duration_s"]) for e in result.switches if "duration_s" in e]
-    no_victim = sum(1 for e in result.switches if not e.get("victims"))
+    # A victim evicted ahead of need is still named, but its eviction is no phase here.
+    no_victim = sum(1 for e in result.switches if not EVICT_PHASES & set(e.get("phases") or {}))
     return {
         "variant": result.variant.name,
         "overlap": result.variant.overlap,
