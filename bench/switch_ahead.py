@@ -275,6 +275,19 @@ def variant_result(result: Result) -> dict[str, Any]:
     }
 
 
+READING = (
+    "Reading it: `none` pays the victim's level-2 sleep, its CRIU dump, then the cold "
+    "model's restore and reload, in a row. `overlap` starts the restore once the sleep has "
+    "freed the GPU (`gpu_freed`), so the dump leaves the request's path (it still competes "
+    "with the restore for this machine's CPUs and disk). `ahead` evicted the idle "
+    "turn-taker during its idle period (`evict_ahead`), so the request found the memory "
+    "free and paid only the wake; `both` takes the same path (an eviction finished before "
+    "the request leaves nothing to overlap), so their difference is the noise of a shared "
+    "machine. What remains in every variant is the wake itself: the restore and "
+    "`reload_weights` at the H200's page-cache rate."
+)
+
+
 def render(payload: dict[str, Any]) -> str:
     ran = {v["variant"]: v for v in payload["variants"]}
     base = ran["none"]["ttft"]["p50"]
@@ -337,8 +350,7 @@ def render(payload: dict[str, Any]) -> str:
         "",
     ]
     lines += [f"- {got['variant']}: {got['switch_phases']}" for got in payload["variants"]]
-    if payload.get("note"):
-        lines += ["", payload["note"]]
+    lines += ["", READING]
     return "\n".join(lines)
 
 
