@@ -128,9 +128,12 @@ def test_dump_failure_leaves_the_tree_running_and_falls_back_to_a_kill(tmp_path:
             held.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
             assert held.recv(4096).startswith(b"HTTP/1.1 200")
             assert chat(daemon, "b")
-        detail = wait_event(daemon, "criu_dump_failed", model="a")["error"]
+            # With `policy.overlap`, b is served once a's sleep freed the GPU, while a's
+            # dump still runs: the connection stays open until the dump has failed.
+            detail = wait_event(daemon, "criu_dump_failed", model="a")["error"]
         assert "Connected TCP socket" in detail  # CRIU's own refusal, quoted from its log
         assert "still running" in detail  # checked when the dump failed, before the kill
+        wait_event(daemon, "state_changed", model="a", after="stopped")  # the kill's outcome
         assert metric_value(daemon, "gpumux_model_state", model="a", state="stopped") == 1
         assert not (tmp_path / "images" / "a").exists() or not list(
             (tmp_path / "images" / "a").glob("2*")

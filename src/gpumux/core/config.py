@@ -248,6 +248,13 @@ class PolicyConfig(_Strict):
     ttl_secs: float | None = Field(
         default=None, ge=0, description="The default idle TTL of every model (null/0: never)."
     )
+    overlap: bool = Field(
+        default=True,
+        description=(
+            "Start a wake as soon as the victims' GPU memory is free (after an eviction's"
+            " first step), while the rest of their evictions finish in the background."
+        ),
+    )
     evict_ahead: bool = Field(
         default=True,
         description="Evict an idle model in the background when another model sharing its "

@@ -36,7 +36,9 @@ class Tenant:
     evictable_at: float  # min_active_secs: not a victim before this time
     wake_cost_secs: float = 0.0  # estimate to bring it back (cheaper = better victim)
     pinned: bool = False
-    holds: ModelState | None = None  # while stopping: the state whose memory it still holds
+    #: While stopping, or evicting past a step that freed its GPU (`policy.overlap`): the
+    #: state whose memory it still holds.
+    holds: ModelState | None = None
     evict_cost_secs: float = 0.0  # learned estimate of sending it away
     reuse_rate: float = 0.0  # decayed arrivals per second (how soon it is needed again)
 

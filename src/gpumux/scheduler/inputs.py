@@ -1,9 +1,10 @@
 """What the scheduler core accepts: one typed message per kind of input.
 
 Owns: the inputs — a request arrived, was released or cancelled; an operation reported a
-phase or finished; a process exited, failed its health checks or was found asleep; a
-host-RAM reading; a tick; shutdown; and the operator's commands (`AdminCommand`), which
-travel wrapped in `Admin` with the id their `AdminReply` will carry.
+phase, freed its model's GPU memory before its last step, or finished; a process exited,
+failed its health checks or was found asleep; a host-RAM reading; a tick; shutdown; and
+the operator's commands (`AdminCommand`), which travel wrapped in `Admin` with the id
+their `AdminReply` will carry.
 Does not: do anything. The runner's inbox and the simulator's event loop carry these to
 `SchedulerCore.handle`, so real and virtual time feed the core the same way. Pure data.
 """
@@ -55,6 +56,20 @@ class OpPhase:
 
     op_id: int
     state: ModelState
+
+
+@dataclass(frozen=True)
+class GpuFreed:
+    """An eviction's first step freed its model's GPU memory (down to what a model in
+    `holds` keeps there); its later steps (a suspend, a CRIU dump) go on in the background.
+
+    `phase_secs` are the phases measured up to this point: the part of the eviction a
+    switch waits for when its wake overlaps the rest (`policy.overlap`).
+    """
+
+    op_id: int
+    holds: ModelState
+    phase_secs: tuple[tuple[str, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -175,6 +190,7 @@ Input = (
     | Cancel
     | OpDone
     | OpPhase
+    | GpuFreed
     | ProcessExited
     | HealthFailed
     | FoundAsleep

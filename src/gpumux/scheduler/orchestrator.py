@@ -3,9 +3,13 @@
 Owns: the order of steps within an operation, their timing per phase, and the fallbacks
 of design §3: a failed wake kills the tree and cold-starts once; a failed eviction step
 kills the tree so the memory is freed anyway.
+Also: the moment an eviction's GPU memory is free. A plan of several steps (a sleep,
+then a suspend or a CRIU dump) frees the GPU at its first step; the orchestrator says so
+through `report_freed` and runs the rest, so the core can start the next wake while the
+tail finishes (design §4, `policy.overlap`; whether to use it is the core's call).
 Does not: decide anything about other models or touch scheduler state. It talks to the
-world only through the `Effects` protocol and reports intermediate states through a
-callback, so the simulator can run it against simulated backends in virtual time.
+world only through the `Effects` protocol and reports intermediate states through
+callbacks, so the simulator can run it against simulated backends in virtual time.
 """
 
 from __future__ import annotations
@@ -34,6 +38,19 @@ class Effects(Protocol):
 
 Clock = Callable[[], float]
 PhaseReporter = Callable[[ModelState], None]
+Phases = tuple[tuple[str, float], ...]
+#: Told (state whose GPU footprint the model now has, phases measured so far).
+FreedReporter = Callable[[ModelState, Phases], None]
+
+#: What a model keeps on its GPUs once each eviction step is done: a sleep leaves the
+#: CUDA context (placement's residual of a sleeper), the others leave nothing.
+GPU_AFTER: dict[Step, ModelState] = {
+    Step.SLEEP_OFFLOAD: ModelState.SLEEPING,
+    Step.SLEEP_DISCARD: ModelState.SLEEPING,
+    Step.CUDA_SUSPEND: ModelState.SUSPENDED,
+    Step.CRIU_DUMP: ModelState.CHECKPOINTED,
+    Step.STOP: ModelState.STOPPED,
+}
 
 
 class Orchestrator:
@@ -41,10 +58,17 @@ class Orchestrator:
         self._effects = effects
         self._clock = clock
 
-    async def run(self, op: Operation, report_state: PhaseReporter) -> OpOutcome:
+    async def run(
+        self,
+        op: Operation,
+        report_state: PhaseReporter,
+        report_freed: FreedReporter | None = None,
+    ) -> OpOutcome:
+        """Run `op`; `report_freed` (evictions only) hears when its GPU memory is free
+        while steps remain (a caller without it sees only the outcome, as before)."""
         phases: list[tuple[str, float]] = []
         try:
-            await self._run_steps(op, op.steps, phases)
+            await self._run_steps(op, op.steps, phases, report_freed)
         except StepFailed as failure:
             return await self._recover(op, failure, phases, report_state)
         return OpOutcome(
@@ -52,12 +76,21 @@ class Orchestrator:
         )
 
     async def _run_steps(
-        self, op: Operation, steps: tuple[Step, ...], phases: list[tuple[str, float]]
+        self,
+        op: Operation,
+        steps: tuple[Step, ...],
+        phases: list[tuple[str, float]],
+        report_freed: FreedReporter | None = None,
     ) -> None:
-        for step in steps:
+        for index, step in enumerate(steps):
             started = self._clock()
             await self._effects.run_step(op.model, step, abort_inflight=op.abort_inflight)
             phases.append((PHASE_OF[step], self._clock() - started))
+            freed = GPU_AFTER.get(step)
+            # After the last step the outcome follows at once: nothing to report early.
+            early = op.kind is OpKind.EVICT and index < len(steps) - 1
+            if report_freed is not None and early and freed is not None:
+                report_freed(freed, tuple(phases))
 
     async def _recover(
         self,

@@ -29,6 +29,7 @@ from gpumux.scheduler.inputs import (
     Cancel,
     ForceStop,
     FoundAsleep,
+    GpuFreed,
     HealthFailed,
     HostMemory,
     Input,
@@ -262,8 +263,11 @@ class Scheduler:
         def report(state: ModelState) -> None:
             self._inbox.put_nowait(OpPhase(op.op_id, state))
 
+        def freed(holds: ModelState, phases: tuple[tuple[str, float], ...]) -> None:
+            self._inbox.put_nowait(GpuFreed(op.op_id, holds, phases))
+
         try:
-            outcome = await self._orchestrator.run(op, report)
+            outcome = await self._orchestrator.run(op, report, freed)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # an effect broke its contract; the model must not hang

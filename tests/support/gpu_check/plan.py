@@ -132,6 +132,9 @@ class Plan:
                 "min_active_secs": 0,
                 "drain_timeout_secs": 30,
                 "request_timeout_secs": 600,
+                # Each switch must record its victim's whole eviction (a CRIU dump too):
+                # the check measures every step, not what a request waits for.
+                "overlap": False,
             },
             "supervision": {
                 "stop_grace_secs": 15,

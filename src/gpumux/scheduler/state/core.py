@@ -35,6 +35,7 @@ from gpumux.scheduler.inputs import (
     Cancel,
     ForceStop,
     FoundAsleep,
+    GpuFreed,
     HealthFailed,
     HostMemory,
     Input,
@@ -128,6 +129,8 @@ class SchedulerCore:
                 slot = self.models.slot_of_op(op_id)
                 if slot is not None and slot.state is not state:
                     self.models.set_state(slot, state, out)
+            case GpuFreed(op_id, holds, phase_secs):
+                self.moves.gpu_freed(self.models.slot_of_op(op_id), holds, phase_secs, out)
             case OpDone(outcome):
                 self._op_done(outcome, now, out)
             case ProcessExited(model, pid, code):

@@ -4,7 +4,9 @@ Owns: the mechanics of one switch — admission through placement (wake now, dra
 victims first, wait, or refuse the queue), draining a victim (bounded by
 `drain_timeout_secs`), starting its eviction with the host-safe strategy, starting a
 wake with the right step plan, judging both outcomes into the slot (and the costs they
-teach), and calling off a switch whose target lost all demand before its wake began.
+teach), an eviction that freed the GPU before its last step (`policy.overlap`: the wake
+waiting for that memory need not wait for the rest), and calling off a switch whose
+target lost all demand before its wake began.
 Does not: choose targets (the policy does, through `SchedulerCore`), count failures
 (`Supervisor`) or answer anyone (the core routes a wake's outcome). Pure: `now` is passed.
 """
@@ -118,6 +120,7 @@ class Moves:
         slot.drain_started_at = None
         slot.drain_eviction = None
         self._host.evicting(slot, eviction)
+        slot.freed_to = None  # holds its whole share until this eviction says otherwise
         self._models.start_op(
             slot,
             OpKind.EVICT,
@@ -150,9 +153,33 @@ class Moves:
                     slot.drain_eviction = None
             self._switches.finish(switch, target, "cancelled", now, out)
 
+    def gpu_freed(
+        self,
+        slot: Slot | None,
+        holds: ModelState,
+        phase_secs: tuple[tuple[str, float], ...],
+        out: Outbox,
+    ) -> None:
+        """`slot`'s eviction freed its GPU memory (down to `holds`'s footprint) and goes on.
+
+        With `policy.overlap`, placement counts the memory as free from now on, so a wake
+        waiting for it starts in this step's reconcile pass; the switch records the phases
+        so far, the part of the eviction it waited for (the rest runs off its path).
+        """
+        if slot is None or slot.op is None or slot.state is not M.EVICTING:
+            return  # the operation is over (or not an eviction): nothing left to count
+        if not self._policy.overlap:
+            return
+        slot.freed_to = holds
+        switch = self._switches.get(slot.op.switch_id)
+        if switch is not None:
+            switch.phases.extend(phase_secs)
+        out.note("gpu_freed", {"model": slot.alias, "holds": holds.value})
+
     def evict_done(
         self, slot: Slot, op: Operation, outcome: OpOutcome, secs: float, now: float, out: Outbox
     ) -> None:
+        overlapped, slot.freed_to = slot.freed_to is not None, None
         slot.ready_since = None
         if outcome.result is OpResult.OK:
             self._costs.observe_op(slot.alias, "evict", str(op.eviction), secs)
@@ -170,7 +197,7 @@ class Moves:
             self._models.set_state(slot, M.STOPPED, out)
         self._host.evicted(slot, now)
         switch = self._switches.get(op.switch_id)
-        if switch is not None:
+        if switch is not None and not overlapped:
             switch.phases.extend(outcome.phase_secs)
         slot.drain_for = None
 

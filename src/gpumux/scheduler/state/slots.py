@@ -58,6 +58,9 @@ class Slot:
     drain_deadline: float | None = None
     drain_started_at: float | None = None
     stopping_from: ModelState | None = None  # while STOPPING: the state whose memory it holds
+    #: While EVICTING past a step that freed its GPU memory (`policy.overlap`): the state
+    #: whose footprint it keeps while the rest of its eviction runs.
+    freed_to: ModelState | None = None
     drain_for: int | None = None  # the switch this drain serves (None: warmup / admin)
     #: The eviction this drain ends in when it is not the model's own (an idle step's).
     drain_eviction: EvictionConfig | None = None
@@ -78,6 +81,10 @@ class Slot:
     @property
     def resting_state(self) -> ModelState:
         return evict_plan(self.eviction)[1]
+
+    @property
+    def _freed_to_while_evicting(self) -> ModelState | None:
+        return self.freed_to if self.state is ModelState.EVICTING else None
 
     @property
     def process_alive(self) -> bool:
@@ -102,7 +109,7 @@ class Slot:
             gpus=self.config.gpu_indices,
             utilization=self.config.gpu_memory_utilization,
             state=self.state,
-            holds=self.stopping_from,
+            holds=self.stopping_from or self._freed_to_while_evicting,
             residual_bytes=self.residual_bytes,
             resting_state=self.resting_state,
             idle=self.idle,
