@@ -25,6 +25,7 @@ from gpumux.core.states import ModelState
 from gpumux.policy.registry import make_policy
 from gpumux.scheduler.inputs import (
     Cancel,
+    GpuFreed,
     Input,
     OpDone,
     OpPhase,
@@ -188,7 +189,10 @@ class Simulation:
         n, self._ops_started = self._ops_started, self._ops_started + 1
         self._effects.begin(op, self._faults.failures(n))
         self._pending += 1
-        self._resume(self._orchestrator.run(op, partial(self._op_state, op.op_id)), now)
+        run = self._orchestrator.run(
+            op, partial(self._op_state, op.op_id), partial(self._gpu_freed, op.op_id)
+        )
+        self._resume(run, now)
 
     def _resume(self, run: OpRun, now: float) -> None:
         """Run the operation to its next step boundary; come back when that step is done."""
@@ -201,6 +205,13 @@ class Simulation:
     def _op_state(self, op_id: int, state: ModelState) -> None:
         now = self._now
         self._send(now, OpPhase(op_id, state))
+
+    def _gpu_freed(
+        self, op_id: int, holds: ModelState, phases: tuple[tuple[str, float], ...]
+    ) -> None:
+        """An eviction's GPU memory is free while steps remain (`policy.overlap`): the
+        same input the daemon's runner sends, so the core may start the next wake now."""
+        self._send(self._now, GpuFreed(op_id, holds, phases))
 
     def _abort(self, model: str) -> None:
         """The backend dropped its in-flight requests (stopped, killed, or told to abort)."""

@@ -135,6 +135,9 @@ class Plan:
                 # Each switch must record its victim's whole eviction (a CRIU dump too):
                 # the check measures every step, not what a request waits for.
                 "overlap": False,
+                # Evictions happen when the check asks for them, never ahead of need, so
+                # each one is timed where the check expects it.
+                "evict_ahead": False,
             },
             "supervision": {
                 "stop_grace_secs": 15,
