@@ -14,8 +14,9 @@ cheapest price; unknown before two arrivals) while host RAM is tight (the room l
 above the reserve would not hold another copy of its weights) takes the cheapest level
 that holds *no* host RAM, so that RAM goes to models that will wake sooner. Without a
 budget (or a reading) nothing is gained by giving RAM back, so the faster wake stays.
-A process that already slept at level 1 holds its pinned backup anyway (vLLM frees it only at exit), so level 1 costs it no new RAM,
-and leaving it at level 1 keeps that RAM pinned: "holds no host RAM" means level 2, a
+A process that already slept at level 1 holds its pinned backup anyway (vLLM frees it
+only at exit), so level 1 costs it no new RAM, and leaving it at level 1 keeps that RAM
+pinned: "holds no host RAM" means level 2, a
 checkpoint or a stop.
 Does not: read costs or the budget itself (the caller passes them in) or carry the
 eviction out. Pure.
