@@ -20,7 +20,9 @@ CAPACITY = 80 * 1024**3
 def test_two_models_alternate_on_one_gpu(tmp_path: Path) -> None:
     """Two 0.9 models alternate: each switch sleeps one (level 1, mode=wait) and wakes the other."""
     models = {"a": mock_model(), "b": mock_model()}
-    with running_daemon(tmp_path, models) as daemon:
+    # Strict alternation predicts a's next request before b's: eviction ahead of need
+    # would put b to sleep after its last turn, and this test checks where it rests.
+    with running_daemon(tmp_path, models, policy={"evict_ahead": False}) as daemon:
         for _ in range(3):
             assert chat(daemon, "a")
             assert gpu_used(daemon) <= CAPACITY

@@ -150,7 +150,11 @@ def cross_encoder_model(
 
 def vllm_overrides(real: RealVllm, **top: Any) -> dict[str, Any]:
     """Top-level config for `running_daemon`: real vLLM, no GPU probe, cold-start deadlines."""
-    policy = {"request_timeout_secs": 300, "drain_timeout_secs": 30}
+    policy: dict[str, Any] = {
+        "policy_type": "fifo",  # the daemon's mechanics under the simplest policy
+        "request_timeout_secs": 300,
+        "drain_timeout_secs": 30,
+    }
     policy.update(top.pop("policy", {}))
     supervision = {"stop_grace_secs": 15, "shutdown_timeout_secs": 30}
     supervision.update(top.pop("supervision", {}))

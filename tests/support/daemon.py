@@ -45,7 +45,14 @@ def mock_model(**overrides: Any) -> dict[str, Any]:
 
 
 def daemon_config(tmp: Path, models: dict[str, dict[str, Any]], **top: Any) -> dict[str, Any]:
-    policy = {"min_active_secs": 0, "drain_timeout_secs": 10, "request_timeout_secs": 30}
+    # fifo: these tests exercise the daemon's mechanics under the simplest policy (the
+    # default policy is measured in bench/policies.py and checked in tests/sim).
+    policy: dict[str, Any] = {
+        "policy_type": "fifo",
+        "min_active_secs": 0,
+        "drain_timeout_secs": 10,
+        "request_timeout_secs": 30,
+    }
     policy.update(top.pop("policy", {}))
     supervision = {"stop_grace_secs": 3, "restart_backoff_secs": 0.2, "shutdown_timeout_secs": 10}
     supervision.update(top.pop("supervision", {}))

@@ -48,7 +48,13 @@ def make_config(util: float = 0.9, models: int = 2, **policy: Any) -> Config:
             }
             for i, name in enumerate("abcdefgh"[:models])
         },
-        "policy": {"min_active_secs": 0, "request_timeout_secs": 30, **policy},
+        # fifo: these tests exercise the core's mechanics under the simplest policy.
+        "policy": {
+            "policy_type": "fifo",
+            "min_active_secs": 0,
+            "request_timeout_secs": 30,
+            **policy,
+        },
         "gpu": {"probe": "fake", "fake_capacity_gib": [80]},
         "supervision": {"max_start_failures": 2, "restart_backoff_secs": 1},
     }

@@ -70,7 +70,7 @@ def test_minimal_config_is_valid_with_documented_defaults() -> None:
     assert config.vllm_argv == ["vllm"]
     assert config.checkpoint is None
     assert config.warmup is False
-    assert config.policy.policy_type == "fifo"
+    assert config.policy.policy_type == "time_slice"  # the best in bench/policies.py
     assert config.policy.eviction == DEFAULT_EVICTION
     alpha = config.models["alpha"]
     assert (alpha.enable_sleep_mode, alpha.startup_timeout_secs, alpha.max_queue) == (

@@ -54,7 +54,7 @@ def test_example_runs_on_mock_backends_and_a_fake_gpu() -> None:
     assert config.checkpoint is None
     assert (config.admin_port, config.metrics_port, config.port) == (3001, 9090, 3000)
     assert sorted(m.port for m in config.models.values()) == [8001, 8002, 8003]
-    assert config.policy.policy_type == "fifo"
+    assert config.policy.policy_type == "time_slice"  # the default, as bench/policies.py found
 
 
 def test_example_shows_three_eviction_strategies_and_sizes() -> None:

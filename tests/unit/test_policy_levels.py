@@ -68,10 +68,14 @@ def test_without_host_room_level1_gives_way_to_a_level_that_pins_nothing_new() -
 def test_a_model_not_needed_for_long_gives_its_host_ram_back() -> None:
     backed = Sizes(weights_bytes=30 * GB, gpu_bytes=72 * GB, has_backup=True)
     price = prior(backed)
-    choice = choose_level(LEVELS, price, backed, host_room=100 * GB, reuse_in=3600.0)
+    choice = choose_level(LEVELS, price, backed, host_room=20 * GB, reuse_in=3600.0)
     assert choice.level == LEVEL2, choice
-    unknown = choose_level(LEVELS, price, backed, host_room=100 * GB, reuse_in=math.inf)
+    unknown = choose_level(LEVELS, price, backed, host_room=20 * GB, reuse_in=math.inf)
     assert unknown.level == LEVEL1  # no evidence either way: the cheapest round trip
+    roomy = choose_level(LEVELS, price, backed, host_room=100 * GB, reuse_in=3600.0)
+    assert roomy.level == LEVEL1  # RAM to spare: giving it back gains nothing
+    unbudgeted = choose_level(LEVELS, price, backed, host_room=None, reuse_in=3600.0)
+    assert unbudgeted.level == LEVEL1
 
 
 def test_learned_costs_override_the_priors() -> None:

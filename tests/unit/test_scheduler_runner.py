@@ -57,7 +57,12 @@ def make_config(**supervision: Any) -> Config:
                 }
                 for i, alias in enumerate("ab")
             },
-            "policy": {"min_active_secs": 0, "coalesce_window_ms": 0, "min_quantum_ms": 0},
+            "policy": {
+                "policy_type": "fifo",  # the runner's mechanics under the simplest policy
+                "min_active_secs": 0,
+                "coalesce_window_ms": 0,
+                "min_quantum_ms": 0,
+            },
             "gpu": {"probe": "fake", "fake_capacity_gib": [80]},
             "supervision": supervision,
         }

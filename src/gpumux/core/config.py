@@ -234,7 +234,7 @@ def _flag_value(args: list[str], *flags: str) -> str | None:
 
 
 class PolicyConfig(_Strict):
-    policy_type: Literal["fifo", "cost_aware", "time_slice"] = "fifo"
+    policy_type: Literal["fifo", "cost_aware", "time_slice"] = "time_slice"
     request_timeout_secs: float = Field(default=300, gt=0)
     drain_before_switch: bool = True
     drain_timeout_secs: float = Field(default=60, ge=0)

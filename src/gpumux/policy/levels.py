@@ -10,11 +10,13 @@ and the rule. For a model about to leave, every level ℓ it may use gets
 and the rule picks, among the levels the host-RAM budget allows (a level that pins new
 host RAM must leave `host_memory.reserve_gib` free), the lowest price; except that a
 model predicted not to be needed for a long time (`reuse_in` ≥ `RELEASE_AFTER` × its
-cheapest price; unknown before two arrivals) takes the cheapest level that holds *no*
-host RAM, so that
-RAM goes to models that will wake sooner. A process that already slept at level 1 holds
-its pinned backup anyway (vLLM frees it only at exit), so level 1 costs it no new RAM,
-and leaving it at level 1 keeps that RAM pinned: "holds no host RAM" means level 2, a
+cheapest price; unknown before two arrivals) while host RAM is tight (the room left
+above the reserve would not hold another copy of its weights) takes the cheapest level
+that holds *no* host RAM, so that RAM goes to models that will wake sooner. Without a
+budget (or a reading) nothing is gained by giving RAM back, so the faster wake stays.
+A process that already slept at level 1 holds its pinned backup anyway (vLLM frees it
+only at exit), so level 1 costs it no new RAM, and leaving it at level 1 keeps that RAM
+pinned: "holds no host RAM" means level 2, a
 checkpoint or a stop.
 Does not: read costs or the budget itself (the caller passes them in) or carry the
 eviction out. Pure.
@@ -51,7 +53,10 @@ GB = 1e9
 #: Rates measured on one H200 in a VM (design §8), bytes per second, and fixed costs.
 PIN_ALLOC = 2.35 * GB  # fresh pinned host memory, paid on a process's first level-1 sleep
 PINNED_COPY = 54.0 * GB  # level-1 sleep and wake, each way
-FILE_RELOAD = 5.0 * GB  # level-2 reload_weights from the page cache
+#: Level-2 reload_weights and cold starts read the weights' files: 4.5–7.7 GB/s from the
+#: page cache, 1.4–1.9 GB/s from disk. The daemon cannot see the page cache, so the prior
+#: assumes disk (a first reload pays it; the learned cost takes over after one sample).
+FILE_RELOAD = 1.6 * GB
 SUSPEND_RATE = 2.2 * GB  # cuda-checkpoint suspend (all GPU memory of the process)
 RESUME_RATE = 6.5 * GB
 CRIU_RATE = 1.5 * GB  # CRIU dump or restore of the process's host memory (disk-bound)
@@ -160,7 +165,9 @@ def choose_level(
     if len(allowed) < len(levels):
         why = "cheapest round trip the host-RAM budget allows"
     cheapest = prices[str(best)]
-    if holds_host_ram(best) and math.isfinite(reuse_in) and reuse_in >= RELEASE_AFTER * cheapest:
+    tight = host_room is not None and host_room < sizes.weights_bytes
+    long_idle = math.isfinite(reuse_in) and reuse_in >= RELEASE_AFTER * cheapest
+    if holds_host_ram(best) and tight and long_idle:
         releasing = [lv for lv in allowed if not holds_host_ram(lv)]
         if releasing:
             best = min(releasing, key=lambda lv: prices[str(lv)])

@@ -82,6 +82,8 @@ class Ahead:
                 continue
             if other.retry_not_before is not None and other.retry_not_before > now:
                 continue
+            if self._models.pinned not in (None, other.alias):
+                continue  # manual mode: only the pinned model may be woken
             contender = Contender(other.alias, len(other.queue), demand.next_at(other.alias, now))
             if not should_leave(idler, contender, now):
                 continue
