@@ -65,7 +65,12 @@ def config(
                 }
                 for i, (alias, util) in enumerate(utils.items())
             },
-            "policy": {"min_active_secs": 0, "coalesce_window_ms": 0, **policy},
+            "policy": {
+                "policy_type": "fifo",
+                "min_active_secs": 0,
+                "coalesce_window_ms": 0,
+                **policy,
+            },
             "gpu": {"probe": "fake", "fake_capacity_gib": list(capacity_gib)},
         }
     )
