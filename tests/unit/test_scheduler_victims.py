@@ -18,6 +18,30 @@ def serve(d: Driver, ticket: int, model: str) -> None:
     d.release(ticket)
 
 
+def six_for_a_then_one_for_b_then_c(victims: str) -> Driver:
+    d = Driver(make_config(util=0.45, models=3, evict_ahead=False, victims=victims))
+    ticket = 0
+    for i in range(6):
+        d.now = float(i)
+        ticket += 1
+        serve(d, ticket, "a")
+    d.now = 10.0
+    serve(d, ticket + 1, "b")
+    d.now = 20.0
+    d.submit(ticket + 2, "c")
+    return d
+
+
+def test_victims_cost_keeps_the_often_needed_model_and_lru_the_last_used() -> None:
+    leaving = {M.DRAINING, M.EVICTING}
+    by_cost = six_for_a_then_one_for_b_then_c("cost")
+    assert by_cost.state("a") is M.READY
+    assert by_cost.state("b") in leaving
+    by_lru = six_for_a_then_one_for_b_then_c("lru")
+    assert by_lru.state("a") in leaving
+    assert by_lru.state("b") is M.READY
+
+
 def test_the_often_needed_model_stays_though_it_was_used_longest_ago() -> None:
     d = Driver(make_config(util=0.45, models=3, evict_ahead=False))
     ticket = 0

@@ -261,6 +261,12 @@ class PolicyConfig(_Strict):
         "GPUs is predicted to be needed sooner and memory is short for it, so the next "
         "switch pays only the wake (never a model with queued or in-flight work).",
     )
+    victims: Literal["cost", "lru"] = Field(
+        default="cost",
+        description="Who leaves the GPU for a wake, among the models placement lets go: "
+        '"cost" (GreedyDual-Size-Frequency over learned costs, demand and size: '
+        'docs/policies.md) or "lru" (least recently used: predictable, for measuring).',
+    )
     demand_time_constant_secs: float = Field(
         default=300,
         gt=0,

@@ -138,6 +138,9 @@ class Plan:
                 # Evictions happen when the check asks for them, never ahead of need, so
                 # each one is timed where the check expects it.
                 "evict_ahead": False,
+                # Round-robin over four models of which three fit: least recently used
+                # victims make every strategy leave and come back.
+                "victims": "lru",
             },
             "supervision": {
                 "stop_grace_secs": 15,

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 
 from gpumux.core.config import EvictionConfig, ModelConfig, PolicyConfig
 from gpumux.core.eviction import Step
-from gpumux.core.placement import Admission, Tenant, admit
+from gpumux.core.placement import Admission, Tenant, admit, lru_rank
 from gpumux.core.states import MODEL_TRANSITIONS, WAKEABLE_STATES, ModelState, transition
 from gpumux.policy.costs import SwitchCosts
 from gpumux.policy.demand import DemandBook
@@ -38,6 +38,7 @@ class Models:
         self._capacity = dict(capacity)
         self._costs = costs
         self._min_active_secs = policy.min_active_secs
+        self._rank = gdsf_rank if policy.victims == "cost" else lru_rank
         self._next_op = 1
         #: Each model's decayed arrival rate (victims, eviction ahead of need, auto).
         self.demand = DemandBook(policy.demand_time_constant_secs)
@@ -171,5 +172,6 @@ class Models:
         }
 
     def admit(self, alias: str, now: float, *, force: bool = False) -> Admission:
-        """Placement's answer, victims ranked by the policy's GDSF rule (`policy.victims`)."""
-        return admit(alias, self.tenants(now, force=force), self._capacity, now, gdsf_rank)
+        """Placement's answer, victims ranked by `policy.victims` (GDSF: `policy.victims`;
+        or least recently used)."""
+        return admit(alias, self.tenants(now, force=force), self._capacity, now, self._rank)
