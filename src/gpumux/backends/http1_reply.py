@@ -70,6 +70,7 @@ class Reply:
         self._exchange = exchange
         self.status = head.status
         self.headers = head.headers
+        self._tail = b""  # what `relay` returned for write_eof: not yet sent
 
     async def read(self) -> bytes:
         """The whole body (chunked framing removed)."""
@@ -121,7 +122,7 @@ class Reply:
             else:
                 await exchange.wait()
         exchange.raise_failure()
-        tail = decode_chunks(exchange.take_received())
+        tail = self._tail = decode_chunks(exchange.take_received())
         if tail and exchange.sink is None:
             on_first_bytes()  # the whole body came at once: it all leaves with write_eof
         return tail
@@ -135,6 +136,7 @@ class Reply:
             and exchange.failure is None
             and exchange.sink is not None
             and not exchange.received
+            and not self._tail
         )
 
     def recent_chunks(self) -> tuple[bytes, ...]:
