@@ -180,6 +180,7 @@ class Exchange:
     """One request's reply as it arrives on a connection."""
 
     __slots__ = (
+        "_loop",
         "done",
         "failure",
         "length_left",
@@ -191,7 +192,8 @@ class Exchange:
         "waiter",
     )
 
-    def __init__(self, head: ResponseHead) -> None:
+    def __init__(self, head: ResponseHead, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop  # the connection's: no get_running_loop() (a syscall) per wait
         self.scanner = ChunkedScanner() if head.chunked else None
         self.length_left = head.length  # None: until the connection closes (or chunked)
         self.received: list[bytes] = []
@@ -205,7 +207,7 @@ class Exchange:
         self.waiter: asyncio.Future[None] | None = None
 
     async def wait(self) -> None:
-        self.waiter = asyncio.get_running_loop().create_future()
+        self.waiter = self._loop.create_future()
         try:
             await self.waiter
         finally:
