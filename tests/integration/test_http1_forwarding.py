@@ -161,6 +161,27 @@ async def test_a_chunked_reply_is_relayed_as_its_chunks() -> None:
         pool.close()
 
 
+async def test_delivered_once_every_chunk_but_the_last_went_out() -> None:
+    """What the request log needs when a client leaves at `[DONE]`: was anything but the
+    last chunk still to be sent?"""
+    script: list[Step] = [STREAM_HEAD, FRAMES[0], 0.05, FRAMES[1], 0.05, FRAMES[2], 0.05, LAST]
+    async with serving(
+        script, [STREAM_HEAD, FRAMES[0], 0.05, FRAMES[1] + FRAMES[2] + LAST]
+    ) as backend:
+        pool = ForwardPool(keepalive_secs=4.0)
+        reply = await send(pool, backend)
+        assert not reply.delivered()  # nothing relayed yet
+        relayed = await relay_into(reply, sink := FakeSink())
+        assert (sink.data, relayed.tail) == (FRAMES[1] + FRAMES[2], b"")
+        assert reply.delivered()
+        # `[DONE]` came with the end: it is the tail, still to be sent.
+        reply = await send(pool, backend)
+        relayed = await relay_into(reply, FakeSink())
+        assert relayed.tail == EVENTS[1] + EVENTS[2]
+        assert not reply.delivered()
+        pool.close()
+
+
 async def test_without_a_sink_the_payload_goes_through_the_writer() -> None:
     async with serving([STREAM_HEAD, FRAMES[0], 0.05, FRAMES[1] + FRAMES[2] + LAST]) as backend:
         pool = ForwardPool(keepalive_secs=4.0)

@@ -70,6 +70,7 @@ class Reply:
         self._exchange = exchange
         self.status = head.status
         self.headers = head.headers
+        self._tail = b""  # what `relay` returned for write_eof: not yet sent
 
     async def read(self) -> bytes:
         """The whole body (chunked framing removed)."""
@@ -121,7 +122,7 @@ class Reply:
             else:
                 await exchange.wait()
         exchange.raise_failure()
-        tail = decode_chunks(exchange.take_received())
+        tail = self._tail = decode_chunks(exchange.take_received())
         if tail and exchange.sink is None:
             on_first_bytes()  # the whole body came at once: it all leaves with write_eof
         return tail
@@ -135,6 +136,7 @@ class Reply:
             and exchange.failure is None
             and exchange.sink is not None
             and not exchange.received
+            and not self._tail
         )
 
     def recent_chunks(self) -> tuple[bytes, ...]:
@@ -178,6 +180,7 @@ class Exchange:
     """One request's reply as it arrives on a connection."""
 
     __slots__ = (
+        "_loop",
         "done",
         "failure",
         "length_left",
@@ -189,7 +192,8 @@ class Exchange:
         "waiter",
     )
 
-    def __init__(self, head: ResponseHead) -> None:
+    def __init__(self, head: ResponseHead, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop  # the connection's: no get_running_loop() (a syscall) per wait
         self.scanner = ChunkedScanner() if head.chunked else None
         self.length_left = head.length  # None: until the connection closes (or chunked)
         self.received: list[bytes] = []
@@ -203,7 +207,7 @@ class Exchange:
         self.waiter: asyncio.Future[None] | None = None
 
     async def wait(self) -> None:
-        self.waiter = asyncio.get_running_loop().create_future()
+        self.waiter = self._loop.create_future()
         try:
             await self.waiter
         finally:
