@@ -9,8 +9,6 @@ long enough that no request is refused on arrival (the bound's stated assumption
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -24,6 +22,7 @@ from gpumux.simulate.report import summarize
 from gpumux.simulate.scenario import for_policy
 from gpumux.simulate.switch_model import CostSource, SwitchModel
 from gpumux.simulate.workloads import Arrival
+from tests.support.sim import make_config
 
 pytestmark = pytest.mark.unit
 EVICTIONS = (
@@ -41,26 +40,11 @@ SLACK = 1e-6
 def instances(draw: st.DrawFn) -> tuple[Config, list[Arrival], CostSource]:
     n = draw(st.integers(2, 4))
     gpus = draw(st.integers(1, 2))
-    models: dict[str, Any] = {}
-    for i in range(n):
-        weights, process = draw(st.sampled_from(EVICTIONS)).split("+")
-        util = draw(st.sampled_from([0.3, 0.45, 0.6, 0.9]))
-        models[f"m{i}"] = {
-            "model_path": f"test/m{i}",
-            "port": 8100 + i,
-            "gpus": [i % gpus],
-            "extra_args": ["--gpu-memory-utilization", str(util)],
-            "eviction": {"weights": weights, "process": process},
-            "max_queue": 256,
-        }
-    config = Config.model_validate(
-        {
-            "models": models,
-            "checkpoint": {},
-            "gpu": {"probe": "fake", "fake_capacity_gib": [80] * gpus},
-            "policy": {"min_active_secs": 1, "request_timeout_secs": 120},
-        }
-    )
+    utils = draw(st.lists(st.sampled_from([0.3, 0.45, 0.6, 0.9]), min_size=n, max_size=n))
+    evictions = draw(st.lists(st.sampled_from(EVICTIONS), min_size=n, max_size=n))
+    # Deep queues: the bound assumes no request is refused for a full queue.
+    config = make_config("time_slice", utils, evictions, gpus, max_queue=256)
+    models = list(config.models)
     sources: list[CostSource] = [SwitchModel(1.0), SwitchModel(10.0), SwitchModel(), H200_VM]
     costs = draw(st.sampled_from(sources))
     horizon = draw(st.sampled_from([20.0, 100.0, 400.0]))

@@ -11,8 +11,6 @@ vacuous).
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
@@ -20,6 +18,7 @@ from hypothesis import strategies as st
 from gpumux.core.config import GIB, Config
 from gpumux.core.eviction import Step
 from tests.support.overlap_world import OverlapWorld
+from tests.support.sim import make_config as sim_config
 
 pytestmark = pytest.mark.unit
 
@@ -38,30 +37,8 @@ POLICIES = ("fifo", "cost_aware", "time_slice")
 def make_config(
     policy: str, utils: list[float], evictions: list[str], gpus: int, *, overlap: bool = True
 ) -> Config:
-    models: dict[str, Any] = {}
-    for i, (util, eviction) in enumerate(zip(utils, evictions, strict=True)):
-        weights, process = eviction.split("+")
-        models[f"m{i}"] = {
-            "model_path": f"test/m{i}",
-            "port": 8100 + i,
-            "gpus": [i % gpus],
-            "extra_args": ["--gpu-memory-utilization", str(util)],
-            "eviction": {"weights": weights, "process": process},
-            "max_queue": 8,
-        }
-    return Config.model_validate(
-        {
-            "models": models,
-            "checkpoint": {},
-            "gpu": {"probe": "fake", "fake_capacity_gib": [80] * gpus},
-            "policy": {
-                "policy_type": policy,
-                "min_active_secs": 1,
-                "request_timeout_secs": 600,
-                "overlap": overlap,
-            },
-        }
-    )
+    """The property tests' config, with long request timeouts (a wake may wait for CRIU)."""
+    return sim_config(policy, utils, evictions, gpus, request_timeout_secs=600, overlap=overlap)
 
 
 @st.composite

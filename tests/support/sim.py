@@ -31,7 +31,17 @@ EVICTIONS = ("offload+keep_running", "discard+keep_running", "retain+stop", "dis
 FAST = settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
-def make_config(policy: str, utils: list[float], evictions: list[str], gpus: int) -> Config:
+def make_config(
+    policy: str,
+    utils: list[float],
+    evictions: list[str],
+    gpus: int,
+    *,
+    max_queue: int = 8,
+    **policy_fields: Any,
+) -> Config:
+    """Models `m0…` at `utils` with `evictions` ("weights+process"), spread over `gpus`
+    80 GiB cards; `policy_fields` override the policy section's test defaults."""
     models: dict[str, Any] = {}
     for i, (util, eviction) in enumerate(zip(utils, evictions, strict=True)):
         weights, process = eviction.split("+")
@@ -41,7 +51,7 @@ def make_config(policy: str, utils: list[float], evictions: list[str], gpus: int
             "gpus": [i % gpus],
             "extra_args": ["--gpu-memory-utilization", str(util)],
             "eviction": {"weights": weights, "process": process},
-            "max_queue": 8,
+            "max_queue": max_queue,
         }
     return Config.model_validate(
         {
@@ -53,6 +63,7 @@ def make_config(policy: str, utils: list[float], evictions: list[str], gpus: int
                 "min_active_secs": 1,
                 "request_timeout_secs": 120,
                 "drain_timeout_secs": 20,
+                **policy_fields,
             },
             "supervision": {"restart_backoff_secs": 1, "failed_retry_secs": 30},
         }

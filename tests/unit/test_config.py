@@ -11,13 +11,12 @@ import pytest
 
 from gpumux.core.config import (
     DEFAULT_EVICTION,
-    ConfigProblems,
     EvictionConfig,
     ModelConfig,
     ProcessStrategy,
     WeightStrategy,
-    parse_config,
 )
+from gpumux.core.config_rules import ConfigProblems, parse_config
 from gpumux.daemon.config_file import load_config
 
 pytestmark = pytest.mark.unit

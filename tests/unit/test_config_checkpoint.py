@@ -7,13 +7,8 @@ from typing import Any
 
 import pytest
 
-from gpumux.core.config import (
-    ConfigProblems,
-    EvictionConfig,
-    ProcessStrategy,
-    WeightStrategy,
-    parse_config,
-)
+from gpumux.core.config import EvictionConfig, ProcessStrategy, WeightStrategy
+from gpumux.core.config_rules import ConfigProblems, parse_config
 from gpumux.core.eviction import evict_plan, wake_plan
 from gpumux.daemon.prebake import check_request
 

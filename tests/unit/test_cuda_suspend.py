@@ -19,7 +19,7 @@ import psutil
 import pytest
 
 from gpumux.backends.effects import backend_env
-from gpumux.core.config import parse_config
+from gpumux.core.config_rules import parse_config
 from gpumux.cuda.checkpointer import Checkpointer, CheckpointError, CudaState
 from gpumux.cuda.suspend import (
     NCCL_SAFE_ENV,

@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from gpumux.core.config import Config, ConfigProblems
+from gpumux.core.config import Config
+from gpumux.core.config_rules import ConfigProblems
 from gpumux.core.states import DaemonState, IllegalTransition
 from gpumux.daemon.adapters import ProcessExits
 from gpumux.daemon.components import Ports, ServeOptions, build_components

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from gpumux.core.config import Config, ConfigProblems, json_schema
+from gpumux.core.config import Config, json_schema
+from gpumux.core.config_rules import ConfigProblems
 from gpumux.daemon.config_file import load_config
 
 pytestmark = pytest.mark.unit

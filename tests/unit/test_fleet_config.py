@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from gpumux.core.config import ConfigProblems, parse_config
+from gpumux.core.config_rules import ConfigProblems, parse_config
 
 pytestmark = pytest.mark.unit
 

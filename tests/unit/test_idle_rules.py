@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from gpumux.core.config import Config, ConfigProblems, ProcessStrategy, parse_config
+from gpumux.core.config import Config, ProcessStrategy
+from gpumux.core.config_rules import ConfigProblems, parse_config
 from gpumux.core.eviction import Step
 from gpumux.core.states import ModelState
 from gpumux.scheduler.inputs import AdminMode, AdminSwitch, Reload

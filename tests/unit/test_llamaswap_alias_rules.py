@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 from gpumux.cli.main import main
-from gpumux.core.config import ConfigProblems, json_schema, parse_config
+from gpumux.core.config import json_schema
+from gpumux.core.config_rules import ConfigProblems, parse_config
 from gpumux.http.aliases import alias_entries, resolve, with_model
 
 pytestmark = pytest.mark.unit

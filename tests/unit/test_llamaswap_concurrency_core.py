@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from gpumux.core.config import Config, ConfigProblems, parse_config
+from gpumux.core.config import Config
+from gpumux.core.config_rules import ConfigProblems, parse_config
 from gpumux.core.errors import QueueFull, QueueTimeout
 from gpumux.core.states import ModelState
 from gpumux.scheduler.inputs import Reload

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from gpumux.core.config import ConfigProblems, parse_config
+from gpumux.core.config_rules import ConfigProblems, parse_config
 from gpumux.http.feedback import backend_error_event
 
 pytestmark = pytest.mark.unit

@@ -12,7 +12,7 @@ import pytest
 
 from gpumux.backends.effects import backend_env
 from gpumux.cli.main import main
-from gpumux.core.config import ConfigProblems, parse_config
+from gpumux.core.config_rules import ConfigProblems, parse_config
 from gpumux.daemon.config_file import load_config
 from gpumux.http.aliases import adapter_entries, resolve
 from tests.support.lora import adapter_dir

@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from gpumux.backends.adapters import AdapterApiError, AdapterLoader
-from gpumux.core.config import Config, parse_config
+from gpumux.core.config import Config
+from gpumux.core.config_rules import parse_config
 from tests.support.lora import Call, RecordingAdapterApi
 
 pytestmark = pytest.mark.unit

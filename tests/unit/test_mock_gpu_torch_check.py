@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from gpumux.core.config import parse_config
+from gpumux.core.config_rules import parse_config
 from tests.support.gpu_check import prereqs, report, timings, verdicts
 from tests.support.gpu_check.plan import CRIU, GIB, STRATEGIES, Plan, sizing_problem
 

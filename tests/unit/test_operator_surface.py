@@ -11,7 +11,8 @@ from gpumux.admin.auth import AdminToken
 from gpumux.admin.events import EventHub
 from gpumux.admin.setup import proxy_url
 from gpumux.cli.admin_client import format_status, format_switch, resolve_target
-from gpumux.core.config import Config, ConfigProblems
+from gpumux.core.config import Config
+from gpumux.core.config_rules import ConfigProblems
 from gpumux.core.errors import AdminTokenInvalid, AdminTokenMissing
 from gpumux.daemon.sdnotify import Notifier
 from gpumux.telemetry.backend_metrics import render

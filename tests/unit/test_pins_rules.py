@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from gpumux.core.config import Config, ConfigProblems, parse_config
+from gpumux.core.config import Config
+from gpumux.core.config_rules import ConfigProblems, parse_config
 from gpumux.core.states import ModelState
 from gpumux.scheduler.inputs import AdminEvict, AdminMode, AdminPin, Reload
 from gpumux.scheduler.messages import AdminRefusal, Mode, OpKind

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from gpumux.core.config import PolicyConfig, parse_config
+from gpumux.core.config import PolicyConfig
+from gpumux.core.config_rules import parse_config
 from gpumux.core.states import ModelState
 from gpumux.policy.base import ModelView, Snapshot
 from gpumux.policy.registry import make_policy

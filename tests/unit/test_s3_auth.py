@@ -12,7 +12,8 @@ from gpumux.backends.effects import backend_env
 from gpumux.checkpoint.images import ImageInvalid
 from gpumux.checkpoint.s3 import auth as s3_auth
 from gpumux.checkpoint.s3.auth import ImageUnauthenticated
-from gpumux.core.config import ConfigProblems, ObjectStoreConfig, parse_config
+from gpumux.core.config import ObjectStoreConfig
+from gpumux.core.config_rules import ConfigProblems, parse_config
 
 pytestmark = pytest.mark.unit
 

@@ -20,7 +20,8 @@ import ipaddress
 import os
 from collections.abc import Mapping
 
-from gpumux.core.config import Config, ConfigProblems
+from gpumux.core.config import Config
+from gpumux.core.config_rules import ConfigProblems
 from gpumux.core.errors import AdminTokenInvalid, AdminTokenMissing
 
 

@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 import structlog
 
 from gpumux.checkpoint import images
+from gpumux.checkpoint.background import BackgroundTasks
 from gpumux.checkpoint.images import Image, ImageInvalid, Manifest
 from gpumux.checkpoint.s3.store import S3Store, StoreError, StoreUnauthenticated
 from gpumux.checkpoint.timeline import RestoreTimeline
@@ -101,7 +102,7 @@ class ImageCatalog:
         self._retry_delays = upload_retry_delays
         self._models: dict[str, _Model] = {}
         self._protected: set[Path] = set()
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._background = BackgroundTasks()
         self.verifier = Verifier()
 
     def entry(self, alias: str) -> _Model:
@@ -353,15 +354,10 @@ class ImageCatalog:
 
     def _spawn(self, work: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
         """A background task that `close` cancels."""
-        task = asyncio.get_running_loop().create_task(work)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
+        return self._background.spawn(work)
 
     async def close(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._background.close()
         await self.verifier.close()
         if self.store is not None:
             self.store.close()

@@ -19,6 +19,7 @@ from typing import Any
 import structlog
 
 from gpumux.checkpoint import images, verified
+from gpumux.checkpoint.background import BackgroundTasks
 from gpumux.checkpoint.images import Image, ImageInvalid
 from gpumux.checkpoint.timeline import RestoreTimeline
 
@@ -29,7 +30,7 @@ class Verifier:
     def __init__(self) -> None:
         self.memo: verified.Memo = {}
         self._ahead: dict[Path, asyncio.Task[None]] = {}
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._background = BackgroundTasks()
 
     async def check(self, image: Image, timeline: RestoreTimeline) -> None:
         """Raise ImageInvalid unless every file of `image` is there with its size and is
@@ -73,12 +74,7 @@ class Verifier:
             log.warning("image_not_stamped", model=image.model, path=str(image.path))
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
-        task = asyncio.get_running_loop().create_task(work)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
+        return self._background.spawn(work)
 
     async def close(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._background.close()

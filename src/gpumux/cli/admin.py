@@ -20,7 +20,7 @@ from gpumux.cli.admin_client import (
     format_switch,
     resolve_target,
 )
-from gpumux.core.config import ConfigProblems
+from gpumux.core.config_rules import ConfigProblems
 
 EXIT_OK = 0
 EXIT_FAILED = 1

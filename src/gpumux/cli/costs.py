@@ -17,7 +17,7 @@ import sys
 from typing import Any
 
 from gpumux.cli.admin_client import AdminError, call, resolve_target
-from gpumux.core.config import ConfigProblems
+from gpumux.core.config_rules import ConfigProblems
 from gpumux.daemon.costs_store import costs_path, load_costs
 from gpumux.policy.costs import SwitchCosts
 from gpumux.simulate.cost_profile import ProfileError, load_profile, profile_json

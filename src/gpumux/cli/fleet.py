@@ -16,7 +16,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from gpumux.core.config import Config, ConfigProblems
+from gpumux.core.config import Config
+from gpumux.core.config_rules import ConfigProblems
 from gpumux.daemon.config_file import load_config
 from gpumux.fleet.haproxy import render_haproxy
 from gpumux.fleet.plan import plan_fleet

@@ -15,7 +15,8 @@ from collections.abc import Sequence
 from gpumux.cli.admin import add_admin_commands
 from gpumux.cli.costs import add_costs_command
 from gpumux.cli.fleet import add_fleet_commands
-from gpumux.core.config import Config, ConfigProblems, json_schema
+from gpumux.core.config import Config, json_schema
+from gpumux.core.config_rules import ConfigProblems
 from gpumux.daemon.components import ServeOptions
 from gpumux.daemon.config_file import load_config
 from gpumux.daemon.daemon import serve as run_daemon

@@ -12,7 +12,8 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-from gpumux.core.config import Config, ConfigProblems, parse_config
+from gpumux.core.config import Config
+from gpumux.core.config_rules import ConfigProblems, parse_config
 
 
 def load_config(path: str | Path) -> tuple[Config, list[str]]:

@@ -21,7 +21,8 @@ import asyncio
 import structlog
 
 from gpumux.backends.effects import Backends
-from gpumux.core.config import Config, ConfigProblems
+from gpumux.core.config import Config
+from gpumux.core.config_rules import ConfigProblems
 from gpumux.daemon.config_file import load_config
 from gpumux.daemon.sdnotify import Notifier
 from gpumux.http.proxy import Proxy

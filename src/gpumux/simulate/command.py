@@ -18,7 +18,7 @@ import json
 import sys
 from pathlib import Path
 
-from gpumux.core.config import ConfigProblems
+from gpumux.core.config_rules import ConfigProblems
 from gpumux.daemon.config_file import load_config
 from gpumux.policy.registry import POLICIES
 from gpumux.simulate.bound import compute_bound

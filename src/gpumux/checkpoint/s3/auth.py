@@ -27,7 +27,8 @@ import os
 from collections.abc import Mapping
 
 from gpumux.checkpoint.images import MANIFEST, ImageInvalid
-from gpumux.core.config import Config, ConfigProblems, ObjectStoreConfig
+from gpumux.core.config import Config, ObjectStoreConfig
+from gpumux.core.config_rules import ConfigProblems
 
 #: The signature object, beside the manifest: uploaded before it, so an image that
 #: looks complete (manifest present) never lacks its signature.

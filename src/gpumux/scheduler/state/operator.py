@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections import deque
 
-from gpumux.core.config import pin_overcommit
+from gpumux.core.config_rules import pin_overcommit
 from gpumux.scheduler.inputs import AdminMode
 from gpumux.scheduler.messages import AdminRefusal, Mode
 from gpumux.scheduler.state.models import STARTABLE, M, Models
