@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
-from tests.support.daemon import free_port
+from tests.support.ports import free_port
 
 MODEL = "m"
 LITELLM_VENV = Path(os.environ.get("LITELLM_VENV", "/opt/gpumux-bench/litellm"))

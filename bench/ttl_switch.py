@@ -44,7 +44,8 @@ from bench.common import (
     summarize,
     write_results,
 )
-from tests.support.daemon import RunningDaemon, free_port, mock_model, running_daemon
+from tests.support.daemon import RunningDaemon, mock_model, running_daemon
+from tests.support.ports import free_port
 
 NAME = "ttl_switch"
 #: Costs measured on one H200 (design §8): first level-1 sleep of 30 GB, and its wake.

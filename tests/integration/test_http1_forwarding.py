@@ -19,7 +19,7 @@ from gpumux.backends.http1_reply import (
     UpstreamStalled,
     UpstreamUnreachable,
 )
-from tests.support.daemon import free_port
+from tests.support.ports import free_port
 
 pytestmark = pytest.mark.integration
 
