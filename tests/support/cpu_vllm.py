@@ -152,6 +152,9 @@ def vllm_overrides(real: RealVllm, **top: Any) -> dict[str, Any]:
     """Top-level config for `running_daemon`: real vLLM, no GPU probe, cold-start deadlines."""
     policy: dict[str, Any] = {
         "policy_type": "fifo",  # the daemon's mechanics under the simplest policy
+        # Tests here also drive a backend straight through vLLM's routes while gpumux is
+        # idle: nothing may leave the GPU in the background meanwhile.
+        "evict_ahead": False,
         "request_timeout_secs": 300,
         "drain_timeout_secs": 30,
     }
