@@ -53,6 +53,11 @@ from tests.support.daemon import RunningDaemon, mock_model, running_daemon
 
 NAME = "switch_overhead"
 MODELS = ("a", "b")
+#: Every switch here pays its victim's eviction on the request's path, as it did before
+#: this round: eviction ahead of need (which would move it off the path under strict
+#: alternation, `bench/switch_ahead.py` measures that) is off, and the policy is fifo so
+#: runs compare across trees.
+BENCH_POLICY = {"min_active_secs": 0, "policy_type": "fifo", "evict_ahead": False}
 OVERHEAD_TARGET_MS = 10.0
 CALL_TIMEOUT_SECS = 30.0
 
@@ -196,7 +201,7 @@ def run_variant(plan: Plan, weights: str) -> Variant:
     variant = Variant(weights)
     with (
         tempfile.TemporaryDirectory(prefix="gpumux-bench-") as tmp,
-        running_daemon(Path(tmp), models, policy={"min_active_secs": 0}) as daemon,
+        running_daemon(Path(tmp), models, policy=BENCH_POLICY) as daemon,
     ):
         asyncio.run(alternate(daemon, plan, variant))
         variant.gpumux_switches = gpumux_switches(daemon, plan)
