@@ -57,6 +57,7 @@ from gpumux.http.passive_health import BackendStreaks
 from gpumux.http.request_log import RequestLog, RequestRecord, key_hash
 from gpumux.http.routes import ROUTES
 from gpumux.scheduler.runner import Lease, Scheduler
+from gpumux.telemetry.logs import log_hot
 from gpumux.telemetry.metrics import Metrics
 
 log = structlog.get_logger(__name__)
@@ -465,7 +466,7 @@ class Proxy:
     def _count(self, model: str, endpoint: str, status: int) -> None:
         self._metrics.count_request(model, endpoint, status)
         # request_id and model come from the context the middleware and _dispatch bound.
-        log.info("request_finished", endpoint=endpoint, status=status)
+        log_hot("request_finished", endpoint=endpoint, status=status)
 
     def _observe_ttft(self, model: str, started: float, request: web.Request) -> None:
         ttft = time.monotonic() - started
