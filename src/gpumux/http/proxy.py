@@ -166,14 +166,13 @@ class Proxy:
     ) -> web.StreamResponse:
         request_id = client_request_id(request.headers.get(REQUEST_ID))
         request[REQUEST_ID] = request_id
-        shape = _shape(request)
         structlog.contextvars.bind_contextvars(request_id=request_id)
         try:
             return await handler(request)
         except GpumuxError as exc:
             if isinstance(exc, ClientError):
                 _log_rejection(request, exc.http_status, exc.code)
-            response = error_response(exc, request_id, shape)
+            response = error_response(exc, request_id, _shape(request))
             record = request.get(_RECORD)
             if record is not None and record.queue_secs is not None:
                 response.headers[QUEUE_SECONDS] = f"{record.queue_secs:.3f}"
@@ -182,7 +181,7 @@ class Proxy:
             limit = self._config.max_request_body_bytes
             _log_rejection(request, 413, RequestTooLarge.code)
             return error_response(
-                RequestTooLarge(f"Request body exceeds {limit} bytes."), request_id, shape
+                RequestTooLarge(f"Request body exceeds {limit} bytes."), request_id, _shape(request)
             )
         except web.HTTPException as exc:
             if exc.status < 400:
@@ -201,7 +200,7 @@ class Proxy:
                 return web.json_response(
                     envelope, status=exc.status, headers={REQUEST_ID: request_id}
                 )
-            return error_response(error, request_id, shape)
+            return error_response(error, request_id, _shape(request))
         finally:
             structlog.contextvars.unbind_contextvars("request_id", "model", "alias", "adapter")
 
