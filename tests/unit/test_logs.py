@@ -234,7 +234,7 @@ def test_hot_line_is_the_chains_line_byte_for_byte(capsys: pytest.CaptureFixture
         "nested": {"authorization": "x", "ok": [1, None, True]},
     }
     structlog.get_logger("gpumux.http.proxy").info("request_finished", **fields)
-    log_hot("request_finished", **fields)
+    log_hot(structlog.get_logger(), "request_finished", **fields)
     chain, hot = capsys.readouterr().err.splitlines()
     # Only the time differs (microseconds apart); every other byte, key order included.
     assert _TS.sub('"ts": "T"', hot) == _TS.sub('"ts": "T"', chain)
@@ -250,7 +250,7 @@ def test_hot_line_is_the_chains_line_byte_for_byte(capsys: pytest.CaptureFixture
 
 def test_hot_line_follows_the_level(capsys: pytest.CaptureFixture[str]) -> None:
     configure_logging("json", level="warning")
-    log_hot("request_finished", endpoint="/v1/completions", status=200)
+    log_hot(structlog.get_logger(), "request_finished", endpoint="/v1/completions", status=200)
     assert capsys.readouterr().err == ""
 
 
@@ -258,7 +258,7 @@ def test_hot_line_is_captured_like_any_line() -> None:
     configure_logging("json")
     structlog.contextvars.bind_contextvars(request_id="req-2")
     with capture_logs() as captured:
-        log_hot("request_finished", endpoint="/v1/completions", status=503)
+        log_hot(structlog.get_logger(), "request_finished", endpoint="/v1/completions", status=503)
     assert captured == [
         {
             "event": "request_finished",
@@ -271,7 +271,7 @@ def test_hot_line_is_captured_like_any_line() -> None:
 
 def test_hot_line_renders_for_the_console_too(capsys: pytest.CaptureFixture[str]) -> None:
     configure_logging("console")
-    log_hot("request_finished", endpoint="/v1/completions", status=200)
+    log_hot(structlog.get_logger(), "request_finished", endpoint="/v1/completions", status=200)
     err = capsys.readouterr().err
     assert "request_finished" in err
     assert "/v1/completions" in err
@@ -280,6 +280,6 @@ def test_hot_line_renders_for_the_console_too(capsys: pytest.CaptureFixture[str]
 def test_hot_line_after_another_configuration(capsys: pytest.CaptureFixture[str]) -> None:
     configure_logging("json")
     structlog.configure(processors=[structlog.processors.JSONRenderer(sort_keys=True)])
-    log_hot("request_finished", endpoint="/v1/completions", status=200)
+    log_hot(structlog.get_logger(), "request_finished", endpoint="/v1/completions", status=200)
     (line,) = capsys.readouterr().err.splitlines()
     assert line == '{"endpoint": "/v1/completions", "event": "request_finished", "status": 200}'

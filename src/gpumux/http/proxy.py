@@ -465,7 +465,7 @@ class Proxy:
     def _count(self, model: str, endpoint: str, status: int) -> None:
         self._metrics.count_request(model, endpoint, status)
         # request_id and model come from the context the middleware and _dispatch bound.
-        log_hot("request_finished", endpoint=endpoint, status=status)
+        log_hot(log, "request_finished", endpoint=endpoint, status=status)
 
     def _observe_ttft(self, model: str, started: float, request: web.Request) -> None:
         ttft = time.monotonic() - started

@@ -26,7 +26,7 @@ import logging
 import re
 import sys
 from collections.abc import Mapping
-from typing import Final, Literal
+from typing import Final, Literal, Protocol
 
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
@@ -327,13 +327,18 @@ class _HotPath:
 
 
 _HOT: _HotPath | None = None
-_fallback = structlog.get_logger(__name__)
 _UTC: Final = datetime.UTC
 
 
-def log_hot(event: str, /, **fields: object) -> None:
-    """`structlog.get_logger().info(event, **fields)`, byte for byte, for an event logged
-    on every proxied request (`request_finished`, the access log).
+class _Logs(Protocol):
+    """What `log_hot` needs of the caller's logger: its `info`."""
+
+    def info(self, event: str, /, **fields: object) -> object: ...
+
+
+def log_hot(logger: _Logs, event: str, /, **fields: object) -> None:
+    """`logger.info(event, **fields)`, byte for byte, for an event logged on every proxied
+    request (`request_finished`, the access log).
 
     Under the JSON configuration of `configure_logging` the line is built here: the same
     dict in the same key order (fields, `event`, the bound context vars, `level`, `ts`),
@@ -341,18 +346,18 @@ def log_hot(event: str, /, **fields: object) -> None:
     skips is structlog's per-call work, most of the line's cost: a bound logger built for
     every call (loggers are not cached, see the module's docstring), the level method's
     indirection, and two processors that only act on keys this event never has. Under
-    any other configuration (console, `capture_logs`, a test's own) it is `info()`.
+    any other configuration (console, `capture_logs`, a test's own) it is `logger.info()`.
     """
     hot = _HOT
     if hot is None or not hot.in_force():
-        _fallback.info(event, **fields)
+        logger.info(event, **fields)
         return
     if not hot.enabled:
         return
     line: EventDict = {**fields, "event": event}
     structlog.contextvars.merge_contextvars(hot.writer, "info", line)
     if "stack_info" in line or "exc_info" in line:  # a bound context var asked for them
-        _fallback.info(event, **fields)
+        logger.info(event, **fields)
         return
     # Redacted before `level` and `ts` join: both are gpumux's own text, which redaction
     # leaves as it is, and keys are added at the end in the chain's order all the same.
