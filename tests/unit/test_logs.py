@@ -20,6 +20,7 @@ from gpumux.telemetry.logs import (
     configure_logging,
     default_format,
     is_sensitive_key,
+    log_hot,
     redact_secrets,
 )
 
@@ -213,3 +214,72 @@ def test_event_catalogue() -> None:
         assert name in EVENTS
     assert all(re.fullmatch(r"[a-z]+(_[a-z]+)+", name) for name in EVENTS)
     assert all(EVENT_CATALOGUE.values())
+
+
+_TS = re.compile(r'"ts": "[^"]*"')
+
+
+def test_hot_line_is_the_chains_line_byte_for_byte(capsys: pytest.CaptureFixture[str]) -> None:
+    configure_logging("json")
+    structlog.contextvars.bind_contextvars(
+        request_id="req-1", model="Bearer sk-secret m\u00e9", alias="fast", api_key="k"
+    )
+    fields: dict[str, object] = {
+        "endpoint": "/v1/chat/completions",
+        "status": 200,
+        "prompt": "hello",
+        "prompt_tokens": 3,
+        "note": 'quote " and basic dXNlcjpwYXNz',
+        "ratio": 0.5,
+        "nested": {"authorization": "x", "ok": [1, None, True]},
+    }
+    structlog.get_logger("gpumux.http.proxy").info("request_finished", **fields)
+    log_hot(structlog.get_logger(), "request_finished", **fields)
+    chain, hot = capsys.readouterr().err.splitlines()
+    # Only the time differs (microseconds apart); every other byte, key order included.
+    assert _TS.sub('"ts": "T"', hot) == _TS.sub('"ts": "T"', chain)
+    record = json.loads(hot)
+    assert list(record)[-2:] == ["level", "ts"]
+    assert datetime.fromisoformat(record["ts"]).utcoffset() == timedelta(0)
+    assert record["model"] == f"Bearer {REDACTED} m\u00e9"
+    assert record["api_key"] == record["prompt"] == record["nested"]["authorization"] == REDACTED
+    assert record["prompt_tokens"] == 3
+    assert "sk-secret" not in hot
+    assert "dXNlcjpwYXNz" not in hot
+
+
+def test_hot_line_follows_the_level(capsys: pytest.CaptureFixture[str]) -> None:
+    configure_logging("json", level="warning")
+    log_hot(structlog.get_logger(), "request_finished", endpoint="/v1/completions", status=200)
+    assert capsys.readouterr().err == ""
+
+
+def test_hot_line_is_captured_like_any_line() -> None:
+    configure_logging("json")
+    structlog.contextvars.bind_contextvars(request_id="req-2")
+    with capture_logs() as captured:
+        log_hot(structlog.get_logger(), "request_finished", endpoint="/v1/completions", status=503)
+    assert captured == [
+        {
+            "event": "request_finished",
+            "endpoint": "/v1/completions",
+            "status": 503,
+            "log_level": "info",
+        }
+    ]
+
+
+def test_hot_line_renders_for_the_console_too(capsys: pytest.CaptureFixture[str]) -> None:
+    configure_logging("console")
+    log_hot(structlog.get_logger(), "request_finished", endpoint="/v1/completions", status=200)
+    err = capsys.readouterr().err
+    assert "request_finished" in err
+    assert "/v1/completions" in err
+
+
+def test_hot_line_after_another_configuration(capsys: pytest.CaptureFixture[str]) -> None:
+    configure_logging("json")
+    structlog.configure(processors=[structlog.processors.JSONRenderer(sort_keys=True)])
+    log_hot(structlog.get_logger(), "request_finished", endpoint="/v1/completions", status=200)
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line == '{"endpoint": "/v1/completions", "event": "request_finished", "status": 200}'

@@ -57,6 +57,7 @@ from gpumux.http.passive_health import BackendStreaks
 from gpumux.http.request_log import RequestLog, RequestRecord, key_hash
 from gpumux.http.routes import ROUTES
 from gpumux.scheduler.runner import Lease, Scheduler
+from gpumux.telemetry.logs import log_hot
 from gpumux.telemetry.metrics import Metrics
 
 log = structlog.get_logger(__name__)
@@ -165,14 +166,13 @@ class Proxy:
     ) -> web.StreamResponse:
         request_id = client_request_id(request.headers.get(REQUEST_ID))
         request[REQUEST_ID] = request_id
-        shape = _shape(request)
         structlog.contextvars.bind_contextvars(request_id=request_id)
         try:
             return await handler(request)
         except GpumuxError as exc:
             if isinstance(exc, ClientError):
                 _log_rejection(request, exc.http_status, exc.code)
-            response = error_response(exc, request_id, shape)
+            response = error_response(exc, request_id, _shape(request))
             record = request.get(_RECORD)
             if record is not None and record.queue_secs is not None:
                 response.headers[QUEUE_SECONDS] = f"{record.queue_secs:.3f}"
@@ -181,7 +181,7 @@ class Proxy:
             limit = self._config.max_request_body_bytes
             _log_rejection(request, 413, RequestTooLarge.code)
             return error_response(
-                RequestTooLarge(f"Request body exceeds {limit} bytes."), request_id, shape
+                RequestTooLarge(f"Request body exceeds {limit} bytes."), request_id, _shape(request)
             )
         except web.HTTPException as exc:
             if exc.status < 400:
@@ -200,7 +200,7 @@ class Proxy:
                 return web.json_response(
                     envelope, status=exc.status, headers={REQUEST_ID: request_id}
                 )
-            return error_response(error, request_id, shape)
+            return error_response(error, request_id, _shape(request))
         finally:
             structlog.contextvars.unbind_contextvars("request_id", "model", "alias", "adapter")
 
@@ -465,7 +465,7 @@ class Proxy:
     def _count(self, model: str, endpoint: str, status: int) -> None:
         self._metrics.count_request(model, endpoint, status)
         # request_id and model come from the context the middleware and _dispatch bound.
-        log.info("request_finished", endpoint=endpoint, status=status)
+        log_hot(log, "request_finished", endpoint=endpoint, status=status)
 
     def _observe_ttft(self, model: str, started: float, request: web.Request) -> None:
         ttft = time.monotonic() - started

@@ -187,6 +187,13 @@ class Scheduler:
             while True:
                 message = await self._next_message()
                 self._execute(self._core.handle(message, self._clock()))
+                # What other tasks sent meanwhile is handled in the same wake-up, one input
+                # after another (each with its own `now`, its commands carried out before
+                # the next), then published once: no task runs between them, so none could
+                # have read the states in between, and under load (a Submit and a Release
+                # per request) this saves a wake-up, a deadline timer and a publish each.
+                while not self._inbox.empty():
+                    self._execute(self._core.handle(self._inbox.get_nowait(), self._clock()))
                 self._publish()
         finally:
             for task in list(self._ops):

@@ -5,7 +5,8 @@ ISO-8601 UTC, `level`, `event` and any contextvars bound with
 `structlog.contextvars.bind_contextvars`, e.g. `request_id`), which also routes the
 standard library's loggers (aiohttp, asyncio, botocore) through the same processors;
 `default_format()`; `redact_secrets`, the processor that masks secrets and prompt text;
-and `EVENTS`, the catalogue of event names used across gpumux.
+`EVENTS`, the catalogue of event names used across gpumux; and `log_hot`, the same JSON
+line for the one event logged per proxied request, without structlog's per-call work.
 
 Does not: decide what to log (each owner logs its own events, named from `EVENTS`),
 re-emit backend output (the process adapter does, as `backend_output`), or rate-limit.
@@ -17,6 +18,7 @@ obtained earlier.
 
 from __future__ import annotations
 
+import datetime
 import functools
 import itertools
 import json
@@ -24,7 +26,7 @@ import logging
 import re
 import sys
 from collections.abc import Mapping
-from typing import Final, Literal
+from typing import Final, Literal, Protocol
 
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
@@ -230,15 +232,20 @@ def configure_logging(fmt: LogFormat, level: str = "info") -> None:
     else:
         raise ValueError(f"unknown log format {fmt!r}")
 
+    processors = [*shared, renderer]
+    writer = structlog.WriteLogger(sys.stderr)
+    factory = _SharedWriter(writer)
     structlog.configure(
-        processors=[*shared, renderer],
+        processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(threshold),
         # One write per line (print() makes two: the line, then its newline). One writer
         # for every line: loggers are not cached, so a factory that made a writer would
         # make one per line.
-        logger_factory=_SharedWriter(structlog.WriteLogger(sys.stderr)),
+        logger_factory=factory,
         cache_logger_on_first_use=False,
     )
+    global _HOT
+    _HOT = _HotPath(processors, factory, writer, threshold) if fmt == "json" else None
 
     handler = logging.StreamHandler(sys.stderr)
     handler.set_name(_HANDLER_NAME)
@@ -277,7 +284,7 @@ _JSON_ENCODERS: dict[object, json.JSONEncoder] = {}
 
 def _encode_json(obj: object, **kwargs: object) -> str:
     """`json.dumps(obj, **kwargs)` with the encoder built once per set of options."""
-    key = tuple((name, id(value)) for name, value in kwargs.items())
+    key = tuple(kwargs.items())  # only `default` (a function) is passed: hashable
     encoder = _JSON_ENCODERS.get(key)
     if encoder is None:
         encoder = _JSON_ENCODERS[key] = json.JSONEncoder(**kwargs)  # type: ignore[arg-type]
@@ -286,3 +293,77 @@ def _encode_json(obj: object, **kwargs: object) -> str:
 
 def _stderr_isatty() -> bool:
     return sys.stderr is not None and sys.stderr.isatty()
+
+
+class _HotPath:
+    """What `log_hot` needs from the configuration `configure_logging` installed, and
+    whether that configuration is still the one in force."""
+
+    def __init__(
+        self,
+        processors: list[Processor],
+        factory: _SharedWriter,
+        writer: structlog.WriteLogger,
+        threshold: int,
+    ) -> None:
+        self.processors = processors
+        self.renderer = processors[-1]
+        self.length = len(processors)
+        self.factory = factory
+        self.writer = writer
+        self.enabled = threshold <= logging.INFO
+
+    def in_force(self) -> bool:
+        # `capture_logs` edits the same list in place (its capture becomes the last
+        # processor); `structlog.configure` elsewhere installs another list or factory.
+        config = structlog.get_config()
+        processors = config["processors"]
+        return (
+            processors is self.processors
+            and len(processors) == self.length
+            and processors[-1] is self.renderer
+            and config["logger_factory"] is self.factory
+        )
+
+
+_HOT: _HotPath | None = None
+_UTC: Final = datetime.UTC
+
+
+class _Logs(Protocol):
+    """What `log_hot` needs of the caller's logger: its `info`."""
+
+    def info(self, event: str, /, **fields: object) -> object: ...
+
+
+def log_hot(logger: _Logs, event: str, /, **fields: object) -> None:
+    """`logger.info(event, **fields)`, byte for byte, for an event logged on every proxied
+    request (`request_finished`, the access log).
+
+    Under the JSON configuration of `configure_logging` the line is built here: the same
+    dict in the same key order (fields, `event`, the bound context vars, `level`, `ts`),
+    the same redaction (`redact_secrets` itself), the same encoder and writer. What it
+    skips is structlog's per-call work, most of the line's cost: a bound logger built for
+    every call (loggers are not cached, see the module's docstring), the level method's
+    indirection, and two processors that only act on keys this event never has. Under
+    any other configuration (console, `capture_logs`, a test's own) it is `logger.info()`.
+    """
+    hot = _HOT
+    if hot is None or not hot.in_force():
+        logger.info(event, **fields)
+        return
+    if not hot.enabled:
+        return
+    line: EventDict = {**fields, "event": event}
+    structlog.contextvars.merge_contextvars(hot.writer, "info", line)
+    if "stack_info" in line or "exc_info" in line:  # a bound context var asked for them
+        logger.info(event, **fields)
+        return
+    # Redacted before `level` and `ts` join: both are gpumux's own text, which redaction
+    # leaves as it is, and keys are added at the end in the chain's order all the same.
+    redact_secrets(hot.writer, "info", line)
+    line["level"] = "info"
+    line["ts"] = datetime.datetime.now(tz=_UTC).isoformat().replace("+00:00", "Z")
+    rendered = hot.renderer(hot.writer, "info", line)
+    assert isinstance(rendered, str)  # the JSON renderer over `_encode_json`
+    hot.writer.msg(rendered)

@@ -96,7 +96,11 @@ class Queues:
             slot.leases.clear()
 
     def deadlines(self) -> list[float]:
-        return [t.deadline for t in self.tickets.values() if t.state is RequestState.QUEUED]
+        # The queued tickets are exactly those in the slots' queues (every move out of
+        # QUEUED also takes the ticket off its queue), and those are what `expire` walks.
+        # Read there, not from `tickets`: that table also holds every granted lease, so a
+        # busy model's 64 streams would be walked on every step for nothing.
+        return [entry.deadline for slot in self._models.slots.values() for entry in slot.queue]
 
     def _set(self, entry: Ticket, target: RequestState) -> None:
         what = f"request {entry.ticket}"
