@@ -1,4 +1,4 @@
-"""The OpenAI-compatible front door on port 3000.
+"""The front door on port 3000: OpenAI's API, and the rest of vLLM's routes beside it.
 
 Owns: request validation (auth, content type, body limit, `model`; which routes are
 forwarded and how each body names its model is `routes.py`'s table), the lease around
@@ -11,8 +11,9 @@ beyond forwarding one request.
 Over 400 lines because one request's path stays in one place: the wait (with loading
 feedback), the forward and the relay share the request's record and the rule that a
 stream begun with 200 ends with an error event, never a second status. Aliases, the
-request log and the feedback stream live in their own modules (`aliases`, `request_log`,
-`feedback`); the body reader is moving out too.
+request log, the feedback stream, the route table and the body readers live in their own
+modules (`aliases`, `request_log`, `feedback`, `routes`, `body`, `multipart`), and LoRA
+adapter loading in `lora`.
 """
 
 from __future__ import annotations
