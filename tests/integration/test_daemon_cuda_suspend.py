@@ -18,6 +18,7 @@ from tests.support.backend import backend_state, control_calls
 from tests.support.daemon import RunningDaemon, chat, mock_model, running_daemon
 from tests.support.ledger import gpu_used
 from tests.support.metrics import metric_value
+from tests.support.waits import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -80,6 +81,12 @@ def test_discard_suspend_parks_only_the_residual_and_reloads_weights(tmp_path: P
         first = chat(daemon, "a")
         (worker,) = worker_pids(daemon, "a")
         chat(daemon, "b")
+        # b was served once a's level-2 sleep freed the GPU (policy.overlap); a's suspend
+        # goes on in the background until the model rests suspended.
+        wait_until(
+            lambda: metric_value(daemon, "gpumux_model_state", model="a", state="suspended") == 1,
+            "a suspended after its sleep",
+        )
         (suspended,) = bookings(daemon, [worker])
         assert (suspended["state"], suspended["gpus"]) == ("suspended", {"0": 0})
         assert suspended["host_bytes"] == GIB // 2  # mock_vllm's residual CUDA context
