@@ -42,7 +42,13 @@ def test_discard_checkpoint_round_trip_restores_the_same_process(tmp_path: Path)
         pid = wait_event(daemon, "process_spawned", model="a")["pid"]
         chat(daemon, "b")
         image = wait_image(tmp_path / "images", "a")
-        assert metric_value(daemon, "gpumux_model_state", model="a", state="checkpointed") == 1
+        # The dump runs after b was served (policy.overlap): the state settles at its end.
+        wait_until(
+            lambda: (
+                metric_value(daemon, "gpumux_model_state", model="a", state="checkpointed") == 1
+            ),
+            "a checkpointed after its dump",
+        )
         again = chat(daemon, "a", "the same prompt")
         assert again == first
         restored = wait_event(daemon, "criu_restored", model="a")

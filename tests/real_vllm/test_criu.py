@@ -164,7 +164,12 @@ def test_restore_on_first_request_then_evict_and_restore_the_live_tree(baked: Ba
             timeout=60,
             what="the dump of the restored tree",
         )
-        assert metric_value(daemon, "gpumux_model_state", model="a", state="checkpointed") == 1
+        wait_until(  # the dump is logged just before the operation reports its end
+            lambda: (
+                metric_value(daemon, "gpumux_model_state", model="a", state="checkpointed") == 1
+            ),
+            what="a checkpointed",
+        )
         assert not alive(root)
 
         again, seconds = _first_reply(daemon)
