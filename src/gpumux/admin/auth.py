@@ -16,12 +16,11 @@ Rules (design §1, ecosystem §5):
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import os
 from collections.abc import Mapping
 
 from gpumux.core.config import Config
-from gpumux.core.config_rules import ConfigProblems
+from gpumux.core.config_rules import ConfigProblems, is_loopback
 from gpumux.core.errors import AdminTokenInvalid, AdminTokenMissing
 
 
@@ -46,7 +45,7 @@ class AdminToken:
                 ],
                 [],
             )
-        if serving and not value and not _is_loopback(config.admin_host):
+        if serving and not value and not is_loopback(config.admin_host):
             raise ConfigProblems(
                 [f"admin_host: {config.admin_host} is not loopback and no admin token is set"],
                 [],
@@ -67,12 +66,3 @@ class AdminToken:
             raise AdminTokenMissing("This admin API needs `Authorization: Bearer <token>`.")
         if not hmac.compare_digest(presented.encode(), self._token):
             raise AdminTokenInvalid("The admin token is not valid.")
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False

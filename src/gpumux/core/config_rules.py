@@ -95,7 +95,10 @@ def _collisions(claims: list[tuple[str, int]]) -> Iterator[str]:
             owner[port] = name
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
+    """Whether `host` (a name or an address, as written in a config) is this machine only:
+    `localhost` or a loopback address. Shared by the config's rules, the admin token's
+    default and the fleet's node checks."""
     if host == "localhost":
         return True
     try:
@@ -133,7 +136,7 @@ def semantic_errors(config: Config) -> Iterator[str]:
     yield from _preload_errors(config)
     yield from pin_overcommit(config.models, [n for n, m in config.models.items() if m.pinned])
 
-    exposed = config.admin_port is not None and not _is_loopback(config.admin_host)
+    exposed = config.admin_port is not None and not is_loopback(config.admin_host)
     if exposed and not config.admin_token_env:
         yield (
             f"admin_host: {config.admin_host} is not loopback; set admin_token_env "

@@ -13,7 +13,6 @@ haproxy.cfg (`haproxy`).
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -21,13 +20,13 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from gpumux.core.config import Config
+from gpumux.core.config_rules import is_loopback
 
 #: Node names become HAProxy server names with a `.tier` suffix: no dots of their own.
 NODE_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 #: Model names are written into haproxy.cfg (ACL values, JSON answers): no quotes,
 #: spaces, backslashes or `#`. Covers names like `Qwen/Qwen2.5-7B-Instruct` or `llama3:8b`.
 MODEL_NAME = re.compile(r"[A-Za-z0-9._:/@+=-]{1,200}")
-_WILDCARDS = frozenset({"", "0.0.0.0", "::", "*"})
 
 
 class _Strict(BaseModel):
@@ -104,7 +103,7 @@ def _fleet_errors(fleet: FleetFile, configs: Mapping[str, Config]) -> Iterator[s
         if config.agent_port is None:
             yield f"{where}: its config has no agent_port (HAProxy asks the agent for weights)"
         for field, host in (("host", config.host), ("agent_host", config.agent_host)):
-            if _loopback(host) and not _loopback(node.address):
+            if is_loopback(host) and not is_loopback(node.address):
                 yield (
                     f"{where}: {field} {host} is loopback, so HAProxy cannot reach it at "
                     f"{node.address}"
@@ -115,14 +114,3 @@ def _fleet_errors(fleet: FleetFile, configs: Mapping[str, Config]) -> Iterator[s
                     f"{where}: model name {model!r} cannot be written into haproxy.cfg "
                     "(allowed: A-Z a-z 0-9 . _ : / @ + = -)"
                 )
-
-
-def _loopback(host: str) -> bool:
-    if host in _WILDCARDS:
-        return False
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
