@@ -33,6 +33,7 @@ def learned() -> SwitchCosts:
     costs.observe_op("llama", "evict", OFFLOAD, 12.0)
     costs.observe_op("llama", "wake", OFFLOAD, 0.6)
     costs.observe_op("llama", "cold_start", "retain+stop", 41.0)
+    costs.observe_op("llama", "evict", "retain+stop", 0.1 + 0.2)  # 0.30000000000000004
     costs.observe_op("llama", "drain", OFFLOAD, 3.0)  # not a step cost: left out
     costs.observe_switch("qwen", "llama", OFFLOAD, 12.6)
     return costs
@@ -79,6 +80,7 @@ def test_exported_costs_load_back_and_charge_exactly_what_was_learned(
         f"evict|{OFFLOAD}": 12.0,
         f"wake|{OFFLOAD}": 0.6,
         "cold_start|retain+stop": 41.0,
+        "evict|retain+stop": 0.3,  # rounded to 0.1 ms: a figure people read
     }
     costs = ProfileCosts(profile, llama_config())
     assert op_secs(costs, OpKind.EVICT, OFFLOAD) == pytest.approx(12.0)

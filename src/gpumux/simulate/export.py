@@ -15,6 +15,9 @@ from gpumux.core.config import EvictionConfig
 from gpumux.policy.costs import SwitchCosts
 from gpumux.simulate.cost_profile import MEASURED_OPS, CostProfile, ModelCosts
 
+#: Decimal places kept of each learned step's seconds.
+SECONDS_DIGITS = 4
+
 
 def profile_from_costs(costs: SwitchCosts, *, base: CostProfile, name: str) -> CostProfile:
     seconds: dict[str, dict[str, float]] = {}
@@ -27,7 +30,9 @@ def profile_from_costs(costs: SwitchCosts, *, base: CostProfile, name: str) -> C
             EvictionConfig.parse(strategy)
         except ValueError:
             continue  # not a level a profile can name (written by another version)
-        seconds.setdefault(model, {})[f"{op}|{strategy}"] = secs
+        # A learned figure is a moving average (0.6557999999998628): a tenth of a
+        # millisecond is finer than any step is measured, and the profile is read by people.
+        seconds.setdefault(model, {})[f"{op}|{strategy}"] = round(secs, SECONDS_DIGITS)
     models = dict(base.models)
     for model, table in seconds.items():
         known = models.get(model, ModelCosts())
