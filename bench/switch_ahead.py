@@ -62,7 +62,6 @@ from bench.common import (
     summarize,
     timed_post,
 )
-from gpumux.core.config import PolicyConfig
 from tests.support.daemon import RunningDaemon, mock_model, running_daemon
 
 NAME = "switch_ahead"
@@ -106,10 +105,8 @@ class Variant:
     ahead: bool
 
     def policy(self) -> dict[str, Any]:
-        policy: dict[str, Any] = {"overlap": self.overlap, "min_active_secs": 0}
-        if ahead_available():  # its default may be on: say it either way
-            policy["evict_ahead"] = self.ahead
-        return policy
+        # Both said either way: their defaults are on.
+        return {"overlap": self.overlap, "evict_ahead": self.ahead, "min_active_secs": 0}
 
 
 VARIANTS = (
@@ -118,11 +115,6 @@ VARIANTS = (
     Variant("ahead", overlap=False, ahead=True),
     Variant("both", overlap=True, ahead=True),
 )
-
-
-def ahead_available() -> bool:
-    """Whether this tree's config knows eviction ahead of need (`policy.evict_ahead`)."""
-    return "evict_ahead" in PolicyConfig.model_fields
 
 
 @dataclass
@@ -378,16 +370,12 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     results = []
     for variant in VARIANTS:
-        if variant.ahead and not ahead_available():
-            print(f"{NAME}: {variant.name}: skipped (no policy.evict_ahead here)", flush=True)
-            continue
         print(f"{NAME}: {variant.name}, {plan.repetitions} repetitions", flush=True)
         results.append(variant_result(run_variant(plan, variant)))
     payload: dict[str, Any] = {
         "bench": NAME,
         "environment": env,
         "plan": dataclasses.asdict(plan),
-        "evict_ahead_available": ahead_available(),
         "variants": results,
         "wall_secs": round(time.perf_counter() - started, 1),
     }

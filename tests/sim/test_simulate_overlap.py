@@ -13,31 +13,23 @@ from gpumux.scheduler.state.core import SchedulerCore
 from gpumux.simulate.engine import Simulation
 from gpumux.simulate.switch_model import STEP_SECS, SwitchModel
 from gpumux.simulate.workloads import Arrival
+from tests.support.sim import make_config
 
 pytestmark = pytest.mark.unit
 
 
 def config(*, overlap: bool) -> Config:
-    return Config.model_validate(
-        {
-            "models": {
-                alias: {
-                    "model_path": f"m/{alias}",
-                    "port": 8100 + i,
-                    "extra_args": ["--gpu-memory-utilization", "0.9"],
-                    # Two steps: the level-1 sleep frees the GPU, the suspend follows.
-                    "eviction": {"weights": "offload", "process": "cuda_suspend"},
-                }
-                for i, alias in enumerate("ab")
-            },
-            "policy": {
-                "min_active_secs": 0,
-                "coalesce_window_ms": 0,
-                "overlap": overlap,
-                "evict_ahead": False,
-            },
-            "gpu": {"probe": "fake", "fake_capacity_gib": [80]},
-        }
+    # Two models that cannot be awake together; two steps to each eviction: the level-1
+    # sleep frees the GPU, the suspend follows.
+    return make_config(
+        "time_slice",
+        [0.9, 0.9],
+        ["offload+cuda_suspend"] * 2,
+        gpus=1,
+        min_active_secs=0,
+        coalesce_window_ms=0,
+        overlap=overlap,
+        evict_ahead=False,
     )
 
 
@@ -49,7 +41,7 @@ def granted_at(cfg: Config) -> dict[str, float]:
             if isinstance(command, Grant):
                 granted.setdefault(command.model, now)
 
-    arrivals = [Arrival(0, "a", 0, 5), Arrival(30, "b", 0, 5)]
+    arrivals = [Arrival(0, "m0", 0, 5), Arrival(30, "m1", 0, 5)]
     Simulation(cfg, arrivals, SwitchModel(), observer=observe).run()
     return granted
 
@@ -57,7 +49,7 @@ def granted_at(cfg: Config) -> dict[str, float]:
 def test_the_next_wake_starts_when_the_victims_sleep_is_done_not_its_suspend() -> None:
     with_overlap = granted_at(config(overlap=True))
     without = granted_at(config(overlap=False))
-    assert with_overlap["a"] == without["a"]
-    # `b` waits for `a`'s sleep either way; with overlap not for `a`'s suspend as well.
-    assert without["b"] - with_overlap["b"] == pytest.approx(STEP_SECS[Step.CUDA_SUSPEND])
-    assert with_overlap["b"] > 30 + STEP_SECS[Step.SLEEP_OFFLOAD]
+    assert with_overlap["m0"] == without["m0"]
+    # m1 waits for m0's sleep either way; with overlap not for m0's suspend as well.
+    assert without["m1"] - with_overlap["m1"] == pytest.approx(STEP_SECS[Step.CUDA_SUSPEND])
+    assert with_overlap["m1"] > 30 + STEP_SECS[Step.SLEEP_OFFLOAD]
