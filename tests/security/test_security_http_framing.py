@@ -163,3 +163,53 @@ def test_refusals_are_one_warning_line_each_without_a_traceback(
     assert all(e["level"] == "warning" for e in refusals())
     assert not [e for e in fuzz_daemon.log_events() if "exception" in e]
     assert fuzz_daemon.process.poll() is None
+
+
+def test_the_proxy_port_answers_every_method_and_path_itself(fuzz_daemon: RunningDaemon) -> None:
+    """The proxy port has no router (`http/listener.BareHandler`): what aiohttp's router
+    did there (100-continue, 417, HEAD, paths no route matches) the proxy does, in its
+    error shape. Runs after the refusal count above: none of these is a parser refusal."""
+    port = fuzz_daemon.config["port"]
+    head = b"POST " + CHAT + b" HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    head += b"Connection: close\r\nContent-Length: %d\r\n" % len(BODY)
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(head + b"Expect: 100-continue\r\n\r\n")
+        interim = b""
+        while not interim.endswith(b"\r\n\r\n"):  # the body is held back until it comes
+            piece = sock.recv(1)
+            assert piece, interim
+            interim += piece
+        assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+        sock.sendall(BODY)
+        rest = b""
+        while piece := sock.recv(65536):
+            rest += piece
+    status, _, body = parse(rest)
+    assert status == 200, body[:300]
+    assert json.loads(body)["object"] == "chat.completion"
+    error = assert_openai_refusal(exchange(port, head + b"Expect: magic\r\n\r\n" + BODY), 417)
+    assert error["code"] == "expectation_failed"
+    for page in (b"/health", b"/v1/models"):
+        status, headers, body = parse(
+            exchange(port, b"HEAD " + page + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        )
+        assert (status, body) == (200, b"")
+        assert int(headers["content-length"]) > 0  # the length GET's body would have
+    close = b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+    for line, code in (
+        (b"OPTIONS *", "not_found"),
+        (b"CONNECT 127.0.0.1:443", "not_found"),
+        (b"POST /health", "not_found"),
+        (b"GET http://127.0.0.1/health", "not_found"),  # routes match the raw target
+        (b"DELETE /v1/models", "not_found"),
+        (b"PUT " + CHAT, "method_not_allowed"),
+    ):
+        answer = exchange(port, line + close)
+        error = assert_openai_refusal(answer, 405 if code == "method_not_allowed" else 404)
+        assert error["code"] == code, (line, error)
+    # Anthropic's routes answer in Anthropic's shape, refusals of the expectation included.
+    messages = b"POST /v1/messages HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    messages += b"Connection: close\r\nContent-Length: 2\r\nExpect: magic\r\n\r\n{}"
+    status, _, body = parse(exchange(port, messages))
+    assert status == 417
+    assert json.loads(body)["type"] == "error"

@@ -79,6 +79,11 @@ class MethodNotAllowed(ClientError):
     code = "method_not_allowed"
 
 
+class ExpectationFailed(ClientError):
+    http_status = 417
+    code = "expectation_failed"
+
+
 class RequestTooLarge(ClientError):
     http_status = 413
     code = "request_too_large"

@@ -24,7 +24,7 @@ from gpumux.core.states import DaemonState
 from gpumux.daemon.components import Components, ServeOptions, build_components
 from gpumux.daemon.lifecycle import DaemonLifecycle
 from gpumux.daemon.sdnotify import extend_timeout, watchdog
-from gpumux.http.listener import listen
+from gpumux.http.listener import BareHandler, listen
 from gpumux.telemetry.metrics import measure_loop_lag
 
 log = structlog.get_logger(__name__)
@@ -42,7 +42,7 @@ class Daemon:
         self.config = config
         self.options = options
         self.lifecycle = DaemonLifecycle()
-        self._runners: list[web.AppRunner] = []
+        self._runners: list[web.BaseRunner] = []
 
     async def run(self) -> int:
         parts = await build_components(self.config, self.options, self.lifecycle)
@@ -97,7 +97,9 @@ class Daemon:
 
     async def _bind_listeners(self, parts: Components) -> None:
         config, ports = self.config, parts.ports
-        await self._listen(parts.proxy.app(), config.host, ports.proxy, cancel_on_disconnect=True)
+        await self._listen(
+            parts.proxy.front_door(), config.host, ports.proxy, cancel_on_disconnect=True
+        )
         if ports.metrics:
             await self._listen(parts.metrics_app(), config.host, ports.metrics)
         if parts.admin is not None and ports.admin is not None:
@@ -108,7 +110,12 @@ class Daemon:
             await parts.agent.start()
 
     async def _listen(
-        self, app: web.Application, host: str, port: int, *, cancel_on_disconnect: bool = False
+        self,
+        app: web.Application | BareHandler,
+        host: str,
+        port: int,
+        *,
+        cancel_on_disconnect: bool = False,
     ) -> None:
         # Every listener gets the same request-head deadline (slowloris, case 8).
         runner = await listen(

@@ -100,7 +100,7 @@ def json_object(body: bytes) -> dict[str, Any]:
     return document
 
 
-async def read_body(request: web.Request) -> bytes:
+async def read_body(request: web.BaseRequest) -> bytes:
     """The request's body; a body cut short or wrongly framed is the client's 400.
 
     `web.HTTPRequestEntityTooLarge` passes through: each edge answers it as its 413.

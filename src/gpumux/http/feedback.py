@@ -54,7 +54,7 @@ class LoadingFeedback:
 
     async def wait(
         self,
-        request: web.Request,
+        request: web.BaseRequest,
         acquire: Coroutine[Any, Any, Lease],
         release: Callable[[Lease], None],
         headers: Callable[[], dict[str, str]],

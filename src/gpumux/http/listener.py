@@ -1,5 +1,7 @@
-"""How the daemon's HTTP listeners are built: an aiohttp app bound to a TCP port whose
-connections must deliver each request head in time (the slowloris guard).
+"""How the daemon's HTTP listeners are built: an aiohttp app (admin, metrics) or one bare
+handler (the proxy: `BareHandler`, aiohttp's low-level server without an Application)
+bound to a TCP port whose connections must deliver each request head in time (the
+slowloris guard).
 
 Owns: the runner/site pair behind every listener (proxy, admin, metrics) and the
 per-connection request-head deadline, `header_timeout_secs`. A connection has that long
@@ -25,7 +27,7 @@ handle_error` (tests/faults/test_faults_bad_input.py and
 tests/security/test_security_http_framing.py fail loudly if a hook stops firing): the site
 hands asyncio a protocol that wraps the `RequestHandler` aiohttp's `web.Server` makes for
 each connection, so it sees every byte before aiohttp parses it, and an outermost
-middleware tells the wrapper when aiohttp dispatches a request (its head is complete) and
+middleware (around a bare handler: the same function) tells the wrapper when aiohttp dispatches a request (its head is complete) and
 when the handler is done. Bytes that arrive while a request is being handled are its body
 (or a pipelined head): they are not timed, and the next byte after that request ends
 starts the clock. A client that goes silent mid-head after such bytes costs what an idle
@@ -37,17 +39,22 @@ from __future__ import annotations
 import asyncio
 import contextvars
 from collections.abc import Awaitable, Callable
-from typing import Any, cast
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, TypeVar, cast
 
 import structlog
 from aiohttp import web
+from aiohttp.abc import AbstractStreamWriter
 from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
+from aiohttp.http_parser import RawRequestMessage
+from aiohttp.streams import StreamReader
 
 from gpumux.core.errors import openai_envelope
 
 log = structlog.get_logger(__name__)
 
-_Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 
 
 #: An idle kept-alive connection (no request under way) is closed after this long, as
@@ -57,19 +64,46 @@ IDLE_KEEPALIVE_SECS = 75.0
 _HANDLER_ARGS: dict[str, Any] = {"access_log": None, "keepalive_timeout": IDLE_KEEPALIVE_SECS}
 
 
+@dataclass(frozen=True)
+class BareHandler:
+    """One handler served by aiohttp's low-level server, for the hot port (the proxy).
+
+    No `web.Application`: no router, middleware chain, signals or `Expect` handling, so a
+    request costs aiohttp's parse, a `BaseRequest` and one call. The handler answers every
+    method and path itself (so a 404 or 405 is in its API's shape without a middleware
+    translating aiohttp's), and sends `100 Continue` itself. `client_max_size` bounds what
+    `request.read()` accepts, as an Application's `client_max_size` does.
+    """
+
+    handle: _Handler
+    client_max_size: int
+
+
 async def listen(
-    app: web.Application,
+    served: web.Application | BareHandler,
     host: str,
     port: int,
     *,
     header_timeout_secs: float,
     cancel_on_disconnect: bool = False,
-) -> web.AppRunner:
-    """Serve `app` on host:port; `runner.cleanup()` stops it (and closes its connections)."""
-    app.middlewares.insert(0, _track_requests)  # outermost: sees the whole request
+) -> web.BaseRunner:
+    """Serve `served` on host:port; `runner.cleanup()` stops it (and closes its connections)."""
     # handler_cancellation: a client that leaves cancels its handler, which closes the
     # upstream request so vLLM aborts it (aiohttp's default is False in production).
-    runner = web.AppRunner(app, handler_cancellation=cancel_on_disconnect, **_HANDLER_ARGS)
+    runner: web.BaseRunner
+    if isinstance(served, BareHandler):
+        server = web.Server(
+            partial(_track_requests, handler=served.handle),  # sees the whole request
+            request_factory=_request_factory(served.client_max_size),
+            handler_cancellation=cancel_on_disconnect,
+            **_HANDLER_ARGS,
+        )
+        runner = web.ServerRunner(server)
+    else:
+        served.middlewares.insert(
+            0, web.middleware(_track_requests)
+        )  # outermost: sees the whole request
+        runner = web.AppRunner(served, handler_cancellation=cancel_on_disconnect, **_HANDLER_ARGS)
     await runner.setup()
     await HeadDeadlineSite(runner, host, port, header_timeout_secs).start()
     return runner
@@ -182,7 +216,7 @@ class HeadDeadlineSite(web.BaseSite):
 
     __slots__ = ("_host", "_listening", "_owner", "_port", "_timeout")
 
-    def __init__(self, runner: web.AppRunner, host: str, port: int, timeout: float) -> None:
+    def __init__(self, runner: web.BaseRunner, host: str, port: int, timeout: float) -> None:
         super().__init__(runner)
         self._owner = runner
         self._host = host
@@ -255,8 +289,38 @@ def refusal(exc: HttpProcessingError) -> tuple[int, str, str]:
     return 400, "invalid_request", f"The HTTP request could not be parsed: {first_line}"
 
 
-@web.middleware
-async def _track_requests(request: web.Request, handler: _Handler) -> web.StreamResponse:
+def _request_factory(
+    client_max_size: int,
+) -> Callable[
+    [RawRequestMessage, StreamReader, web.RequestHandler, AbstractStreamWriter, asyncio.Task[None]],
+    web.BaseRequest,
+]:
+    """What `web.Server` builds each request with, bounding its body as an Application
+    does (the low-level server's own factory keeps aiohttp's 1 MiB default)."""
+    loop = asyncio.get_running_loop()
+
+    def make(
+        message: RawRequestMessage,
+        payload: StreamReader,
+        protocol: web.RequestHandler,
+        writer: AbstractStreamWriter,
+        task: asyncio.Task[None],
+    ) -> web.BaseRequest:
+        return web.BaseRequest(
+            message, payload, protocol, writer, task, loop, client_max_size=client_max_size
+        )
+
+    return make
+
+
+_Request = TypeVar("_Request", bound=web.BaseRequest)
+
+
+async def _track_requests(
+    request: _Request, handler: Callable[[_Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Tells the connection's `HeadDeadline` when a request is handed over and when it is
+    done: an app's outermost middleware, or the bare handler's wrapper."""
     transport = request.transport
     guard = transport.get_protocol() if transport is not None else None
     if not isinstance(guard, HeadDeadline):

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from functools import partial
 
 import structlog
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 from multidict import MultiMapping
 from yarl import URL
 
@@ -39,20 +39,21 @@ from gpumux.core.errors import (
     BackendCrashed,
     BackendUnreachable,
     ClientError,
+    ExpectationFailed,
     GpumuxError,
     MethodNotAllowed,
     RequestTooLarge,
     RouteNotFound,
     ShuttingDown,
     UpstreamTimeout,
-    openai_envelope,
 )
 from gpumux.http.aliases import adapter_entries, alias_entries, resolve
 from gpumux.http.anthropic import api_key, presented_authorization, shape_for
 from gpumux.http.auth import ApiKeys
 from gpumux.http.body import read_body
-from gpumux.http.errors import REQUEST_ID, ErrorShape, error_response, sse_error_event
+from gpumux.http.errors import REQUEST_ID, error_response, sse_error_event
 from gpumux.http.feedback import LoadingFeedback, backend_error_event, describe_wait
+from gpumux.http.listener import BareHandler
 from gpumux.http.lora import AdapterGate, refuse_runtime_lora_route
 from gpumux.http.passive_health import BackendStreaks
 from gpumux.http.request_log import RequestLog, RequestRecord, key_hash
@@ -78,6 +79,7 @@ _HOP_BY_HOP = frozenset(
         "host",
         "authorization",
         "x-api-key",  # gpumux's key as Anthropic clients send it: never forwarded
+        "expect",  # answered here (`_expect_continue`); the body goes upstream whole
         "date",
         "server",
     }
@@ -95,6 +97,10 @@ _REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,128}")
 QUEUE_SECONDS = "X-Gpumux-Queue-Seconds"
 #: The request's log record, kept on the aiohttp request while it is handled.
 _RECORD = web.RequestKey("gpumux_record", RequestRecord)
+#: The id the request is logged, echoed and forwarded under (`client_request_id`).
+_REQUEST_ID = web.RequestKey("gpumux_request_id", str)
+#: The methods the two pages beside the forwarded routes answer (HEAD: the head only).
+_READ_METHODS = frozenset({"GET", "HEAD"})
 
 
 @dataclass(frozen=True)
@@ -144,6 +150,10 @@ class Proxy:
         self._feedback = LoadingFeedback(
             config.loading_feedback, config.loading_feedback_after_secs
         )
+        self._pages: dict[str, Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]] = {
+            "/health": self._health,
+            "/v1/models": self._models,
+        }
         self._connect_timeout = config.supervision.upstream_connect_timeout_secs
         self._idle_timeout = config.supervision.upstream_idle_timeout_secs
 
@@ -152,65 +162,47 @@ class Proxy:
         self._config = config
         self._adapters.reload(config)
 
-    def app(self) -> web.Application:
-        app = web.Application(
-            client_max_size=self._config.max_request_body_bytes, middlewares=[self._errors]
-        )
-        app.router.add_get("/health", self._health)
-        app.router.add_get("/v1/models", self._models)
-        app.router.add_route("*", "/{tail:.*}", self._dispatch)
-        return app
+    def front_door(self) -> BareHandler:
+        """The proxy port's one handler: every method and path comes here (no router)."""
+        return BareHandler(self._handle, self._config.max_request_body_bytes)
 
-    @web.middleware
-    async def _errors(
-        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-    ) -> web.StreamResponse:
+    async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        """Route by the raw path, and answer every failure in the route's API shape."""
         request_id = client_request_id(request.headers.get(REQUEST_ID))
-        request[REQUEST_ID] = request_id
+        request[_REQUEST_ID] = request_id
         structlog.contextvars.bind_contextvars(request_id=request_id)
+        # Match on the raw path: `/v1/../sleep` or `//sleep` never normalise into a route.
+        path = request.raw_path.split("?", 1)[0]
         try:
-            return await handler(request)
+            if "Expect" in request.headers:
+                await _expect_continue(request)
+            page = self._pages.get(path)
+            if page is not None and request.method in _READ_METHODS:
+                return await page(request)
+            return await self._dispatch(request, path)
         except GpumuxError as exc:
             if isinstance(exc, ClientError):
-                _log_rejection(request, exc.http_status, exc.code)
-            response = error_response(exc, request_id, _shape(request))
+                _log_rejection(request, path, exc.http_status, exc.code)
+            response = error_response(exc, request_id, shape_for(path))
             record = request.get(_RECORD)
             if record is not None and record.queue_secs is not None:
                 response.headers[QUEUE_SECONDS] = f"{record.queue_secs:.3f}"
             return response
         except web.HTTPRequestEntityTooLarge:
             limit = self._config.max_request_body_bytes
-            _log_rejection(request, 413, RequestTooLarge.code)
+            _log_rejection(request, path, 413, RequestTooLarge.code)
             return error_response(
-                RequestTooLarge(f"Request body exceeds {limit} bytes."), request_id, _shape(request)
+                RequestTooLarge(f"Request body exceeds {limit} bytes."), request_id, shape_for(path)
             )
-        except web.HTTPException as exc:
-            if exc.status < 400:
-                raise
-            _log_rejection(request, exc.status, type(exc).__name__)
-            # aiohttp's own refusals (no route for CONNECT or `OPTIONS *`, ...) are text/plain;
-            # clients get the OpenAI shape like every other error.
-            if exc.status == 404:
-                error: GpumuxError = RouteNotFound(
-                    f"Unknown route {request.method} {request.raw_path[:200]}."
-                )
-            elif exc.status == 405:
-                error = MethodNotAllowed(f"{request.method} is not allowed here.")
-            else:
-                envelope = openai_envelope(exc.reason, "invalid_request_error", "invalid_request")
-                return web.json_response(
-                    envelope, status=exc.status, headers={REQUEST_ID: request_id}
-                )
-            return error_response(error, request_id, _shape(request))
         finally:
             structlog.contextvars.unbind_contextvars("request_id", "model", "alias", "adapter")
 
-    async def _health(self, request: web.Request) -> web.Response:
+    async def _health(self, request: web.BaseRequest) -> web.Response:
         if self._shutting_down():
             return error_response(ShuttingDown("gpumux is shutting down", retry_after=5))
         return web.json_response({"status": "ok"})
 
-    async def _models(self, request: web.Request) -> web.Response:
+    async def _models(self, request: web.BaseRequest) -> web.Response:
         self._keys.check(request.headers.get("Authorization"))
         created = self._started_at
         data = [
@@ -227,13 +219,11 @@ class Proxy:
         data += adapter_entries(self._config, created)
         return web.json_response({"object": "list", "data": data})
 
-    async def _dispatch(self, request: web.Request) -> web.StreamResponse:
-        # Match on the raw path: `/v1/../sleep` or `//sleep` never normalise into a route.
-        path = request.raw_path.split("?", 1)[0]
+    async def _dispatch(self, request: web.BaseRequest, path: str) -> web.StreamResponse:
         refuse_runtime_lora_route(path)
         route = ROUTES.get(path)
         if route is None:
-            raise RouteNotFound(f"Unknown route {request.method} {path}.")
+            raise RouteNotFound(f"Unknown route {request.method} {path[:200]}.")
         if request.method != "POST":
             raise MethodNotAllowed(f"{path} accepts POST only.")
         self._keys.check(request.headers.get("Authorization"), api_key(path, request.headers))
@@ -288,7 +278,7 @@ class Proxy:
         return response
 
     async def _wait(
-        self, request: web.Request, model: str, record: RequestRecord, known: bool, stream: bool
+        self, request: web.BaseRequest, model: str, record: RequestRecord, known: bool, stream: bool
     ) -> tuple[Lease | None, web.StreamResponse | None]:
         """A lease; for a stream with loading feedback on, also the response already begun
         if the wait outlasted the threshold (None lease: the wait failed after that)."""
@@ -302,8 +292,8 @@ class Proxy:
         def headers() -> dict[str, str]:
             # Sent before the wait ends: the wait so far (the log has the whole of it).
             waited = f"{time.monotonic() - started:.3f}"
-            ids = shape.id_headers(request[REQUEST_ID])
-            return {REQUEST_ID: request[REQUEST_ID], **ids, QUEUE_SECONDS: waited}
+            ids = shape.id_headers(request[_REQUEST_ID])
+            return {REQUEST_ID: request[_REQUEST_ID], **ids, QUEUE_SECONDS: waited}
 
         describe = partial(describe_wait, self._scheduler, model)
         waited = await self._feedback.wait(
@@ -335,7 +325,7 @@ class Proxy:
 
     async def _forward(
         self,
-        request: web.Request,
+        request: web.BaseRequest,
         lease: Lease,
         body: bytes,
         path: str,
@@ -345,7 +335,7 @@ class Proxy:
     ) -> web.StreamResponse:
         """Forward to the lease's backend; into `prepared` when loading feedback began it."""
         headers = end_to_end_headers(request.headers)
-        headers[REQUEST_ID] = request[REQUEST_ID]
+        headers[REQUEST_ID] = request[_REQUEST_ID]
         pid = lease.pid  # the process the lease was granted on
         upstream = await self._open_upstream(request.raw_path, body, headers, lease.model)
         if self._streaks is not None:  # gpumux's own errors raised above; never counted
@@ -393,7 +383,7 @@ class Proxy:
 
     async def _relay_stream(
         self,
-        request: web.Request,
+        request: web.BaseRequest,
         upstream: Reply,
         model: str,
         path: str,
@@ -456,10 +446,10 @@ class Proxy:
         await response.write_eof(tail)  # with the last chunk, in one write
         return response
 
-    def _response_headers(self, upstream: Reply, request: web.Request) -> dict[str, str]:
+    def _response_headers(self, upstream: Reply, request: web.BaseRequest) -> dict[str, str]:
         headers = end_to_end_headers(upstream.headers)
-        headers[REQUEST_ID] = request[REQUEST_ID]
-        headers.update(shape_for(request[_RECORD].endpoint).id_headers(request[REQUEST_ID]))
+        headers[REQUEST_ID] = request[_REQUEST_ID]
+        headers.update(shape_for(request[_RECORD].endpoint).id_headers(request[_REQUEST_ID]))
         headers[QUEUE_SECONDS] = f"{request[_RECORD].queue_secs or 0.0:.3f}"
         return headers
 
@@ -468,7 +458,7 @@ class Proxy:
         # request_id and model come from the context the middleware and _dispatch bound.
         log_hot(log, "request_finished", endpoint=endpoint, status=status)
 
-    def _observe_ttft(self, model: str, started: float, request: web.Request) -> None:
+    def _observe_ttft(self, model: str, started: float, request: web.BaseRequest) -> None:
         ttft = time.monotonic() - started
         self._metrics.observe_time_to_first_token(model, ttft)
         request[_RECORD].ttft_secs = round(ttft, 6)
@@ -490,16 +480,25 @@ def client_request_id(given: str | None) -> str:
     return os.urandom(16).hex()  # as random as uuid4().hex, without building a UUID
 
 
-def _shape(request: web.Request) -> ErrorShape:
-    """The error shape of the API the request's route speaks (`http/anthropic`)."""
-    return shape_for(request.raw_path.split("?", 1)[0])
-
-
-def _log_rejection(request: web.Request, status: int, code: str) -> None:
+def _log_rejection(request: web.BaseRequest, path: str, status: int, code: str) -> None:
     """One warning line per refused request: no body, no query string (it may hold
     secrets), no traceback; the request id and model are bound in the context."""
-    path = request.raw_path.split("?", 1)[0][:200]
-    log.warning("request_rejected", status=status, code=code, method=request.method, path=path)
+    log.warning(
+        "request_rejected", status=status, code=code, method=request.method, path=path[:200]
+    )
+
+
+async def _expect_continue(request: web.BaseRequest) -> None:
+    """`Expect: 100-continue` (curl sends it for large bodies) gets its interim reply before
+    the body is read; any other expectation is a 417 (RFC 9110 §10.1.1), as aiohttp's
+    router answered both before the proxy port lost its router. HTTP/1.0 has neither."""
+    if request.version != HttpVersion11:
+        return
+    expect = request.headers.get("Expect", "")
+    if expect.strip().lower() != "100-continue":
+        raise ExpectationFailed(f"Unknown expectation: {expect[:100]!r}.")
+    await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+    request.writer.output_size = 0  # the reply's own bytes start after it
 
 
 def request_bytes(raw_path: str, port: int, headers: dict[str, str], body: bytes) -> bytes:

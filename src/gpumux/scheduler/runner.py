@@ -22,6 +22,7 @@ import structlog
 
 from gpumux.core.errors import GpumuxError, ShuttingDown
 from gpumux.core.states import ModelState
+from gpumux.scheduler.inbox import Inbox
 from gpumux.scheduler.inputs import (
     Admin,
     AdminCommand,
@@ -96,7 +97,7 @@ class Scheduler:
         self._observer = observer
         self._clock = clock
         self._view: SchedulerView | None = None  # built on first read after a step
-        self._inbox: asyncio.Queue[Input] = asyncio.Queue()
+        self._inbox: Inbox[Input] = Inbox()
         self._waiters: dict[int, asyncio.Future[Lease]] = {}
         self._tickets = itertools.count(1)
         self._replies = itertools.count(1)
@@ -128,38 +129,38 @@ class Scheduler:
         ticket = next(self._tickets)
         future: asyncio.Future[Lease] = asyncio.get_running_loop().create_future()
         self._waiters[ticket] = future
-        self._inbox.put_nowait(Submit(ticket, model))
+        self._inbox.put(Submit(ticket, model))
         try:
             return await future
         except asyncio.CancelledError:
             # The client left while queued (or just as it was granted): tell the owner.
-            self._inbox.put_nowait(Cancel(ticket))
+            self._inbox.put(Cancel(ticket))
             raise
         finally:
             self._waiters.pop(ticket, None)
 
     def release(self, lease: Lease) -> None:
-        self._inbox.put_nowait(Release(lease.ticket))
+        self._inbox.put(Release(lease.ticket))
 
     def process_exited(self, model: str, pid: int, code: int) -> None:
-        self._inbox.put_nowait(ProcessExited(model, pid, code))
+        self._inbox.put(ProcessExited(model, pid, code))
 
     def report_unhealthy(self, model: str, pid: int) -> None:
-        self._inbox.put_nowait(HealthFailed(model, pid))
+        self._inbox.put(HealthFailed(model, pid))
 
     def report_asleep(self, model: str, pid: int) -> None:
-        self._inbox.put_nowait(FoundAsleep(model, pid))
+        self._inbox.put(FoundAsleep(model, pid))
 
     def report_host_memory(self, available_bytes: int) -> None:
         """A fresh host-RAM reading (the core keeps its budget with it)."""
-        self._inbox.put_nowait(HostMemory(available_bytes))
+        self._inbox.put(HostMemory(available_bytes))
 
     async def admin(self, command: AdminCommand, *, timeout: float) -> AdminReply:
         """Send an operator's command to the owner task and wait (bounded) for its reply."""
         reply = next(self._replies)
         future: asyncio.Future[AdminReply] = asyncio.get_running_loop().create_future()
         self._admin_waiters[reply] = future
-        self._inbox.put_nowait(Admin(command, reply))
+        self._inbox.put(Admin(command, reply))
         try:
             async with asyncio.timeout(timeout):
                 return await future
@@ -174,10 +175,10 @@ class Scheduler:
 
     def begin_shutdown(self) -> None:
         self._closed = True
-        self._inbox.put_nowait(BeginShutdown())
+        self._inbox.put(BeginShutdown())
 
     def force_stop(self) -> None:
-        self._inbox.put_nowait(ForceStop())
+        self._inbox.put(ForceStop())
 
     # ---- the owner task ------------------------------------------------------------------
 
@@ -193,7 +194,7 @@ class Scheduler:
                 # have read the states in between, and under load (a Submit and a Release
                 # per request) this saves a wake-up, a deadline timer and a publish each.
                 while not self._inbox.empty():
-                    self._execute(self._core.handle(self._inbox.get_nowait(), self._clock()))
+                    self._execute(self._core.handle(self._inbox.take(), self._clock()))
                 self._publish()
         finally:
             for task in list(self._ops):
@@ -203,14 +204,10 @@ class Scheduler:
 
     async def _next_message(self) -> Input:
         deadline = self._core.next_deadline()
-        if deadline is None:
-            return await self._inbox.get()
-        delay = max(0.0, deadline - self._clock())
-        try:
-            async with asyncio.timeout(delay):
-                return await self._inbox.get()
-        except TimeoutError:
-            return Tick()
+        delay = None if deadline is None else max(0.0, deadline - self._clock())
+        if await self._inbox.wait(delay):
+            return self._inbox.take()
+        return Tick()  # the deadline came first
 
     def _execute(self, commands: list[Command]) -> None:
         for command in commands:
@@ -254,7 +251,7 @@ class Scheduler:
         if future is None or future.done():
             # The requester is gone; a grant must not leak its lease.
             if isinstance(result, Lease):
-                self._inbox.put_nowait(Release(ticket))
+                self._inbox.put(Release(ticket))
             return
         if isinstance(result, Lease):
             future.set_result(result)
@@ -268,10 +265,10 @@ class Scheduler:
         )
 
         def report(state: ModelState) -> None:
-            self._inbox.put_nowait(OpPhase(op.op_id, state))
+            self._inbox.put(OpPhase(op.op_id, state))
 
         def freed(holds: ModelState, phases: tuple[tuple[str, float], ...]) -> None:
-            self._inbox.put_nowait(GpuFreed(op.op_id, holds, phases))
+            self._inbox.put(GpuFreed(op.op_id, holds, phases))
 
         try:
             outcome = await self._orchestrator.run(op, report, freed)
@@ -279,4 +276,4 @@ class Scheduler:
             raise
         except Exception as exc:  # an effect broke its contract; the model must not hang
             outcome = OpOutcome(op.op_id, OpResult.FAILED, None, f"internal error: {exc!r}")
-        self._inbox.put_nowait(OpDone(outcome))
+        self._inbox.put(OpDone(outcome))

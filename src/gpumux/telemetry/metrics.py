@@ -202,6 +202,10 @@ class Metrics:
         # x statuses); children are never removed, so a cached one stays the live one.
         self._request_counters: dict[tuple[str, str, int], Counter] = {}
         self._ttft_histograms: dict[str, Histogram] = {}
+        # The scheduler's per-request series, the same way (it reports on every step).
+        self._queue_waits: dict[str, Histogram] = {}
+        self._queue_depths: dict[str, Gauge] = {}
+        self._inflights: dict[str, Gauge] = {}
 
     def count_request(self, model: str, endpoint: str, status: int) -> None:
         """`gpumux_requests_total{model,endpoint,code}` += 1."""
@@ -217,11 +221,28 @@ class Metrics:
             child = self._ttft_histograms[model] = self.time_to_first_token.labels(model)
         child.observe(seconds)
 
+    def observe_queue_wait(self, model: str, seconds: float) -> None:
+        """`gpumux_queue_wait_seconds{model}`: one granted request's wait."""
+        child = self._queue_waits.get(model)
+        if child is None:
+            child = self._queue_waits[model] = self.queue_wait.labels(model)
+        child.observe(seconds)
+
+    def set_queue_load(self, model: str, depth: int, inflight: int) -> None:
+        """`gpumux_queue_depth{model}` and `gpumux_inflight_requests{model}`."""
+        depth_child = self._queue_depths.get(model)
+        if depth_child is None:
+            depth_child = self._queue_depths[model] = self.queue_depth.labels(model)
+        inflight_child = self._inflights.get(model)
+        if inflight_child is None:
+            inflight_child = self._inflights[model] = self.inflight.labels(model)
+        depth_child.set(depth)
+        inflight_child.set(inflight)
+
     def init_models(self, models: Iterable[str]) -> None:
         """Create each model's series at zero (state `stopped`), so dashboards see them."""
         for model in models:
-            self.queue_depth.labels(model).set(0)
-            self.inflight.labels(model).set(0)
+            self.set_queue_load(model, 0, 0)
             self.set_model_state(model, ModelState.STOPPED)
             for verdict in ("healthy", "unhealthy"):  # health.HEALTHY / health.UNHEALTHY
                 self.backend_5xx_streak_checks.labels(model, verdict)

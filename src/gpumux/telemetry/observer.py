@@ -79,19 +79,17 @@ class DaemonObserver:
         self._remember("checkpoint_restore_failed", model=model, reason=reason)
 
     def queue_wait(self, event: QueueWait) -> None:
-        self._metrics.queue_wait.labels(event.model).observe(event.wait_secs)
+        self._metrics.observe_queue_wait(event.model, event.wait_secs)
 
     def note(self, event: Note) -> None:
         log.info(event.event, **event.fields)
         self._remember(event.event, **event.fields)
 
     def queues_changed(self, depths: dict[str, int], inflight: dict[str, int]) -> None:
-        # Called after every scheduler message: touch only the gauges that moved.
+        # Called after every scheduler wake-up: touch only the models whose load moved.
+        known_depths, known_inflight = self._depths, self._inflight
         for model, depth in depths.items():
-            if self._depths.get(model) != depth:
-                self._depths[model] = depth
-                self._metrics.queue_depth.labels(model).set(depth)
-        for model, count in inflight.items():
-            if self._inflight.get(model) != count:
-                self._inflight[model] = count
-                self._metrics.inflight.labels(model).set(count)
+            count = inflight.get(model, 0)
+            if known_depths.get(model) != depth or known_inflight.get(model) != count:
+                known_depths[model], known_inflight[model] = depth, count
+                self._metrics.set_queue_load(model, depth, count)
