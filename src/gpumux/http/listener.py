@@ -20,18 +20,19 @@ Also owns: the answer to a request aiohttp's HTTP parser refuses before any app 
 `Transfer-Encoding`, a malformed chunk, bytes that are not HTTP): the API's own error
 shape — 431 for header fields too large, 414 for a request line too long, else 400 —
 and one warning line, where aiohttp would send text/plain and log a traceback.
-Does not: route, authenticate or answer requests (the apps do).
+Does not: route, authenticate or answer requests (the apps and the proxy's handler do).
 
 How, using aiohttp's public surface and one documented-by-use method, `RequestHandler.
 handle_error` (tests/faults/test_faults_bad_input.py and
 tests/security/test_security_http_framing.py fail loudly if a hook stops firing): the site
 hands asyncio a protocol that wraps the `RequestHandler` aiohttp's `web.Server` makes for
 each connection, so it sees every byte before aiohttp parses it, and an outermost
-middleware (around a bare handler: the same function) tells the wrapper when aiohttp dispatches a request (its head is complete) and
-when the handler is done. Bytes that arrive while a request is being handled are its body
-(or a pipelined head): they are not timed, and the next byte after that request ends
-starts the clock. A client that goes silent mid-head after such bytes costs what an idle
-kept-alive connection costs and is left to the keep-alive timeout too.
+middleware (around a bare handler: the same function) tells the wrapper when aiohttp
+dispatches a request (its head is complete) and when the handler is done. Bytes that
+arrive while a request is being handled are its body (or a pipelined head): they are not
+timed, and the next byte after that request ends starts the clock. A client that goes
+silent mid-head after such bytes costs what an idle kept-alive connection costs and is
+left to the keep-alive timeout too.
 """
 
 from __future__ import annotations
