@@ -101,9 +101,8 @@ async def listen(
         )
         runner = web.ServerRunner(server)
     else:
-        served.middlewares.insert(
-            0, web.middleware(_track_requests)
-        )  # outermost: sees the whole request
+        # Outermost: it sees the whole request.
+        served.middlewares.insert(0, web.middleware(_track_requests))
         runner = web.AppRunner(served, handler_cancellation=cancel_on_disconnect, **_HANDLER_ARGS)
     await runner.setup()
     await HeadDeadlineSite(runner, host, port, header_timeout_secs).start()
