@@ -23,11 +23,12 @@ import asyncio
 from collections.abc import Iterable
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
-from typing import Final
+from typing import Final, TypeVar, cast
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import choose_encoder
+from prometheus_client.metrics import MetricWrapperBase
 
 from gpumux.core.states import ModelState
 from gpumux.gpu.probe import GpuMemory
@@ -55,6 +56,9 @@ def gpumux_version() -> str:
         return package_version("gpumux")
     except PackageNotFoundError:
         return "unknown"
+
+
+_Metric = TypeVar("_Metric", bound=MetricWrapperBase)
 
 
 class Metrics:
@@ -197,47 +201,35 @@ class Metrics:
         #: The latest loop-lag sample in seconds, for a watchdog to read.
         self.last_loop_lag_seconds = 0.0
         # Label children of the per-request series, found once per label set: `labels()`
-        # validates and locks on every call, and the proxy calls it for every request.
+        # validates and locks on every call, and the proxy and the scheduler call these
+        # for every request.
         # Bounded like the labels themselves (configured models x allow-listed endpoints
         # x statuses); children are never removed, so a cached one stays the live one.
-        self._request_counters: dict[tuple[str, str, int], Counter] = {}
-        self._ttft_histograms: dict[str, Histogram] = {}
-        # The scheduler's per-request series, the same way (it reports on every step).
-        self._queue_waits: dict[str, Histogram] = {}
-        self._queue_depths: dict[str, Gauge] = {}
-        self._inflights: dict[str, Gauge] = {}
+        self._children: dict[tuple[MetricWrapperBase, tuple[str, ...]], MetricWrapperBase] = {}
 
     def count_request(self, model: str, endpoint: str, status: int) -> None:
         """`gpumux_requests_total{model,endpoint,code}` += 1."""
-        key = (model, endpoint, status)
-        child = self._request_counters.get(key)
-        if child is None:
-            child = self._request_counters[key] = self.requests.labels(model, endpoint, str(status))
-        child.inc()
+        self._child(self.requests, model, endpoint, str(status)).inc()
 
     def observe_time_to_first_token(self, model: str, seconds: float) -> None:
-        child = self._ttft_histograms.get(model)
-        if child is None:
-            child = self._ttft_histograms[model] = self.time_to_first_token.labels(model)
-        child.observe(seconds)
+        self._child(self.time_to_first_token, model).observe(seconds)
 
     def observe_queue_wait(self, model: str, seconds: float) -> None:
         """`gpumux_queue_wait_seconds{model}`: one granted request's wait."""
-        child = self._queue_waits.get(model)
-        if child is None:
-            child = self._queue_waits[model] = self.queue_wait.labels(model)
-        child.observe(seconds)
+        self._child(self.queue_wait, model).observe(seconds)
 
     def set_queue_load(self, model: str, depth: int, inflight: int) -> None:
         """`gpumux_queue_depth{model}` and `gpumux_inflight_requests{model}`."""
-        depth_child = self._queue_depths.get(model)
-        if depth_child is None:
-            depth_child = self._queue_depths[model] = self.queue_depth.labels(model)
-        inflight_child = self._inflights.get(model)
-        if inflight_child is None:
-            inflight_child = self._inflights[model] = self.inflight.labels(model)
-        depth_child.set(depth)
-        inflight_child.set(inflight)
+        self._child(self.queue_depth, model).set(depth)
+        self._child(self.inflight, model).set(inflight)
+
+    def _child(self, metric: _Metric, *labels: str) -> _Metric:
+        """`metric.labels(*labels)`, looked up once per label set."""
+        key = (metric, labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return cast(_Metric, child)
 
     def init_models(self, models: Iterable[str]) -> None:
         """Create each model's series at zero (state `stopped`), so dashboards see them."""
