@@ -132,6 +132,25 @@ def test_extensions_trailers_and_what_follows_the_body() -> None:
     assert scanner.trailing == b"NEXT"
 
 
+@pytest.mark.parametrize(
+    ("frames", "whole"),
+    [
+        (b"5\r\nhello\r\n", True),  # one chunk a read: a token stream's usual case
+        (b"1A\r\n" + b"x" * 26 + b"\r\n", True),
+        (b"000000000000005\r\nhello\r\n", True),  # 15 digits, the most allowed
+        (b"5;ext=1\r\nhello\r\n", True),
+        (b"5\r\nhello\r\n1\r\n!\r\n", True),
+        (b"6\r\nhello\r\n", False),  # the size says one byte more: held back
+        (b"5\r\nhel", False),
+    ],
+)
+def test_a_read_of_whole_chunks_comes_back_as_is(frames: bytes, whole: bool) -> None:
+    scanner = ChunkedScanner()
+    out = scanner.feed(frames)
+    assert out is frames if whole else out == b""
+    assert not scanner.finished
+
+
 def test_a_chunk_cut_short_keeps_what_it_brought() -> None:
     scanner = ChunkedScanner()
     assert scanner.feed(b"b\r\ndata: on") == b""
@@ -146,6 +165,9 @@ def test_a_chunk_cut_short_keeps_what_it_brought() -> None:
         b"5\r\nhelloXX",  # no CRLF after the data
         b"1" * 5000,  # a size line that never ends
         b"-5\r\nhello\r\n",
+        b"+5\r\nhello\r\n",  # int() would take these three; HTTP does not
+        b"0_5\r\nhello\r\n",
+        b"0000000000000005\r\nhello\r\n",  # a 16th digit
     ],
 )
 def test_malformed_chunks_are_refused(body: bytes) -> None:

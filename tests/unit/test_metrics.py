@@ -187,9 +187,11 @@ async def test_metrics_app_serves_metrics(metrics_url: tuple[Metrics, str]) -> N
             assert resp.status == 200
             assert resp.headers["Content-Type"].startswith("text/plain; version=0.0.4")
             text = await resp.text()
-        m.queue_depth.labels("llama").set(7)
+        m.set_queue_load("llama", 7, 2)  # read when the next scrape renders it
         async with session.get(url + "/metrics") as resp:
-            assert 'gpumux_queue_depth{model="llama"} 7.0' in await resp.text()
+            text_after = await resp.text()
+        assert 'gpumux_queue_depth{model="llama"} 7.0' in text_after
+        assert 'gpumux_inflight_requests{model="llama"} 2.0' in text_after
         async with session.get(url + "/other") as resp:
             assert resp.status == 404
     assert set(EXPECTED) <= set(families(text))

@@ -188,3 +188,22 @@ def test_auto_learns_each_level_per_model() -> None:
     d.finish("a")
     assert d.core.costs.learned("a", "evict", "offload+keep_running") == pytest.approx(3.0)
     assert d.core.costs.learned("a", "evict", "discard+keep_running") is None
+
+
+def test_no_time_to_look_again_when_no_model_could_take_the_idle_ones_place() -> None:
+    # The pass runs after every request: with nothing to leave for, it predicts nothing
+    # and leaves the runner no timer to arm.
+    alone = Driver(make_config(models=1, min_active_secs=1))
+    for ticket in range(1, 5):
+        alone.now = ticket * 10.0
+        serve(alone, ticket, "a")
+    alone.now += 2.0
+    alone.tick()
+    assert alone.core.next_deadline() is None
+    assert alone.state("a") is M.READY
+    # The same idle model with another one on its GPU: a time to look again.
+    shared = Driver(config_with(policy={"min_active_secs": 1}))
+    ticket = alternate(shared, rounds=4, period=100.0)
+    shared.now = 400.0
+    serve(shared, ticket + 1, "a")
+    assert shared.core.next_deadline() is not None

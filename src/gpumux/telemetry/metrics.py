@@ -206,6 +206,8 @@ class Metrics:
         # Bounded like the labels themselves (configured models x allow-listed endpoints
         # x statuses); children are never removed, so a cached one stays the live one.
         self._children: dict[tuple[MetricWrapperBase, tuple[str, ...]], MetricWrapperBase] = {}
+        #: (queue depth, requests in flight) per model, as the scheduler last reported.
+        self._queue_load: dict[str, tuple[int, int]] = {}
 
     def count_request(self, model: str, endpoint: str, status: int) -> None:
         """`gpumux_requests_total{model,endpoint,code}` += 1."""
@@ -219,9 +221,16 @@ class Metrics:
         self._child(self.queue_wait, model).observe(seconds)
 
     def set_queue_load(self, model: str, depth: int, inflight: int) -> None:
-        """`gpumux_queue_depth{model}` and `gpumux_inflight_requests{model}`."""
-        self._child(self.queue_depth, model).set(depth)
-        self._child(self.inflight, model).set(inflight)
+        """`gpumux_queue_depth{model}` and `gpumux_inflight_requests{model}`.
+
+        The scheduler reports this after nearly every step (twice per request), and a
+        scrape is rare: the values are kept here and read when a scrape renders them, in
+        place of two locked gauge writes per report."""
+        load = self._queue_load
+        if model not in load:
+            self._child(self.queue_depth, model).set_function(lambda: load[model][0])
+            self._child(self.inflight, model).set_function(lambda: load[model][1])
+        load[model] = (depth, inflight)
 
     def _child(self, metric: _Metric, *labels: str) -> _Metric:
         """`metric.labels(*labels)`, looked up once per label set."""

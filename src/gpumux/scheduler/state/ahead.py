@@ -67,6 +67,13 @@ class Ahead:
 
     def _contender(self, slot: Slot, now: float) -> Contender | None:
         """The first model `slot` should leave for now, else None (noting when to look again)."""
+        others = self._could_contend(slot)
+        if not others:
+            # Nothing could take its place until some input changes the table (a state,
+            # a switch, the pinned model), and every input reconciles: no prediction to
+            # make, no time to look again. The common case of one busy model per GPU,
+            # where this pass runs after every request.
+            return None
         demand = self._models.demand
         idler = Idler(
             slot.alias,
@@ -74,16 +81,9 @@ class Ahead:
             self._models.evict_cost(slot) + self._models.wake_cost(slot),
         )
         self._later(self._when_idle_enough(slot, idler, now))
-        gpus = set(slot.config.gpu_indices)
-        for other in self._models.slots.values():
-            if other.alias == slot.alias or other.state not in STARTABLE:
-                continue
-            if other.switch_id is not None or not gpus.intersection(other.config.gpu_indices):
-                continue
+        for other in others:
             if other.retry_not_before is not None and other.retry_not_before > now:
                 continue
-            if self._models.pinned not in (None, other.alias):
-                continue  # manual mode: only the pinned model may be woken
             contender = Contender(other.alias, len(other.queue), demand.next_at(other.alias, now))
             if not should_leave(idler, contender, now):
                 continue
@@ -91,6 +91,21 @@ class Ahead:
             if slot.alias in admission.victims:
                 return contender
         return None
+
+    def _could_contend(self, slot: Slot) -> list[Slot]:
+        """The models that may be woken in `slot`'s place, whatever the time: startable,
+        not switching, sharing a GPU with it, and the pinned one in manual mode."""
+        gpus = slot.config.gpu_indices
+        pinned = self._models.pinned
+        return [
+            other
+            for other in self._models.slots.values()
+            if other is not slot
+            and other.state in STARTABLE
+            and other.switch_id is None
+            and pinned in (None, other.alias)
+            and not set(gpus).isdisjoint(other.config.gpu_indices)
+        ]
 
     def _when_idle_enough(self, slot: Slot, idler: Idler, now: float) -> float | None:
         """When `slot`'s predicted idle time could first cover its margin (predictions of a

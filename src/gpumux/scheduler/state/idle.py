@@ -35,15 +35,19 @@ class Idle:
     def configure(self, config: Config) -> None:
         """Take the ladders of `config` (at start and on reload; untouched models keep
         their timers, which live on their slots)."""
-        self._ladders = {name: config.idle_ladder(name) for name in config.models}
+        # Only models with a step: `deadlines` walks these after every scheduler input.
+        ladders = ((name, config.idle_ladder(name)) for name in config.models)
+        self._ladders = {name: ladder for name, ladder in ladders if ladder}
 
     def ladder(self, alias: str) -> tuple[IdleStep, ...]:
         return self._ladders.get(alias, ())
 
     def advance(self, now: float, out: Outbox, exempt: Callable[[str], bool]) -> None:
         """Take every idle step that is due."""
+        ladders = self._ladders
         for alias, slot in self._models.slots.items():
-            if not self._eligible(slot, exempt):
+            # A model without steps never takes one: skipped before the costlier checks.
+            if alias not in ladders or not self._eligible(slot, exempt):
                 continue
             step = self._due(slot, now)
             if step is None:
