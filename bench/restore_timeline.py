@@ -36,7 +36,7 @@ PHASES: Mapping[str, str] = {
     "image_checks": "every file present, regular, no symlink, right size; the stamp",
     "sha256": "hash every image file against the manifest",
     "identity": "model, launch, kernel, CRIU and driver match the image",
-    "pids_port_free": "the image's pids are free (reaped) and the model's port can be bound",
+    "pids_port_free": "the image's pids are free (reaped) and its listening ports can be bound",
     "shm_copy_in": "put the tree's /dev/shm segments back",
     "criu": "`criu restore` itself",
     "adopt": "the restored root becomes a supervised child",

@@ -58,7 +58,9 @@ async def test_shm_files_are_kept_in_the_image_and_put_back(
         log_path=log_path,
         reaper=reaper,
     )
-    checkpoints = Checkpoints(config, log_dir=tmp_path / "logs")
+    reserved = tmp_path / "ip_local_reserved_ports"  # the host's list is left alone
+    reserved.write_text("\n")
+    checkpoints = Checkpoints(config, log_dir=tmp_path / "logs", reserved_ports=reserved)
     identity = ModelIdentity("t", "t/model", tp=1, port=free_port(), launch="t")
     restored = None
     try:

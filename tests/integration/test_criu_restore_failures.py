@@ -1,8 +1,9 @@
 """Restores that must not happen or cannot work (ecosystem §4 case 23), with real CRIU.
 
 A pid of the image taken by another process (found before CRIU runs, or by CRIU itself:
-"Can't fork for PID: File exists"), the model's port taken, and an image made for
-another model, launch or host. Each ends in a cold start, is counted in
+"Can't fork for PID: File exists"), the model's port or a port the tree listened on
+internally taken (found before CRIU runs, or by CRIU itself: "Address already in use"),
+and an image made for another model, launch or host. Each ends in a cold start, is counted in
 `gpumux_checkpoint_restore_failures_total{model,reason}`, and treats the image by whose
 fault it was (`gpumux.checkpoint.checkpoints`): a host condition leaves it in place, a mismatched
 pre-baked image is never restored and never moved. Needs root and CRIU >= 4.2: without
@@ -21,11 +22,14 @@ from typing import Any
 
 import pytest
 
+from gpumux.checkpoint import images
 from gpumux.checkpoint.catalog import RestoreFailure
 from gpumux.checkpoint.checkpoints import CheckpointFailed, Checkpoints
+from gpumux.checkpoint.criu_inventory import taken_pids
 from gpumux.checkpoint.identity import ModelIdentity
 from gpumux.checkpoint.images import Image
 from gpumux.core.config import CheckpointConfig
+from gpumux.core.port_ranges import parse_ports
 from gpumux.procs import Reaper, kill_tree, spawn_backend
 from tests.support.criu import (
     baked_image,
@@ -42,6 +46,13 @@ pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("criu")]
 
 FAILURES = "gpumux_checkpoint_restore_failures_total"
 SLEEPER = "import time\nprint('ready', flush=True)\nwhile True:\n    time.sleep(0.2)\n"
+#: A tree that, like vLLM's, also listens on a port the kernel picked (ZMQ, torch).
+LISTENER = (
+    "import socket, time\n"
+    "inner = socket.create_server(('127.0.0.1', 0))\n"
+    "print('ready', inner.getsockname()[1], flush=True)\n"
+    "while True:\n    time.sleep(0.2)\n"
+)
 
 
 def baked(tmp: Path) -> tuple[dict[str, dict[str, Any]], dict[str, Any], Path]:
@@ -152,13 +163,7 @@ async def test_port_busy_and_identity_are_refused_before_criu_runs(
     tmp_path: Path, reaper: Reaper, criu: str
 ) -> None:
     """After a dump, the image's port is taken, then the config moves on under it."""
-    config = CheckpointConfig(
-        criu_path=criu, images_dir=str(tmp_path / "images"), cuda_plugin_dir=None
-    )
-    reported: list[tuple[str, str]] = []
-    checkpoints = Checkpoints(
-        config, log_dir=tmp_path / "logs", on_restore_failure=lambda *r: reported.append(r)
-    )
+    checkpoints, reported, _reserved = in_process(tmp_path, criu)
     identity = ModelIdentity("t", "t/model", tp=1, port=free_port(), launch="l1")
     log_path = tmp_path / "logs" / "t.log"
 
@@ -210,4 +215,127 @@ async def test_port_busy_and_identity_are_refused_before_criu_runs(
         assert reported == [("t", "port_busy"), ("t", "identity")]
         assert not (tmp_path / "logs" / "t.criu-restore.log").exists()  # CRIU never ran
     finally:
+        await checkpoints.close()
+
+
+async def dumped_listener(
+    checkpoints: Checkpoints, identity: ModelIdentity, log_path: Path, reaper: Reaper
+) -> tuple[Image, int]:
+    """A real dump of `LISTENER`: (its image, the internal port it listened on)."""
+    process = spawn_backend(
+        [sys.executable, "-c", LISTENER],
+        model="t",
+        env=dict(os.environ),
+        log_path=log_path,
+        reaper=reaper,
+    )
+    try:
+        for _ in range(200):
+            if (inner := ready_port(log_path)) is not None:
+                break
+            await asyncio.sleep(0.05)
+        assert inner is not None, "the listener never said it was ready"
+        finalize = await checkpoints.evict(
+            "t", process, eviction="retain+checkpoint", identity=identity
+        )
+    finally:
+        await kill_tree(process, grace_secs=0, graceful=False)
+    image = await finalize
+    assert image is not None
+    return image, inner
+
+
+def ready_port(log_path: Path) -> int | None:
+    """The port `LISTENER` printed in its log, once it did."""
+    text = log_path.read_text() if log_path.exists() else ""
+    for line in text.splitlines():
+        if line.startswith("ready "):
+            return int(line.split()[1])
+    return None
+
+
+def in_process(tmp_path: Path, criu: str) -> tuple[Checkpoints, list[tuple[str, str]], Path]:
+    """`Checkpoints` on a stand-in reserved-ports list (the host's is left alone)."""
+    config = CheckpointConfig(
+        criu_path=criu, images_dir=str(tmp_path / "images"), cuda_plugin_dir=None
+    )
+    reported: list[tuple[str, str]] = []
+    reserved = tmp_path / "ip_local_reserved_ports"
+    reserved.write_text("\n")
+    checkpoints = Checkpoints(
+        config,
+        log_dir=tmp_path / "logs",
+        on_restore_failure=lambda *r: reported.append(r),
+        reserved_ports=reserved,
+    )
+    return checkpoints, reported, reserved
+
+
+async def test_an_internal_port_taken_is_port_busy_and_the_image_restores_once_free(
+    tmp_path: Path, reaper: Reaper, criu: str
+) -> None:
+    """The tree listened on a port besides the model's; another socket binds it while
+    the tree is dumped. Found before CRIU runs; the image is kept and restores later."""
+    checkpoints, reported, reserved = in_process(tmp_path, criu)
+    identity = ModelIdentity("t", "t/model", tp=1, port=free_port(), launch="l1")
+    log_path = tmp_path / "logs" / "t.log"
+    restored = None
+    try:
+        image, inner = await dumped_listener(checkpoints, identity, log_path, reaper)
+        assert ("127.0.0.1", inner) in [(x.host, x.port) for x in image.manifest.listen_ports]
+        # From the dump on, the kernel hands the image's ports to no bind(0) or connect.
+        assert {inner, identity.port} <= parse_ports(reserved.read_text())
+        with socket.create_server(("127.0.0.1", inner)), pytest.raises(CheckpointFailed) as busy:
+            await checkpoints.bring_back("t", identity, log_path=log_path, reaper=reaper)
+        assert busy.value.reason is RestoreFailure.PORT_BUSY
+        assert f"127.0.0.1:{inner} (held by pid {os.getpid()} (" in busy.value.detail
+        assert busy.value.detail.endswith("(image left in place)")
+        assert busy.value.quarantined is None
+        assert (image.path / "manifest.json").is_file()
+        assert not (tmp_path / "logs" / "t.criu-restore.log").exists()  # CRIU never ran
+        assert reported == [("t", "port_busy")]
+
+        # Left in place: once the port is free, the same image restores.
+        await checkpoints.catalog.adopt_prebaked("t", image.path, lambda _manifest: [])
+        restored = await checkpoints.bring_back("t", identity, log_path=log_path, reaper=reaper)
+        assert restored.pid == image.manifest.pids[0]
+    finally:
+        if restored is not None:
+            await kill_tree(restored, grace_secs=0, graceful=False)
+        await checkpoints.close()
+
+
+async def test_criu_reporting_address_in_use_counts_as_port_busy(
+    tmp_path: Path, reaper: Reaper, criu: str
+) -> None:
+    """A port taken after the check: CRIU's own "Address already in use"; the failed
+    restore's leftovers are reaped, so the image restores again once the port is free."""
+    checkpoints, reported, _reserved = in_process(tmp_path, criu)
+    identity = ModelIdentity("t", "t/model", tp=1, port=free_port(), launch="l1")
+    log_path = tmp_path / "logs" / "t.log"
+    restored = None
+    try:
+        image, inner = await dumped_listener(checkpoints, identity, log_path, reaper)
+        # The manifest (not checksummed) forgets the internal port: the check misses it.
+        blind = image.manifest.model_copy(update={"listen_ports": []})
+        images.write_manifest(image.path, blind)
+        checkpoints.catalog.entry("t").current = images.read(image.path)
+        with socket.create_server(("127.0.0.1", inner)), pytest.raises(CheckpointFailed) as busy:
+            await checkpoints.bring_back("t", identity, log_path=log_path, reaper=reaper)
+        assert busy.value.reason is RestoreFailure.PORT_BUSY
+        assert "Address already in use" in busy.value.detail  # CRIU's words
+        assert busy.value.detail.endswith("(image left in place)")
+        assert (image.path / "manifest.json").is_file()
+        assert not list(image.path.parent.glob("*.quarantined-*"))
+        assert reported == [("t", "port_busy")]
+        assert taken_pids(image.manifest.pids) == {}  # the failed restore's zombies reaped
+        log = (tmp_path / "logs" / "t.criu-restore.log").read_text()
+        assert "Address already in use" in log
+
+        await checkpoints.catalog.adopt_prebaked("t", image.path, lambda _manifest: [])
+        restored = await checkpoints.bring_back("t", identity, log_path=log_path, reaper=reaper)
+        assert restored.pid == image.manifest.pids[0]
+    finally:
+        if restored is not None:
+            await kill_tree(restored, grace_secs=0, graceful=False)
         await checkpoints.close()

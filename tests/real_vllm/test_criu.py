@@ -28,6 +28,8 @@ from typing import Any
 import psutil
 import pytest
 
+from gpumux.checkpoint.reserved_ports import RESERVED_PORTS
+from gpumux.core.port_ranges import parse_ports
 from tests.support.cpu_vllm import (
     STARTUP_TIMEOUT_SECS,
     RealVllm,
@@ -144,6 +146,17 @@ def test_prebake_dumps_the_live_vllm_tree(baked: Baked) -> None:
     size = sum(p.stat().st_size for p in baked.image.iterdir() if p.is_file())
     assert size > 200 * 1024**2  # the whole tree's memory, not a stub
     assert not [pid for pid in manifest["pids"] if alive(pid)], "the dump must end the tree"
+    listened = {(x["host"], x["port"]) for x in manifest["listen_ports"]}
+    assert ("127.0.0.1", manifest["port"]) in listened  # the API server's port
+    assert len(listened) > 1, "and the ports the kernel picked for vLLM's own sockets"
+
+
+@pytest.mark.timeout(PREBAKE_TIMEOUT_SECS + 60)
+def test_prebake_reserves_the_ports_the_tree_listened_on(baked: Baked) -> None:
+    """Kept out of the kernel's automatic choice (no bind(0) or outgoing connection is
+    handed one) until a later daemon restores the image: the pre-bake ran as root."""
+    ports = {x["port"] for x in baked.manifest["listen_ports"]}
+    assert ports <= parse_ports(RESERVED_PORTS.read_text())
 
 
 @pytest.mark.timeout(PREBAKE_TIMEOUT_SECS + 2 * STARTUP_TIMEOUT_SECS + 120)

@@ -7,12 +7,15 @@ import socket
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
 from gpumux.checkpoint.criu_inventory import (
     IO_URING,
     describe_io_uring,
     io_uring_users,
+    listening_tcp,
+    port_holders,
     port_is_free,
     shm_files,
     taken_pids,
@@ -95,3 +98,33 @@ def test_port_is_free_until_someone_listens() -> None:
         sock.listen()
         assert not port_is_free(port)
     assert port_is_free(port)
+
+
+def test_listening_sockets_are_listed_once_each_and_connections_not() -> None:
+    with (
+        socket.create_server(("127.0.0.1", 0)) as v4,
+        socket.create_server(("::1", 0), family=socket.AF_INET6) as v6,
+        socket.create_connection(v4.getsockname()[:2]) as client,
+    ):
+        server_side, _ = v4.accept()
+        with server_side:
+            found = listening_tcp([os.getpid(), os.getpid(), 2**22 + 7])
+        listened = [("127.0.0.1", v4.getsockname()[1]), ("::1", v6.getsockname()[1])]
+        connected = client.getsockname()[1]
+    assert set(listened) <= set(found)
+    assert connected not in {port for _host, port in found}
+    assert found == sorted(set(found))
+
+
+def test_a_port_bound_on_ipv6_is_not_free_there() -> None:
+    with socket.create_server(("::1", 0), family=socket.AF_INET6) as sock:
+        port = sock.getsockname()[1]
+        assert not port_is_free(port, "::1")
+    assert port_is_free(port, "::1")
+
+
+def test_who_holds_a_port_is_named() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as sock:
+        port = sock.getsockname()[1]
+        holders = port_holders([port])
+    assert holders[port] == [f"pid {os.getpid()} ({psutil.Process().name()})"]

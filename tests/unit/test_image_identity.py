@@ -113,3 +113,20 @@ def test_criu_saying_a_pid_is_taken_is_a_pid_collision() -> None:
     late = CriuError("restore", "no result within 300s; ", timed_out=True)
     assert late.timed_out
     assert not late.pid_collision
+    assert not taken.port_busy
+    assert not late.port_busy
+
+
+def test_criu_saying_a_port_is_taken_is_a_busy_port() -> None:
+    # The lines CRIU 4.2.1 logs when a port the tree listened on is bound by another socket.
+    busy = CriuError(
+        "restore",
+        "exit 1: (00.051) 27140: Error (criu/sk-inet.c:1059): inet: Can't bind inet socket "
+        "(id 166): Address already in use | Error (criu/files.c:1221): Unable to open fd=6 "
+        "id=0xa6 | Error (criu/cr-restore.c:2331): Restoring FAILED.",
+        returncode=1,
+    )
+    assert busy.port_busy
+    assert not busy.pid_collision
+    unix = CriuError("restore", "exit 1: Error (criu/sk-unix.c:1400): Can't bind: No such file")
+    assert not unix.port_busy

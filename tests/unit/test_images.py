@@ -126,6 +126,31 @@ def test_manifest_shm_files_must_be_plain_names_in_dev_shm(shm: str) -> None:
         images.Manifest.model_validate({**fields(shm_files=[shm]), "version": "v", "files": []})
 
 
+def test_listening_ports_are_recorded_and_older_manifests_have_none() -> None:
+    old = images.Manifest.model_validate({**fields(), "version": "v", "files": []})
+    assert old.listen_ports == []
+    assert old.bound_ports == {old.port}  # a restore of an older image checks its port only
+    listeners = [{"host": "127.0.0.1", "port": 41000}, {"host": "::", "port": 41001}]
+    new = images.Manifest.model_validate(
+        {**fields(), "listen_ports": listeners, "version": "v", "files": []}
+    )
+    assert [(x.host, x.port) for x in new.listen_ports] == [("127.0.0.1", 41000), ("::", 41001)]
+    assert new.bound_ports == {old.port, 41000, 41001}
+    again = images.Manifest.model_validate_json(new.model_dump_json())
+    assert again == new
+
+
+@pytest.mark.parametrize(
+    "listener",
+    [{"host": "localhost", "port": 80}, {"host": "127.0.0.1", "port": 0}, {"host": "::1"}],
+)
+def test_manifest_listeners_are_addresses_and_ports(listener: dict[str, object]) -> None:
+    with pytest.raises(ValueError):  # noqa: PT011 - pydantic words each case its own way
+        images.Manifest.model_validate(
+            {**fields(), "listen_ports": [listener], "version": "v", "files": []}
+        )
+
+
 @pytest.mark.parametrize(
     "path", ["manifest.json", ".manifest.json.tmp", "shm/.hidden", "stats-dump"]
 )

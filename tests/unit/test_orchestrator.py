@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from gpumux.checkpoint import checkpoints as checkpoints_module
-from gpumux.checkpoint import images
+from gpumux.checkpoint import criu, images
 from gpumux.checkpoint.checkpoints import CheckpointFailed, Checkpoints
 from gpumux.checkpoint.host_io import driver_version
 from gpumux.checkpoint.identity import ModelIdentity
@@ -26,6 +26,7 @@ from gpumux.checkpoint.images import Image
 from gpumux.core.config import Config, EvictionConfig
 from gpumux.core.errors import StepFailed
 from gpumux.core.eviction import PHASE_OF, Step, evict_plan, wake_plan
+from gpumux.core.port_ranges import parse_ports
 from gpumux.core.states import ModelState
 from gpumux.scheduler.messages import Operation, OpKind, OpOutcome, OpResult
 from gpumux.scheduler.orchestrator import Orchestrator
@@ -265,8 +266,11 @@ def checkpoint_config(tmp_path: Path, port: int) -> Config:
     )
 
 
-def bake(config: Config, images_dir: Path, pids: list[int]) -> Image:
-    """A pre-baked image of `a` made here (identity matches), with the given pids."""
+def bake(
+    config: Config, images_dir: Path, pids: list[int], listening: tuple[int, ...] = ()
+) -> Image:
+    """A pre-baked image of `a` made here (identity matches), with the given pids and
+    the loopback ports its tree listened on besides the model's own."""
     identity = ModelIdentity.of(config, "a")
     target = images_dir / "a" / "v1"
     staging = images.staging_dir(target)
@@ -281,6 +285,9 @@ def bake(config: Config, images_dir: Path, pids: list[int]) -> Image:
         "port": identity.port,
         "pids": pids,
         "shm_files": [],
+        "listen_ports": [
+            {"host": "127.0.0.1", "port": port} for port in (identity.port, *listening)
+        ],
         "criu_version": CRIU_VERSION,
         "kernel": os.uname().release,
         "driver_version": driver_version(),
@@ -293,11 +300,21 @@ def free_pid() -> int:
     return next(p for p in range(4_190_000, 4_194_304) if not Path(f"/proc/{p}").exists())
 
 
+#: CRIU 4.2.1's log when a port the image listens on was taken after gpumux's check.
+CRIU_PORT_TAKEN = (
+    "exit 1: (00.051) 27140: Error (criu/sk-inet.c:1059): inet: Can't bind inet socket "
+    "(id 166): Address already in use | Error (criu/files.c:1221): Unable to open fd=6 "
+    "id=0xa6 | Error (criu/cr-restore.c:2331): Restoring FAILED."
+)
 #: What each fault's restore reports (its `RestoreFailure` reason in words).
 FAULTS = {
     "corrupt": "sha256",
     "pid_collision": "the image's pids are taken",
-    "port_busy": "is in use",
+    "port_busy": "ports the image listens on are in use",
+    # One of the ports vLLM's tree listens on internally (ZMQ, torch), not the model's:
+    "internal_port_busy": "ports the image listens on are in use",
+    # Taken after the check, so CRIU itself finds it taken:
+    "criu_port_busy": "Address already in use",
 }
 
 
@@ -307,18 +324,40 @@ async def test_a_failed_restore_treats_the_image_by_whose_fault_it_was_then_cold
 ) -> None:
     listener = socket.create_server(("127.0.0.1", 0))
     port = listener.getsockname()[1]
+    internal = socket.create_server(("127.0.0.1", 0))  # a port the tree listened on too
+    internal_port = internal.getsockname()[1]
     if fault != "port_busy":
         listener.close()
+    if fault != "internal_port_busy":
+        internal.close()
     config = checkpoint_config(tmp_path, port)
     assert config.checkpoint is not None
     pids = [os.getpid()] if fault == "pid_collision" else [free_pid()]
-    image = bake(config, Path(config.checkpoint.images_dir), pids)
+    image = bake(config, Path(config.checkpoint.images_dir), pids, (internal_port,))
     if fault == "corrupt":
         (image.path / "pages-1.img").write_bytes(b"q" * 4096)  # same size, other bytes
     # Our own pid stays taken: no need to wait the usual seconds for it to be reaped.
     monkeypatch.setattr(checkpoints_module, "PID_FREE_WAIT_SECS", 0.0)
-    checkpoints = KnownCriu(config.checkpoint, log_dir=tmp_path / "logs")
+    reaped: list[list[int]] = []
+    if fault == "criu_port_busy":
+        wait_pids_free = checkpoints_module.wait_pids_free
+
+        async def failing_restore(*_args: object, **_kwargs: object) -> int:
+            raise criu.CriuError("restore", CRIU_PORT_TAKEN, returncode=1)
+
+        async def reap(pids: list[int], wait_secs: float) -> dict[int, str]:
+            reaped.append(pids)
+            return await wait_pids_free(pids, wait_secs)
+
+        # The seam where `criu restore` runs, and the wait for its leftovers' pids.
+        monkeypatch.setattr(criu, "restore", failing_restore)
+        monkeypatch.setattr(checkpoints_module, "wait_pids_free", reap)
+    reserved = tmp_path / "ip_local_reserved_ports"
+    reserved.write_text("\n")
+    checkpoints = KnownCriu(config.checkpoint, log_dir=tmp_path / "logs", reserved_ports=reserved)
     await checkpoints.catalog.adopt_prebaked("a", image.path, lambda _manifest: [])
+    # Adopting the image reserved its ports from the kernel's automatic choice.
+    assert parse_ports(reserved.read_text()) == {port, internal_port}
     run = Run(alive=False)
 
     async def restore() -> None:  # what `Backends` does around the real restore
@@ -332,6 +371,7 @@ async def test_a_failed_restore_treats_the_image_by_whose_fault_it_was_then_cold
         outcome = await run.go(wake("offload+checkpoint", ModelState.CHECKPOINTED))
     finally:
         listener.close()
+        internal.close()
     assert run.effects.steps("a") == [Step.CRIU_RESTORE, KILL, Step.COLD_START]
     assert outcome.result is OpResult.FALLBACK_COLD
     assert run.reported == [ModelState.STARTING]
@@ -346,3 +386,14 @@ async def test_a_failed_restore_treats_the_image_by_whose_fault_it_was_then_cold
         assert (image.path / images.MANIFEST).exists()
         assert quarantined == []
         assert outcome.error.endswith("(image left in place)")
+        # ...and keeps its reservation: the next start restores it.
+        assert parse_ports(reserved.read_text()) == {port, internal_port}
+    held_by_us = f"(held by pid {os.getpid()} ("
+    if fault == "port_busy":
+        assert f"127.0.0.1:{port} {held_by_us}" in outcome.error
+        assert str(internal_port) not in outcome.error
+    if fault == "internal_port_busy":  # named, with who holds it; the model's port is free
+        assert f"in use: 127.0.0.1:{internal_port} {held_by_us}" in outcome.error
+        assert f":{port}" not in outcome.error
+    if fault == "criu_port_busy":
+        assert reaped == [pids]  # the failed restore's zombies are still reaped first

@@ -4,8 +4,9 @@ Owns: per model, the current image (just dumped, pre-baked, or downloaded), the
 finalisation of a fresh dump off the switch path (hash + manifest, prune older images,
 then upload in the background with retries), the on-demand download of an image that is
 only in the object store, quarantine, removal after a restore when `keep_images` is
-false, the start-up sweep of staging litter and abandoned multipart uploads, and the
-status record the admin API shows.
+false, the start-up sweep of staging litter and abandoned multipart uploads, the
+status record the admin API shows, and telling `reserved_ports` which images are held
+(from a dump, an adoption or a download until pruned, removed or quarantined).
 Does not: run CRIU or touch processes (`checkpoints`).
 
 Pre-baked images (a model's `checkpoint_path`, or `prebaked` in the manifest) are never
@@ -30,6 +31,7 @@ import structlog
 from gpumux.checkpoint import images
 from gpumux.checkpoint.background import BackgroundTasks
 from gpumux.checkpoint.images import Image, ImageInvalid, Manifest
+from gpumux.checkpoint.reserved_ports import PortReservations
 from gpumux.checkpoint.s3.store import S3Store, StoreError, StoreUnauthenticated
 from gpumux.checkpoint.timeline import RestoreTimeline
 from gpumux.checkpoint.verifier import Verifier
@@ -54,7 +56,7 @@ class RestoreFailure(StrEnum):
     IDENTITY = "identity"  # made for another model, launch or host
     UNAUTHENTICATED = "unauthenticated"  # an S3 image without a valid manifest signature
     PID_COLLISION = "pid_collision"  # a pid of the image is taken ("File exists")
-    PORT_BUSY = "port_busy"  # the model's port is taken
+    PORT_BUSY = "port_busy"  # the model's port, or one the tree listened on, is taken
     CRIU_ERROR = "criu_error"  # `criu restore` (or putting back /dev/shm files) failed
     TIMEOUT = "timeout"  # `criu restore` ran past restore_timeout_secs
     UNHEALTHY = "unhealthy"  # restored, but the tree died or never answered /health
@@ -93,10 +95,12 @@ class ImageCatalog:
         keep_images: bool,
         store: S3Store | None,
         observe: OpObserver,
+        ports: PortReservations | None = None,
         upload_retry_delays: tuple[float, ...] = UPLOAD_RETRY_DELAYS,
     ) -> None:
         self.root = root
         self.store = store
+        self.ports = ports if ports is not None else PortReservations()
         self._keep = keep_images
         self._observe = observe
         self._retry_delays = upload_retry_delays
@@ -126,6 +130,7 @@ class ImageCatalog:
             _check(alias, image.manifest, check)
             entry.current = image
             self._protected.add(image.path)
+            self.ports.need(image.path, image.manifest.bound_ports, lasting=True)
             self.prepare(alias)
             return WeightStrategy(image.manifest.weights)
         if self.store is None:
@@ -154,6 +159,7 @@ class ImageCatalog:
         _check(alias, manifest, check)
         entry.remote = (version, target)
         self._protected.add(target)
+        self.ports.need(target, manifest.bound_ports, lasting=True)
         return WeightStrategy(manifest.weights)
 
     async def sweep_staging(self, extra: list[Path]) -> None:
@@ -200,6 +206,7 @@ class ImageCatalog:
         except (OSError, ValueError) as exc:
             log.error("image_publish_failed", model=alias, path=str(target), error=str(exc))
             await asyncio.to_thread(images.discard_staging, staging)
+            self.ports.drop(target)
             return None
         finally:
             entry.pending = None
@@ -212,6 +219,7 @@ class ImageCatalog:
         pruned = await asyncio.to_thread(images.prune, target.parent, target, self._protected)
         if pruned:
             log.info("images_pruned", model=alias, paths=[str(p) for p in pruned])
+            self.ports.drop(*pruned)
         if upload and self.store is not None:
             entry.upload = self._spawn(self.upload(image))
         return image
@@ -303,6 +311,7 @@ class ImageCatalog:
                 moved = images.quarantine(image, reason)
             except OSError as exc:
                 log.error("image_quarantine_failed", model=alias, error=str(exc))
+            self.ports.drop(image.path)  # never tried again
             log.warning(
                 "image_quarantined", model=alias, path=str(image.path), to=str(moved), reason=detail
             )
@@ -335,6 +344,7 @@ class ImageCatalog:
             await asyncio.gather(entry.upload, return_exceptions=True)
         if await asyncio.to_thread(images.remove, image):
             log.info("image_removed", model=image.model, path=str(image.path))
+            self.ports.drop(image.path)
 
     # ---- status and shutdown ----------------------------------------------------------
 
@@ -358,6 +368,7 @@ class ImageCatalog:
 
     async def close(self) -> None:
         await self._background.close()
+        self.ports.close()
         await self.verifier.close()
         if self.store is not None:
             self.store.close()

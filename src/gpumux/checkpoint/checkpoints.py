@@ -1,13 +1,14 @@
 """CRIU checkpoints of backend trees: the dump and restore sequences.
 
-Owns: the dump sequence (inventory the tree for io_uring and open TCP sockets, `criu
-dump` into a staging directory, copy the tree's /dev/shm files into it, hand it to the
+Owns: the dump sequence (inventory the tree for io_uring, open TCP sockets, /dev/shm
+files and listening sockets, `criu dump` into a staging directory, copy the tree's
+/dev/shm files into it, reserve its listening ports (`reserved_ports`), hand it to the
 catalog to become an image off the switch path, recording the model's and host's
 identity) and the restore sequence (get a verified image from the catalog, check that
-it was made for this model, launch and host, that its pids and the model's port are
-free, put its /dev/shm files back, `criu restore`); the identity check of pre-baked
-images at start; and what a failed restore does to its image, with its `reason`
-reported for `gpumux_checkpoint_restore_failures_total`.
+it was made for this model, launch and host, that its pids, the model's port and every
+port its tree listened on are free, put its /dev/shm files back, `criu restore`); the
+identity check of pre-baked images at start; and what a failed restore does to its
+image, with its `reason` reported for `gpumux_checkpoint_restore_failures_total`.
 Does not: kill, reap, adopt or health-check trees (`backends` does that around these
 calls), keep track of images (`image_catalog`), or decide when to checkpoint.
 
@@ -18,7 +19,9 @@ depends on whose fault it was:
 - the host's (pid_collision, port_busy): left in place. A taken pid or port says nothing
   about the image, and a pre-baked one renamed aside would be lost to every later start
   for a condition that may be gone in a minute; a dynamic one is pruned by the next dump.
-  CRIU's own "Can't fork for PID: File exists" (a pid taken after the check) counts here;
+  CRIU's own "Can't fork for PID: File exists" and "Can't bind inet socket: Address
+  already in use" (taken after the check) count here. The ports include the ones vLLM's
+  tree listens on internally, which the kernel picked from the ephemeral range;
 - identity (made for another model/launch/host): checked before CRIU ever runs. A
   pre-baked image is left in place (the operator may put the config back; each start
   says so and cold-starts), a dynamic one can never match again and is quarantined.
@@ -36,22 +39,22 @@ import structlog
 
 from gpumux.checkpoint import criu, images
 from gpumux.checkpoint.catalog import ImageCatalog, NoImage, OpObserver, RestoreFailure
-from gpumux.checkpoint.criu_inventory import (
-    describe_io_uring,
-    io_uring_users,
-    shm_files,
-)
+from gpumux.checkpoint.criu_inventory import describe_io_uring, io_uring_users
 from gpumux.checkpoint.host_io import (
     CopyFailed,
     copy_all,
+    describe_busy,
     driver_version,
+    files_and_listeners,
     open_tcp_after,
-    pids_and_port_free,
+    pids_and_ports_free,
+    restore_addresses,
     shm_copy_name,
     wait_pids_free,
 )
 from gpumux.checkpoint.identity import HostIdentity, ModelIdentity, mismatches
 from gpumux.checkpoint.images import Image
+from gpumux.checkpoint.reserved_ports import RESERVED_PORTS, PortReservations
 from gpumux.checkpoint.s3.store import S3Store
 from gpumux.checkpoint.timeline import RestoreTimeline
 from gpumux.core.config import CheckpointConfig, WeightStrategy
@@ -103,6 +106,7 @@ class Checkpoints:
         store: S3Store | None = None,
         observe: OpObserver | None = None,
         on_restore_failure: FailureObserver | None = None,
+        reserved_ports: Path = RESERVED_PORTS,
     ) -> None:
         self.config = checkpoint
         self.settings = criu.CriuSettings(
@@ -120,6 +124,7 @@ class Checkpoints:
             keep_images=checkpoint.keep_images,
             store=store,
             observe=self._observe,
+            ports=PortReservations(reserved_ports),
         )
         self._log_dir = log_dir
         self._criu_version: str | None = None
@@ -149,7 +154,7 @@ class Checkpoints:
         if uring:
             raise CheckpointFailed(describe_io_uring(uring))
         leftovers = await open_tcp_after(pids, TCP_DRAIN_SECS)
-        shm = await asyncio.to_thread(shm_files, pids)
+        shm, listening = await files_and_listeners(pids)
         version = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S%fZ")
         target = self.catalog.root / alias / version
         staging = await asyncio.to_thread(images.staging_dir, target)
@@ -175,6 +180,9 @@ class Checkpoints:
         secs = loop.time() - started
         self._observe("dump", secs)
         log.info("criu_dumped", model=alias, pid=process.pid, secs=round(secs, 3), shm=shm)
+        # At once, not when the image is written: the ports are free from now on.
+        ports = {port for _host, port in listening} | {identity.port}
+        self.catalog.ports.need(target, ports, lasting=self.prebake)
         host = await self.host_identity()
         fields: dict[str, object] = {
             "model": alias,
@@ -186,6 +194,7 @@ class Checkpoints:
             "port": identity.port,
             "pids": pids,
             "shm_files": shm,
+            "listen_ports": [{"host": address, "port": port} for address, port in listening],
             "criu_version": host.criu_version,
             "kernel": host.kernel,
             "driver_version": host.driver_version,
@@ -221,13 +230,15 @@ class Checkpoints:
             detail = f"the image does not match {alias} here: {'; '.join(problems)}"
             raise self._failed(alias, image, RestoreFailure.IDENTITY, detail)
         pids = image.manifest.pids
-        taken, port_free = await pids_and_port_free(pids, identity.port, PID_FREE_WAIT_SECS)
+        listened = [(x.host, x.port) for x in image.manifest.listen_ports]
+        addresses = restore_addresses(identity.port, listened)
+        taken, busy = await pids_and_ports_free(pids, addresses, PID_FREE_WAIT_SECS)
         timeline.mark("pids_port_free")
         if taken:
             detail = f"the image's pids are taken: {taken}"
             raise self._failed(alias, image, RestoreFailure.PID_COLLISION, detail)
-        if not port_free:
-            detail = f"port {identity.port} is in use"
+        if busy:
+            detail = f"ports the image listens on are in use: {await describe_busy(busy)}"
             raise self._failed(alias, image, RestoreFailure.PORT_BUSY, detail)
         loop = asyncio.get_running_loop()
         started = loop.time()
@@ -249,6 +260,8 @@ class Checkpoints:
             reason = RestoreFailure.CRIU_ERROR
             if isinstance(exc, criu.CriuError) and exc.pid_collision:
                 reason = RestoreFailure.PID_COLLISION
+            elif isinstance(exc, criu.CriuError) and exc.port_busy:
+                reason = RestoreFailure.PORT_BUSY
             elif isinstance(exc, criu.CriuError) and exc.timed_out:
                 reason = RestoreFailure.TIMEOUT
             raise self._failed(alias, image, reason, str(exc)) from exc

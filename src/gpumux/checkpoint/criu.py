@@ -40,6 +40,9 @@ ERROR_LINES = 4
 _COMMON = ("-v4", "--ext-unix-sk", "--file-locks", "--link-remap")
 #: How CRIU says a pid the image needs is taken: "Can't fork for 1234: File exists".
 PID_TAKEN = re.compile(r"fork for \d+: File exists")
+#: How CRIU says a TCP port the image listens on is taken:
+#: "inet: Can't bind inet socket (id 166): Address already in use".
+PORT_TAKEN = re.compile(r"Can't bind inet socket.*Address already in use")
 
 
 class CriuError(Exception):
@@ -58,6 +61,11 @@ class CriuError(Exception):
     def pid_collision(self) -> bool:
         """The run failed because a pid it had to recreate belongs to another process."""
         return PID_TAKEN.search(self.detail) is not None
+
+    @property
+    def port_busy(self) -> bool:
+        """The run failed because a port the tree listened on is bound by another socket."""
+        return PORT_TAKEN.search(self.detail) is not None
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,9 @@
 
 Owns: read-only scans of `/proc` for one tree: io_uring instances (CRIU cannot dump
 them), files under `/dev/shm` (vLLM's `psm_*` segments, which an image must carry),
-TCP sockets that are not listening (an established one fails a dump), and, before a
-restore, whether the image's pids and the model's port are free.
+TCP sockets that are not listening (an established one fails a dump), the listening
+ones (the image records them: its restore binds them again), and, before a restore,
+whether the image's pids and listening ports are free and who holds a taken port.
 Does not: run CRIU (`criu`), kill or reap anything, or decide what to do about findings.
 
 Every function is synchronous and reads `/proc` of other processes: callers run them in
@@ -90,6 +91,22 @@ def open_tcp(pids: Iterable[int]) -> list[str]:
     return found
 
 
+def listening_tcp(pids: Iterable[int]) -> list[tuple[str, int]]:
+    """The (address, port) of every listening TCP socket of `pids`, sorted, once each."""
+    found: set[tuple[str, int]] = set()
+    for pid in pids:
+        try:
+            connections = psutil.Process(pid).net_connections(kind="tcp")
+        except psutil.Error:
+            continue
+        found.update(
+            (conn.laddr.ip, conn.laddr.port)
+            for conn in connections
+            if conn.status == psutil.CONN_LISTEN and conn.laddr
+        )
+    return sorted(found)
+
+
 def taken_pids(pids: Iterable[int]) -> dict[int, str]:
     """Which of `pids` exist now, with what (a zombie counts: its pid is not free)."""
     taken: dict[int, str] = {}
@@ -106,7 +123,8 @@ def taken_pids(pids: Iterable[int]) -> dict[int, str]:
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
     """True iff a listener could bind `host:port` now (as the restored backend must)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
         # The backend binds with SO_REUSEADDR, so TIME_WAIT leftovers do not count.
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
@@ -114,6 +132,32 @@ def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
         except OSError:
             return False
     return True
+
+
+def port_holders(ports: Iterable[int]) -> dict[int, list[str]]:
+    """Who has a TCP socket on each of `ports` (any address, any state), as
+    `pid N (name)`; a socket whose owner is not visible counts as `pid ?`. Scans every
+    process's sockets: for the message of a failed restore, not for a hot path."""
+    wanted = set(ports)
+    holders: dict[int, list[str]] = {}
+    try:
+        connections = psutil.net_connections(kind="tcp")
+    except psutil.Error:
+        return holders
+    for conn in connections:
+        if not conn.laddr or conn.laddr.port not in wanted:
+            continue
+        who = f"pid {conn.pid} ({_name(conn.pid)})" if conn.pid else "pid ?"
+        if who not in holders.setdefault(conn.laddr.port, []):
+            holders[conn.laddr.port].append(who)
+    return holders
+
+
+def _name(pid: int) -> str:
+    try:
+        return psutil.Process(pid).name()
+    except psutil.Error:
+        return "gone"
 
 
 def _fd_links(proc_root: Path, pid: int) -> list[tuple[str, str]]:

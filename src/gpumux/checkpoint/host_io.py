@@ -1,19 +1,29 @@
 """Host-side chores around a CRIU dump or restore that wait on the world.
 
 Owns: waiting (bounded) for a tree's TCP connections to close and for an image's pids
-to be free, copying /dev/shm segments in and out of an image (`sparse_copy` in a
-thread, all of a tree's segments at once: vLLM's are hundreds of MB of mostly holes),
-and reading the NVIDIA driver version for the manifest.
+to be free, taking the tree's /dev/shm files and listeners for the manifest, looking
+whether the addresses a restore binds are free (and who holds a taken one), copying
+/dev/shm segments in and out of an image (`sparse_copy` in a thread, all of a tree's
+segments at once: vLLM's are hundreds of MB of mostly holes), and reading the NVIDIA
+driver version for the manifest.
 Does not: decide anything; `checkpoints` calls these and interprets the results.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable
 from pathlib import Path
 
 from gpumux.checkpoint import sparse_copy
-from gpumux.checkpoint.criu_inventory import open_tcp, port_is_free, taken_pids
+from gpumux.checkpoint.criu_inventory import (
+    listening_tcp,
+    open_tcp,
+    port_holders,
+    port_is_free,
+    shm_files,
+    taken_pids,
+)
 
 #: How often a dump looks whether the tree's connections closed.
 POLL_SECS = 0.05
@@ -61,21 +71,54 @@ async def wait_pids_free(pids: list[int], wait_secs: float) -> dict[int, str]:
         await asyncio.sleep(PID_POLL_SECS)
 
 
-async def pids_and_port_free(
-    pids: list[int], port: int, wait_secs: float
-) -> tuple[dict[int, str], bool]:
-    """The image's pids still taken (after waiting up to `wait_secs` for them) and
-    whether the model's port is free. Both looks go in one thread hop: on a busy host each
-    hop costs milliseconds of scheduling, and usually both are free at the first look."""
-    taken, port_free = await asyncio.to_thread(_look, pids, port)
+#: A TCP address a restore must be able to bind: (host, port).
+Address = tuple[str, int]
+
+
+async def files_and_listeners(pids: list[int]) -> tuple[list[str], list[Address]]:
+    """A tree's /dev/shm files and listening TCP sockets, in one thread hop."""
+    return await asyncio.to_thread(lambda: (shm_files(pids), listening_tcp(pids)))
+
+
+def restore_addresses(port: int, listened: Iterable[Address]) -> list[Address]:
+    """What a restore binds: the model's port on loopback (all an image made before
+    listeners were recorded is checked for) and every socket the tree listened on."""
+    wanted: list[Address] = [("127.0.0.1", port)]
+    wanted += [address for address in dict.fromkeys(listened) if address not in wanted]
+    return wanted
+
+
+async def pids_and_ports_free(
+    pids: list[int], addresses: list[Address], wait_secs: float
+) -> tuple[dict[int, str], list[Address]]:
+    """The image's pids still taken (after waiting up to `wait_secs` for them) and which
+    of `addresses` (the model's port, the tree's listening sockets) cannot be bound now.
+    Both looks go in one thread hop: on a busy host each hop costs milliseconds of
+    scheduling, and usually all are free at the first look."""
+    taken, busy = await asyncio.to_thread(_look, pids, addresses)
     if taken:
         taken = await wait_pids_free(pids, wait_secs)
-        port_free = await asyncio.to_thread(port_is_free, port)
-    return taken, port_free
+        busy = await asyncio.to_thread(busy_addresses, addresses)
+    return taken, busy
 
 
-def _look(pids: list[int], port: int) -> tuple[dict[int, str], bool]:
-    return taken_pids(pids), port_is_free(port)
+def _look(pids: list[int], addresses: list[Address]) -> tuple[dict[int, str], list[Address]]:
+    return taken_pids(pids), busy_addresses(addresses)
+
+
+def busy_addresses(addresses: list[Address]) -> list[Address]:
+    return [(host, port) for host, port in addresses if not port_is_free(port, host)]
+
+
+async def describe_busy(busy: list[Address]) -> str:
+    """`busy` as `host:port (held by pid N (name))`, for an operator to act on."""
+    holders = await asyncio.to_thread(port_holders, [port for _host, port in busy])
+    parts = []
+    for host, port in busy:
+        held = holders.get(port)
+        shown = f"[{host}]" if ":" in host else host
+        parts.append(f"{shown}:{port}" + (f" (held by {', '.join(held)})" if held else ""))
+    return ", ".join(parts)
 
 
 def shm_copy_name(path: str) -> str:

@@ -1,13 +1,13 @@
 """CRIU images on local disk: layout, manifest, validity, checksums, quarantine, pruning.
 
 Owns: `<images_dir>/<model>/<version>/` and its `manifest.json` (files with sizes and
-sha256, model, model_path, launch digest, eviction, tp, port, pids, criu/kernel/driver
-versions, created), which is
-written last: a version directory only ever appears, by rename from a `.staging-*`
-directory, once its manifest is complete, so an image killed mid-write is never valid
-and is swept as staging litter. Directories are 0700 and files 0600 (an image holds the
-process's memory, prompts included). Quarantine renames `<version>` to
-`<version>.quarantined-<reason>`; nothing here deletes an image marked `prebaked`.
+sha256, model, model_path, launch digest, eviction, tp, port, pids, the tree's listening
+TCP sockets, criu/kernel/driver versions, created), which is written last: a version
+directory only ever appears, by rename from a `.staging-*` directory, once its manifest
+is complete, so an image killed mid-write is never valid and is swept as staging litter.
+Directories are 0700 and files 0600 (an image holds the process's memory, prompts
+included). Quarantine renames `<version>` to `<version>.quarantined-<reason>`; nothing
+here deletes an image marked `prebaked`.
 A manifest may come from an object store, so it is untrusted until checked: its file
 paths must stay inside the image (relative, normalised, no `..`), a version name read
 from a store must be one plain segment (`safe_name`), and `verify` refuses a listed
@@ -18,6 +18,7 @@ Does not: run CRIU or talk to S3. Synchronous file work: callers run it in a thr
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import os
 import re
 import shutil
@@ -26,8 +27,9 @@ from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 MANIFEST = "manifest.json"
 FORMAT = 1
@@ -72,6 +74,15 @@ class FileEntry(BaseModel):
         return value
 
 
+class Listener(BaseModel):
+    """A TCP socket the tree listened on at the dump; the restore binds it again."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    #: Bound before a restore to see whether it is free: an address, never a name.
+    host: Annotated[str, AfterValidator(lambda value: str(ipaddress.ip_address(value)))]
+    port: int = Field(ge=1, le=65535)
+
+
 class Manifest(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     format: int = FORMAT
@@ -87,6 +98,9 @@ class Manifest(BaseModel):
     port: int
     pids: list[int]
     shm_files: list[str]  # original /dev/shm paths, carried under shm/<name>
+    #: Every listening TCP socket of the tree (its API port, vLLM's internal ZMQ/torch
+    #: ports); empty in older images, whose restores check the model's port only.
+    listen_ports: list[Listener] = Field(default_factory=list)
     criu_version: str
     kernel: str
     driver_version: str | None
@@ -105,6 +119,11 @@ class Manifest(BaseModel):
     @property
     def weights(self) -> str:
         return self.eviction.partition("+")[0]
+
+    @property
+    def bound_ports(self) -> frozenset[int]:
+        """The TCP ports a restore binds: the tree's listeners and the model's port."""
+        return frozenset({listener.port for listener in self.listen_ports} | {self.port})
 
     @property
     def total_bytes(self) -> int:
