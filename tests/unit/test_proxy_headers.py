@@ -1,10 +1,13 @@
-"""Which headers cross the proxy: hop-by-hop ones never, and the request id only once."""
+"""Which headers cross the proxy: hop-by-hop ones never, and the request id only once;
+and the request ids the proxy makes."""
 
 from __future__ import annotations
 
+import re
+
 from multidict import CIMultiDict
 
-from gpumux.http.proxy import end_to_end_headers
+from gpumux.http.proxy import _FreshIds, client_request_id, end_to_end_headers
 
 
 def test_a_request_id_in_another_letter_case_is_dropped_so_the_proxys_own_is_the_only_one() -> None:
@@ -27,3 +30,12 @@ def test_hop_by_hop_headers_and_those_connection_names_are_dropped() -> None:
         ]
     )
     assert end_to_end_headers(given) == {"Content-Type": "application/json"}
+
+
+def test_fresh_request_ids_are_distinct_hex_tokens_across_pool_refills() -> None:
+    unsafe = "not safe\r\nX-Forged: 1"
+    count = 3 * _FreshIds.POOL_BYTES // 16 + 5  # three refills of the random pool and more
+    ids = [client_request_id(unsafe if i % 2 else None) for i in range(count)]
+    assert len(set(ids)) == count
+    assert all(re.fullmatch(r"[0-9a-f]{32}", request_id) for request_id in ids)
+    assert client_request_id("trace-01.A_b") == "trace-01.A_b"  # a safe token is kept

@@ -23,7 +23,6 @@ MAX_HEAD_BYTES: Final = 64 * 1024
 MAX_CHUNK_LINE_BYTES: Final = 4096
 MAX_TRAILER_BYTES: Final = 64 * 1024
 _MAX_SIZE_DIGITS: Final = 15
-_HEX: Final = re.compile(rb"[0-9A-Fa-f]{1,%d}" % _MAX_SIZE_DIGITS)
 _HEX_DIGITS: Final = b"0123456789ABCDEFabcdef"
 _STATUS_LINE: Final = re.compile(r"HTTP/1\.([01]) ([1-9][0-9]{2})(?: .*)?")
 CRLF: Final = b"\r\n"
@@ -162,9 +161,9 @@ class ChunkedScanner:
     def _one_whole_chunk(self, buffer: bytes) -> bool:
         """Whether `buffer` is exactly one whole, non-last chunk with a bare size line:
         the same checks as `_scan`'s, in fewer steps (this runs once per streamed token)."""
-        line_end = buffer.find(CRLF, 0, _MAX_SIZE_DIGITS + 2)  # a line of 1 to 15 digits
+        line_end = buffer.find(CRLF, 0, _MAX_SIZE_DIGITS + 2)
         line = buffer[:line_end]
-        if line_end <= 0 or line.translate(None, _HEX_DIGITS):
+        if line_end < 0 or not _bare_size(line):
             return False
         size = int(line, 16)
         return size > 0 and line_end + size + 4 == len(buffer) and buffer.endswith(CRLF)
@@ -179,10 +178,7 @@ class ChunkedScanner:
                     raise FramingError("chunk size line too long")
                 self._need = 0
                 return position
-            if _HEX.fullmatch(buffer, position, line_end) is not None:  # the usual line
-                size = int(buffer[position:line_end], 16)
-            else:
-                size = _chunk_size(buffer[position:line_end])
+            size = _chunk_size(buffer[position:line_end])
             if size == 0:
                 end = _trailers_end(buffer, line_end + 2)
                 if end < 0:
@@ -215,12 +211,18 @@ def decode_chunks(frames: bytes) -> bytes:
 
 
 def _chunk_size(line: bytes) -> int:
-    if _HEX.fullmatch(line) is not None:  # the usual line: hex digits and nothing else
+    if _bare_size(line):  # the usual line: hex digits and nothing else
         return int(line, 16)
     field = line.split(b";", 1)[0].strip(b" \t")  # chunk extensions are ignored
-    if _HEX.fullmatch(field) is None:
+    if not _bare_size(field):
         raise FramingError(f"bad chunk size {line[:40]!r}")
     return int(field, 16)
+
+
+def _bare_size(field: bytes) -> bool:
+    """1 to 15 hex digits and nothing else: what `int(field, 16)` may then read (it would
+    also take a sign, underscores and spaces, which HTTP does not)."""
+    return 0 < len(field) <= _MAX_SIZE_DIGITS and not field.translate(None, _HEX_DIGITS)
 
 
 def _trailers_end(buffer: bytes, start: int) -> int:

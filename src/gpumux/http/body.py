@@ -160,16 +160,10 @@ def _too_deep() -> InvalidJson:
 
 
 def _few_openers(body: bytes, limit: int) -> bool:
-    """At most `limit` opening brackets anywhere (strings included): then no deeper."""
-    found = 0
-    for opener in (b"[", b"{"):
-        at = body.find(opener)
-        while at != -1:
-            found += 1
-            if found > limit:
-                return False
-            at = body.find(opener, at + 1)
-    return True
+    """At most `limit` opening brackets anywhere (strings included): then no deeper.
+    Two counting passes in C: cheaper, for the bodies of every request, than stopping
+    early at the limit from a Python loop."""
+    return body.count(b"[") + body.count(b"{") <= limit
 
 
 def _deeper_than_limit(values: list[msgspec.Raw]) -> bool:

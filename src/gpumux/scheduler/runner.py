@@ -107,6 +107,7 @@ class Scheduler:
         self._idle.set()
         self._stopped = asyncio.Event()  # set when every tree is stopped during shutdown
         self._closed = False
+        self._loop: asyncio.AbstractEventLoop | None = None  # the owner task's, once it runs
 
     # ---- API for other components (they only send messages and read the view) ----------
 
@@ -127,7 +128,7 @@ class Scheduler:
         if self._closed:
             raise ShuttingDown("gpumux is shutting down", retry_after=5)
         ticket = next(self._tickets)
-        future: asyncio.Future[Lease] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Lease] = self._running_loop().create_future()
         self._waiters[ticket] = future
         self._inbox.put(Submit(ticket, model))
         try:
@@ -138,6 +139,11 @@ class Scheduler:
             raise
         finally:
             self._waiters.pop(ticket, None)
+
+    def _running_loop(self) -> asyncio.AbstractEventLoop:
+        """The owner task's loop once it runs: on Python 3.11 `get_running_loop()` is a
+        getpid() syscall, and `acquire` runs for every request."""
+        return self._loop or asyncio.get_running_loop()
 
     def release(self, lease: Lease) -> None:
         self._inbox.put(Release(lease.ticket))
@@ -184,6 +190,7 @@ class Scheduler:
 
     async def run(self) -> None:
         """Process messages until cancelled. Operations still running are cancelled with it."""
+        self._loop = asyncio.get_running_loop()
         try:
             while True:
                 message = await self._next_message()
