@@ -30,7 +30,7 @@ from gpumux.checkpoint.identity import ModelIdentity
 from gpumux.checkpoint.images import Image
 from gpumux.core.config import CheckpointConfig
 from gpumux.core.port_ranges import parse_ports
-from gpumux.procs import Reaper, kill_tree, spawn_backend
+from gpumux.procs import BackendProcess, Reaper, kill_tree, spawn_backend
 from tests.support.criu import (
     baked_image,
     chat,
@@ -167,30 +167,8 @@ async def test_port_busy_and_identity_are_refused_before_criu_runs(
     identity = ModelIdentity("t", "t/model", tp=1, port=free_port(), launch="l1")
     log_path = tmp_path / "logs" / "t.log"
 
-    async def dumped() -> Image:
-        process = spawn_backend(
-            [sys.executable, "-c", SLEEPER],
-            model="t",
-            env=dict(os.environ),
-            log_path=log_path,
-            reaper=reaper,
-        )
-        try:
-            for _ in range(200):
-                if log_path.exists() and b"ready" in log_path.read_bytes():
-                    break
-                await asyncio.sleep(0.05)
-            finalize = await checkpoints.evict(
-                "t", process, eviction="retain+checkpoint", identity=identity
-            )
-        finally:
-            await kill_tree(process, grace_secs=0, graceful=False)
-        image = await finalize
-        assert image is not None
-        return image
-
     try:
-        first = await dumped()
+        first = await dumped(checkpoints, identity, log_path, reaper)
         with (
             socket.create_server(("127.0.0.1", identity.port)),
             pytest.raises(CheckpointFailed) as busy,
@@ -200,7 +178,7 @@ async def test_port_busy_and_identity_are_refused_before_criu_runs(
         assert (first.path / "manifest.json").is_file()  # the host's fault: left in place
         assert checkpoints.catalog.entry("t").current is None  # and not tried again
 
-        second = await dumped()
+        second = await dumped(checkpoints, identity, log_path, reaper)
         other = ModelIdentity("t", "t/other-model", tp=1, port=identity.port, launch="l2")
         with pytest.raises(CheckpointFailed) as mismatch:
             await checkpoints.bring_back("t", other, log_path=log_path, reaper=reaper)
@@ -218,12 +196,18 @@ async def test_port_busy_and_identity_are_refused_before_criu_runs(
         await checkpoints.close()
 
 
-async def dumped_listener(
-    checkpoints: Checkpoints, identity: ModelIdentity, log_path: Path, reaper: Reaper
-) -> tuple[Image, int]:
-    """A real dump of `LISTENER`: (its image, the internal port it listened on)."""
+async def dumped(
+    checkpoints: Checkpoints,
+    identity: ModelIdentity,
+    log_path: Path,
+    reaper: Reaper,
+    script: str = SLEEPER,
+) -> Image:
+    """A real dump of `script` (run as the backend) once its log says it is ready (the
+    log may hold an earlier dump's lines: only a new "ready" counts)."""
+    earlier = ready_lines(log_path)
     process = spawn_backend(
-        [sys.executable, "-c", LISTENER],
+        [sys.executable, "-c", script],
         model="t",
         env=dict(os.environ),
         log_path=log_path,
@@ -231,10 +215,9 @@ async def dumped_listener(
     )
     try:
         for _ in range(200):
-            if (inner := ready_port(log_path)) is not None:
+            if len(ready_lines(log_path)) > len(earlier):
                 break
             await asyncio.sleep(0.05)
-        assert inner is not None, "the listener never said it was ready"
         finalize = await checkpoints.evict(
             "t", process, eviction="retain+checkpoint", identity=identity
         )
@@ -242,16 +225,40 @@ async def dumped_listener(
         await kill_tree(process, grace_secs=0, graceful=False)
     image = await finalize
     assert image is not None
+    return image
+
+
+async def dumped_listener(
+    checkpoints: Checkpoints, identity: ModelIdentity, log_path: Path, reaper: Reaper
+) -> tuple[Image, int]:
+    """A real dump of `LISTENER`: (its image, the internal port it listened on)."""
+    image = await dumped(checkpoints, identity, log_path, reaper, LISTENER)
+    inner = ready_port(log_path)
+    assert inner is not None, "the listener never said it was ready"
     return image, inner
 
 
-def ready_port(log_path: Path) -> int | None:
-    """The port `LISTENER` printed in its log, once it did."""
+async def restore_again(
+    checkpoints: Checkpoints, image: Image, identity: ModelIdentity, log_path: Path, reaper: Reaper
+) -> BackendProcess:
+    """The image a failed restore left in place, taken back into rotation and restored:
+    the same tree (its root pid) comes back."""
+    await checkpoints.catalog.adopt_prebaked("t", image.path, lambda _manifest: [])
+    restored = await checkpoints.bring_back("t", identity, log_path=log_path, reaper=reaper)
+    assert restored.pid == image.manifest.pids[0]
+    return restored
+
+
+def ready_lines(log_path: Path) -> list[str]:
+    """The "ready" lines the backends of `log_path` printed so far."""
     text = log_path.read_text() if log_path.exists() else ""
-    for line in text.splitlines():
-        if line.startswith("ready "):
-            return int(line.split()[1])
-    return None
+    return [line for line in text.splitlines() if line.startswith("ready")]
+
+
+def ready_port(log_path: Path) -> int | None:
+    """The port the latest `LISTENER` printed in its log, once it did."""
+    lines = ready_lines(log_path)
+    return int(lines[-1].split()[1]) if lines and len(lines[-1].split()) > 1 else None
 
 
 def in_process(tmp_path: Path, criu: str) -> tuple[Checkpoints, list[tuple[str, str]], Path]:
@@ -296,9 +303,7 @@ async def test_an_internal_port_taken_is_port_busy_and_the_image_restores_once_f
         assert reported == [("t", "port_busy")]
 
         # Left in place: once the port is free, the same image restores.
-        await checkpoints.catalog.adopt_prebaked("t", image.path, lambda _manifest: [])
-        restored = await checkpoints.bring_back("t", identity, log_path=log_path, reaper=reaper)
-        assert restored.pid == image.manifest.pids[0]
+        restored = await restore_again(checkpoints, image, identity, log_path, reaper)
     finally:
         if restored is not None:
             await kill_tree(restored, grace_secs=0, graceful=False)
@@ -332,9 +337,7 @@ async def test_criu_reporting_address_in_use_counts_as_port_busy(
         log = (tmp_path / "logs" / "t.criu-restore.log").read_text()
         assert "Address already in use" in log
 
-        await checkpoints.catalog.adopt_prebaked("t", image.path, lambda _manifest: [])
-        restored = await checkpoints.bring_back("t", identity, log_path=log_path, reaper=reaper)
-        assert restored.pid == image.manifest.pids[0]
+        restored = await restore_again(checkpoints, image, identity, log_path, reaper)
     finally:
         if restored is not None:
             await kill_tree(restored, grace_secs=0, graceful=False)

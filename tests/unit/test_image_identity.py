@@ -98,35 +98,38 @@ def test_fields_older_manifests_did_not_record_are_not_compared() -> None:
     assert mismatches(old, ModelIdentity.of(config(model_path="org/other"), "a"), HOST) == []
 
 
-def test_criu_saying_a_pid_is_taken_is_a_pid_collision() -> None:
-    # The lines CRIU 4.2.1 logs when a pid of the image belongs to another process.
-    taken = CriuError(
-        "restore",
-        "exit 1: Error (criu/cr-restore.c:1237): Can't fork for 3818: File exists | "
-        "Error (criu/cr-restore.c:2331): Restoring FAILED.",
-        returncode=1,
-    )
-    assert taken.pid_collision
-    assert not taken.timed_out
-    other = CriuError("restore", "exit 1: Error (criu/files-reg.c:2240): Can't open file")
-    assert not other.pid_collision
-    late = CriuError("restore", "no result within 300s; ", timed_out=True)
-    assert late.timed_out
-    assert not late.pid_collision
-    assert not taken.port_busy
-    assert not late.port_busy
-
-
-def test_criu_saying_a_port_is_taken_is_a_busy_port() -> None:
-    # The lines CRIU 4.2.1 logs when a port the tree listened on is bound by another socket.
-    busy = CriuError(
-        "restore",
-        "exit 1: (00.051) 27140: Error (criu/sk-inet.c:1059): inet: Can't bind inet socket "
-        "(id 166): Address already in use | Error (criu/files.c:1221): Unable to open fd=6 "
-        "id=0xa6 | Error (criu/cr-restore.c:2331): Restoring FAILED.",
-        returncode=1,
-    )
-    assert busy.port_busy
-    assert not busy.pid_collision
-    unix = CriuError("restore", "exit 1: Error (criu/sk-unix.c:1400): Can't bind: No such file")
-    assert not unix.port_busy
+@pytest.mark.parametrize(
+    ("error", "kind"),
+    [
+        # What CRIU 4.2.1 logs when a pid of the image belongs to another process.
+        (
+            CriuError(
+                "restore",
+                "exit 1: Error (criu/cr-restore.c:1237): Can't fork for 3818: File exists | "
+                "Error (criu/cr-restore.c:2331): Restoring FAILED.",
+                returncode=1,
+            ),
+            "pid_collision",
+        ),
+        # ... and when a port the tree listened on is bound by another socket.
+        (
+            CriuError(
+                "restore",
+                "exit 1: (00.051) 27140: Error (criu/sk-inet.c:1059): inet: Can't bind inet "
+                "socket (id 166): Address already in use | Error (criu/files.c:1221): Unable "
+                "to open fd=6 id=0xa6 | Error (criu/cr-restore.c:2331): Restoring FAILED.",
+                returncode=1,
+            ),
+            "port_busy",
+        ),
+        (CriuError("restore", "no result within 300s; ", timed_out=True), "timed_out"),
+        (CriuError("restore", "exit 1: Error (criu/files-reg.c:2240): Can't open file"), None),
+        (
+            CriuError("restore", "exit 1: Error (criu/sk-unix.c:1400): Can't bind: No such file"),
+            None,
+        ),
+    ],
+)
+def test_criu_errors_say_whose_fault_they_are(error: CriuError, kind: str | None) -> None:
+    found = {name: getattr(error, name) for name in ("pid_collision", "port_busy", "timed_out")}
+    assert found == {name: name == kind for name in found}
