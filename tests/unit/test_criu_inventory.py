@@ -14,11 +14,11 @@ from gpumux.checkpoint.criu_inventory import (
     IO_URING,
     describe_io_uring,
     io_uring_users,
-    listening_tcp,
     port_holders,
     port_is_free,
     shm_files,
     taken_pids,
+    tcp_sockets,
 )
 
 pytestmark = pytest.mark.unit
@@ -108,12 +108,13 @@ def test_listening_sockets_are_listed_once_each_and_connections_not() -> None:
     ):
         server_side, _ = v4.accept()
         with server_side:
-            found = listening_tcp([os.getpid(), os.getpid(), 2**22 + 7])
+            open_, found = tcp_sockets([os.getpid(), os.getpid(), 2**22 + 7])
         listened = [("127.0.0.1", v4.getsockname()[1]), ("::1", v6.getsockname()[1])]
         connected = client.getsockname()[1]
     assert set(listened) <= set(found)
     assert connected not in {port for _host, port in found}
     assert found == sorted(set(found))
+    assert any(f":{connected} -> " in line for line in open_)  # the connection, as open
 
 
 def test_a_port_bound_on_ipv6_is_not_free_there() -> None:

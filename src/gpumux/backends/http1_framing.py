@@ -140,8 +140,6 @@ class ChunkedScanner:
             self._held = bytearray()
         else:
             buffer = data
-            if self._one_whole_chunk(buffer):  # the usual read of a token stream
-                return buffer
         boundary = self._scan(buffer)
         if boundary == len(buffer):
             return buffer
@@ -157,16 +155,6 @@ class ChunkedScanner:
         size = _chunk_size(bytes(self._held[:line_end]))
         start = line_end + 2
         return bytes(self._held[start : start + size])
-
-    def _one_whole_chunk(self, buffer: bytes) -> bool:
-        """Whether `buffer` is exactly one whole, non-last chunk with a bare size line:
-        the same checks as `_scan`'s, in fewer steps (this runs once per streamed token)."""
-        line_end = buffer.find(CRLF, 0, _MAX_SIZE_DIGITS + 2)
-        line = buffer[:line_end]
-        if line_end < 0 or not _bare_size(line):
-            return False
-        size = int(line, 16)
-        return size > 0 and line_end + size + 4 == len(buffer) and buffer.endswith(CRLF)
 
     def _scan(self, buffer: bytes) -> int:
         """The index after the last whole chunk in `buffer`; sets `finished` at the last one."""

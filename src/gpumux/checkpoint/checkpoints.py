@@ -39,15 +39,14 @@ import structlog
 
 from gpumux.checkpoint import criu, images
 from gpumux.checkpoint.catalog import ImageCatalog, NoImage, OpObserver, RestoreFailure
-from gpumux.checkpoint.criu_inventory import describe_io_uring, io_uring_users
+from gpumux.checkpoint.criu_inventory import describe_io_uring, io_uring_users, shm_files
 from gpumux.checkpoint.host_io import (
     CopyFailed,
     copy_all,
     describe_busy,
     driver_version,
-    files_and_listeners,
-    open_tcp_after,
     pids_and_ports_free,
+    quiet_tcp_after,
     restore_addresses,
     shm_copy_name,
     wait_pids_free,
@@ -58,6 +57,7 @@ from gpumux.checkpoint.reserved_ports import RESERVED_PORTS, PortReservations
 from gpumux.checkpoint.s3.store import S3Store
 from gpumux.checkpoint.timeline import RestoreTimeline
 from gpumux.core.config import CheckpointConfig, WeightStrategy
+from gpumux.core.port_ranges import bound_ports
 from gpumux.procs import AdoptFailed, BackendProcess, Reaper, adopt, kill_tree, tree_pids
 
 log = structlog.get_logger(__name__)
@@ -153,8 +153,8 @@ class Checkpoints:
         uring = await asyncio.to_thread(io_uring_users, pids)
         if uring:
             raise CheckpointFailed(describe_io_uring(uring))
-        leftovers = await open_tcp_after(pids, TCP_DRAIN_SECS)
-        shm, listening = await files_and_listeners(pids)
+        leftovers, listening = await quiet_tcp_after(pids, TCP_DRAIN_SECS)
+        shm = await asyncio.to_thread(shm_files, pids)
         version = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S%fZ")
         target = self.catalog.root / alias / version
         staging = await asyncio.to_thread(images.staging_dir, target)
@@ -181,7 +181,7 @@ class Checkpoints:
         self._observe("dump", secs)
         log.info("criu_dumped", model=alias, pid=process.pid, secs=round(secs, 3), shm=shm)
         # At once, not when the image is written: the ports are free from now on.
-        ports = {port for _host, port in listening} | {identity.port}
+        ports = bound_ports(identity.port, (port for _host, port in listening))
         self.catalog.ports.need(target, ports, lasting=self.prebake)
         host = await self.host_identity()
         fields: dict[str, object] = {

@@ -73,9 +73,12 @@ def shm_files(pids: Iterable[int], proc_root: Path = PROC) -> list[str]:
     return sorted(p for p in found if os.path.isfile(p))
 
 
-def open_tcp(pids: Iterable[int]) -> list[str]:
-    """Non-listening TCP sockets of `pids`, as `pid: local -> remote (STATUS)`."""
-    found: list[str] = []
+def tcp_sockets(pids: Iterable[int]) -> tuple[list[str], list[tuple[str, int]]]:
+    """The TCP sockets of `pids`, in one scan: the non-listening ones as
+    `pid: local -> remote (STATUS)` (an open one fails a dump), and the (address, port)
+    of the listening ones, sorted, once each (the image records them)."""
+    open_: list[str] = []
+    listening: set[tuple[str, int]] = set()
     for pid in pids:
         try:
             connections = psutil.Process(pid).net_connections(kind="tcp")
@@ -83,28 +86,14 @@ def open_tcp(pids: Iterable[int]) -> list[str]:
             continue
         for conn in connections:
             if conn.status == psutil.CONN_LISTEN:
+                if conn.laddr:
+                    listening.add((conn.laddr.ip, conn.laddr.port))
                 continue
             # psutil gives an empty tuple for an unconnected end, despite its stubs.
             local = ":".join(str(part) for part in conn.laddr) or "?"
             remote = ":".join(str(part) for part in conn.raddr) or "?"
-            found.append(f"pid {pid}: {local} -> {remote} ({conn.status})")
-    return found
-
-
-def listening_tcp(pids: Iterable[int]) -> list[tuple[str, int]]:
-    """The (address, port) of every listening TCP socket of `pids`, sorted, once each."""
-    found: set[tuple[str, int]] = set()
-    for pid in pids:
-        try:
-            connections = psutil.Process(pid).net_connections(kind="tcp")
-        except psutil.Error:
-            continue
-        found.update(
-            (conn.laddr.ip, conn.laddr.port)
-            for conn in connections
-            if conn.status == psutil.CONN_LISTEN and conn.laddr
-        )
-    return sorted(found)
+            open_.append(f"pid {pid}: {local} -> {remote} ({conn.status})")
+    return open_, sorted(listening)
 
 
 def taken_pids(pids: Iterable[int]) -> dict[int, str]:

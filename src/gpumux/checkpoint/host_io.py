@@ -1,7 +1,7 @@
 """Host-side chores around a CRIU dump or restore that wait on the world.
 
-Owns: waiting (bounded) for a tree's TCP connections to close and for an image's pids
-to be free, taking the tree's /dev/shm files and listeners for the manifest, looking
+Owns: waiting (bounded) for a tree's TCP connections to close (its listening sockets,
+for the manifest, come from the same scan) and for an image's pids to be free, looking
 whether the addresses a restore binds are free (and who holds a taken one), copying
 /dev/shm segments in and out of an image (`sparse_copy` in a thread, all of a tree's
 segments at once: vLLM's are hundreds of MB of mostly holes), and reading the NVIDIA
@@ -16,14 +16,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from gpumux.checkpoint import sparse_copy
-from gpumux.checkpoint.criu_inventory import (
-    listening_tcp,
-    open_tcp,
-    port_holders,
-    port_is_free,
-    shm_files,
-    taken_pids,
-)
+from gpumux.checkpoint.criu_inventory import port_holders, port_is_free, taken_pids, tcp_sockets
 
 #: How often a dump looks whether the tree's connections closed.
 POLL_SECS = 0.05
@@ -40,19 +33,24 @@ class CopyFailed(OSError):
     pass
 
 
-async def open_tcp_after(pids: list[int], wait_secs: float) -> list[str]:
+#: A TCP address a restore must be able to bind: (host, port).
+Address = tuple[str, int]
+
+
+async def quiet_tcp_after(pids: list[int], wait_secs: float) -> tuple[list[str], list[Address]]:
     """Wait up to `wait_secs` for every non-listening TCP socket of `pids` to close.
 
-    Returns what is still open (empty when the tree is quiet). Closing our pooled
-    connections sends FIN at once, but the backend closes its end a moment later, and a
-    socket still in CLOSE_WAIT is as fatal to a dump as an established one.
+    Returns what is still open (empty when the tree is quiet) and, from the same last
+    scan, the tree's listening sockets. Closing our pooled connections sends FIN at once,
+    but the backend closes its end a moment later, and a socket still in CLOSE_WAIT is as
+    fatal to a dump as an established one.
     """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait_secs
     while True:
-        left = await asyncio.to_thread(open_tcp, pids)
+        left, listening = await asyncio.to_thread(tcp_sockets, pids)
         if not left or loop.time() >= deadline:
-            return left
+            return left, listening
         await asyncio.sleep(POLL_SECS)
 
 
@@ -69,15 +67,6 @@ async def wait_pids_free(pids: list[int], wait_secs: float) -> dict[int, str]:
         if not taken or loop.time() >= deadline:
             return taken
         await asyncio.sleep(PID_POLL_SECS)
-
-
-#: A TCP address a restore must be able to bind: (host, port).
-Address = tuple[str, int]
-
-
-async def files_and_listeners(pids: list[int]) -> tuple[list[str], list[Address]]:
-    """A tree's /dev/shm files and listening TCP sockets, in one thread hop."""
-    return await asyncio.to_thread(lambda: (shm_files(pids), listening_tcp(pids)))
 
 
 def restore_addresses(port: int, listened: Iterable[Address]) -> list[Address]:

@@ -31,6 +31,8 @@ from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from gpumux.core.port_ranges import bound_ports
+
 MANIFEST = "manifest.json"
 FORMAT = 1
 DIR_MODE = 0o700
@@ -98,8 +100,7 @@ class Manifest(BaseModel):
     port: int
     pids: list[int]
     shm_files: list[str]  # original /dev/shm paths, carried under shm/<name>
-    #: Every listening TCP socket of the tree (its API port, vLLM's internal ZMQ/torch
-    #: ports); empty in older images, whose restores check the model's port only.
+    #: The tree's listening TCP sockets (API, vLLM's ZMQ/torch); empty in older images.
     listen_ports: list[Listener] = Field(default_factory=list)
     criu_version: str
     kernel: str
@@ -122,8 +123,7 @@ class Manifest(BaseModel):
 
     @property
     def bound_ports(self) -> frozenset[int]:
-        """The TCP ports a restore binds: the tree's listeners and the model's port."""
-        return frozenset({listener.port for listener in self.listen_ports} | {self.port})
+        return bound_ports(self.port, (listener.port for listener in self.listen_ports))
 
     @property
     def total_bytes(self) -> int:

@@ -4,6 +4,7 @@ Owns: parsing the kernel's comma-separated ports and inclusive ranges ("8000,900
 empty for none) into a set, writing a set back in the shortest such form, and
 `reconcile`: from the ports the host lists now, the ports gpumux wants kept and the ports
 gpumux itself added earlier, the list to write and what is added or released.
+Also `bound_ports`, the ports an image's restore binds (what is reserved for it).
 Does not: read or write the host's file (`gpumux.checkpoint.reserved_ports` does that).
 
 Entries someone else put there are never removed: only a port gpumux added (and that the
@@ -47,6 +48,11 @@ def format_ports(ports: Iterable[int]) -> str:
         items.append(str(low) if low == high else f"{low}-{high}")
         start = end + 1
     return ",".join(items)
+
+
+def bound_ports(port: int, listened: Iterable[int]) -> frozenset[int]:
+    """The TCP ports an image's restore binds: the model's and its tree's listeners."""
+    return frozenset(listened) | {port}
 
 
 @dataclass(frozen=True)

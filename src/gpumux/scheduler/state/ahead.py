@@ -95,7 +95,7 @@ class Ahead:
     def _could_contend(self, slot: Slot) -> list[Slot]:
         """The models that may be woken in `slot`'s place, whatever the time: startable,
         not switching, sharing a GPU with it, and the pinned one in manual mode."""
-        gpus = slot.config.gpu_indices
+        gpus = set(slot.config.gpu_indices)
         pinned = self._models.pinned
         return [
             other
@@ -104,7 +104,7 @@ class Ahead:
             and other.state in STARTABLE
             and other.switch_id is None
             and pinned in (None, other.alias)
-            and not set(gpus).isdisjoint(other.config.gpu_indices)
+            and not gpus.isdisjoint(other.config.gpu_indices)
         ]
 
     def _when_idle_enough(self, slot: Slot, idler: Idler, now: float) -> float | None:
