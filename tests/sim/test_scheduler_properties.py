@@ -23,7 +23,14 @@ from gpumux.core.config import Config
 from gpumux.simulate.faults import Faults
 from gpumux.simulate.report import summarize
 from gpumux.simulate.workloads import Arrival
-from tests.support.sim import EVICTIONS, FAST, POLICIES, light_load, make_config, run_checked
+from tests.support.sim import (
+    EVICTIONS,
+    FAST,
+    POLICIES,
+    light_load,
+    make_config,
+    run_checked,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -81,6 +88,21 @@ def test_invariants_hold_under_load_disconnects_and_failures(
     outcomes = Counter(r.outcome for r in records.values())
     event(f"rejected: {bool(outcomes['rejected'])}, cancelled: {bool(outcomes['cancelled'])}")
     event(f"restarts: {sum(s.restarts for s in sim.core.models.slots.values()) > 0}")
+    event(f"standing grants taken: {checker.taken > 0}")
+
+
+def test_requests_to_a_ready_model_take_standing_grants_and_are_all_released() -> None:
+    """Not vacuous: after the cold start, one model's requests take grants standing for
+    them (no `Submit`), each checked by the observer, and the core hears of every release."""
+    config = make_config("time_slice", [0.45, 0.45], ["offload+keep_running"] * 2, 1)
+    arrivals = [
+        Arrival(t=float(t), model="m0", prompt_tokens=10, output_tokens=20) for t in range(20)
+    ]
+    sim, checker, releases = run_checked(config, arrivals, 1.0, Faults())
+    assert checker.taken == len(arrivals) - 1  # all but the one that cold-started it
+    assert sum(releases.values()) == len(arrivals)
+    assert all(r.outcome == "granted" and r.completed for r in sim.record.requests.values())
+    assert not sim.core.models.slots["m0"].leases
 
 
 @FAST

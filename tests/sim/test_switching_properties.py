@@ -72,7 +72,8 @@ def test_gpu_and_host_memory_are_never_over_budget(
     config, arrivals, switch_secs, host_gib = scenario
     sim = Simulation(config, arrivals, SwitchModel(switch_secs))
     host = HostWatch(sim, host_gib * GIB)
-    sim._observer = Observers(Checker(sim.core), host)
+    checker = Checker(sim.core)
+    sim._observer, sim._unasked = Observers(checker, host), checker
     sim.run()
     assert host.peak <= host.total
     event(f"pins at the peak: {host.peak // (12 * GIB)}")
@@ -99,7 +100,8 @@ def test_pinned_models_are_never_victims(scenario: tuple[Config, list[Arrival], 
     config, arrivals, switch_secs = scenario
     sim = Simulation(config, arrivals, SwitchModel(switch_secs))
     pins = PinWatch({a for a, m in config.models.items() if m.pinned})
-    sim._observer = Observers(Checker(sim.core), pins)
+    checker = Checker(sim.core)
+    sim._observer, sim._unasked = Observers(checker, pins), checker
     sim.run()
     event(f"a pinned model served: {bool(pins.seen_ready)}")
 
@@ -118,7 +120,8 @@ def test_no_model_evicted_ahead_is_woken_within_its_round_trip(
     config = switching_config(policy, [0.9] * n, ["offload+keep_running"] * n)
     sim = Simulation(config, arrivals, SwitchModel(switch_secs))
     ahead = AheadWatch()
-    sim._observer = Observers(Checker(sim.core), ahead)
+    checker = Checker(sim.core)
+    sim._observer, sim._unasked = Observers(checker, ahead), checker
     sim.run()
     # With `--switch-cost`, a model's eviction and wake add up to exactly switch_secs.
     for model, at in ahead.ahead:

@@ -1,7 +1,9 @@
 """Drives the pure scheduler core synchronously, as the async runner does, for unit tests.
 
 `Driver` sends typed inputs at a settable `now`, records every command, and finishes
-operations on demand; `make_config` builds a small config on one fake 80 GiB GPU.
+operations on demand; with `standing` it keeps the runner's shelves, so a test can take a
+standing grant (`take`) and release quietly (`release_quietly`), both handed to the core
+with the next input. `make_config` builds a small config on one fake 80 GiB GPU.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from gpumux.scheduler.messages import (
     OpResult,
     Reject,
     StartOp,
+    Stock,
 )
 from gpumux.scheduler.state.core import SchedulerCore
 from gpumux.scheduler.state.slots import Slot
@@ -64,9 +67,13 @@ def make_config(util: float = 0.9, models: int = 2, **policy: Any) -> Config:
 class Driver:
     """Feeds the core and records commands, like the async runner does."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, *, standing: int = 0) -> None:
         self.config = config
-        self.core = SchedulerCore(config, make_policy(config.policy), {0: 80 * GIB})
+        policy = make_policy(config.policy)
+        self.core = SchedulerCore(config, policy, {0: 80 * GIB}, standing_grants=standing)
+        self.shelves: dict[str, list[Grant]] = {}
+        self._claims: list[tuple[int, float]] = []
+        self._releases: list[tuple[int, float]] = []
         self.now = 0.0
         self.ops: dict[int, StartOp] = {}
         self.granted: list[int] = []
@@ -76,10 +83,14 @@ class Driver:
         self._replies = 0
 
     def send(self, message: Input) -> list[Command]:
-        commands = self.core.handle(message, self.now)
+        claims, releases = self._claims, self._releases
+        self._claims, self._releases = [], []
+        commands = self.core.handle(message, self.now, claims=claims, releases=releases)
         for c in commands:
             self.log.append(c)
-            if isinstance(c, StartOp):
+            if isinstance(c, Stock):
+                c.onto(self.shelves)
+            elif isinstance(c, StartOp):
                 self.ops[c.op.op_id] = c
             elif isinstance(c, Grant):
                 self.granted.append(c.ticket)
@@ -93,6 +104,16 @@ class Driver:
 
     def release(self, ticket: int) -> None:
         self.send(Release(ticket))
+
+    def take(self, model: str) -> Grant:
+        """A request takes one of `model`'s standing grants now, as `acquire` does."""
+        grant = self.shelves[model].pop()
+        self._claims.append((grant.ticket, self.now))
+        return grant
+
+    def release_quietly(self, ticket: int) -> None:
+        """A release the core learns of with its next input, as the runner's lazy ones."""
+        self._releases.append((ticket, self.now))
 
     def cancel(self, ticket: int) -> None:
         self.send(Cancel(ticket))

@@ -9,6 +9,7 @@ Does not: assert a property itself (the tests in tests/sim do).
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from typing import Any
 
 from hypothesis import HealthCheck, settings
@@ -71,7 +72,12 @@ def make_config(
 
 
 class Checker:
-    """The observer: checks every step, and counts outcomes for the end of the run."""
+    """The observer: checks every step, and counts outcomes for the end of the run.
+
+    Also the run's `Unasked` observer: a request that takes a standing grant is granted
+    then, by the model as it stands (READY, the same process); its release may reach the
+    core later, with its next input. Both count under the request's own ticket.
+    """
 
     def __init__(self, core: SchedulerCore) -> None:
         self.states = {alias: slot.state for alias, slot in core.models.slots.items()}
@@ -79,13 +85,31 @@ class Checker:
         self.granted: set[int] = set()
         self.releases: Counter[int] = Counter()
         self.steps = 0
+        self.taken = 0
+        self._request_of: dict[int, int] = {}  # standing grant → the request that took it
+
+    def took(self, core: SchedulerCore, now: float, ticket: int, grant: Grant) -> None:
+        slot = core.models.slots[grant.model]
+        assert slot.state is ModelState.READY, (now, grant, slot.state)
+        assert not slot.queue, (now, grant)
+        assert self.states[grant.model] is ModelState.READY
+        assert grant.pid == slot.pid, (grant, slot.pid)
+        assert grant.port == slot.config.port, grant
+        self.outcomes[ticket] += 1
+        self.granted.add(ticket)
+        self._request_of[grant.ticket] = ticket
+        self.taken += 1
+
+    def handed(self, core: SchedulerCore, releases: Sequence[tuple[int, float]]) -> None:
+        for lease, _ in releases:
+            self.releases[self._request_of.get(lease, lease)] += 1
 
     def __call__(
         self, core: SchedulerCore, now: float, message: Input, commands: list[Command]
     ) -> None:
         self.steps += 1
         if isinstance(message, Release):
-            self.releases[message.ticket] += 1
+            self.releases[self._request_of.get(message.ticket, message.ticket)] += 1
         for command in commands:
             if isinstance(command, StateChanged):
                 assert self.states[command.model] is command.before
@@ -110,6 +134,7 @@ def run_checked(
     sim = Simulation(config, arrivals, SwitchModel(switch_secs), faults=faults)
     checker = Checker(sim.core)
     sim._observer = checker
+    sim._unasked = checker
     sim.run()
     return sim, checker, checker.releases
 

@@ -44,8 +44,9 @@ pytestmark = [pytest.mark.unit, pytest.mark.usefixtures(no_subprocess.__name__)]
 SETTLE_SECS = 2.0
 
 
-def make_config(**supervision: Any) -> Config:
-    """Two models that cannot be awake together (0.9 of one GPU each)."""
+def make_config(*, standing: int = 16, sync_ms: float = 20, **supervision: Any) -> Config:
+    """Two models that cannot be awake together (0.9 of one GPU each); `standing` grants
+    per ready model, reported within `sync_ms` (the daemon's defaults)."""
     return Config.model_validate(
         {
             "models": {
@@ -62,6 +63,8 @@ def make_config(**supervision: Any) -> Config:
                 "min_active_secs": 0,
                 "coalesce_window_ms": 0,
                 "min_quantum_ms": 0,
+                "standing_grants": standing,
+                "lease_sync_ms": sync_ms,
             },
             "gpu": {"probe": "fake", "fake_capacity_gib": [80]},
             "supervision": supervision,
@@ -77,9 +80,18 @@ class Harness:
         self.effects = RecordingEffects(self.clock)
         self.observer = RecordingObserver()
         # The one place that knows how the scheduler is assembled.
-        core = SchedulerCore(config, make_policy(config.policy), {0: 80 * GIB})
+        policy = config.policy
+        core = SchedulerCore(
+            config, make_policy(policy), {0: 80 * GIB}, standing_grants=policy.standing_grants
+        )
         orchestrator = Orchestrator(self.effects, self.clock)
-        self.scheduler = Scheduler(core, orchestrator, self.observer, self.clock)
+        self.scheduler = Scheduler(
+            core,
+            orchestrator,
+            self.observer,
+            self.clock,
+            lease_sync_secs=policy.lease_sync_ms / 1000,
+        )
 
     def state(self, model: str) -> ModelState | None:
         """The model's state as last reported (None: never changed)."""
@@ -123,9 +135,16 @@ async def until(h: Harness, condition: Callable[[], bool]) -> None:
         await h.observer.until(condition)
 
 
+def nudge(h: Harness) -> None:
+    """Send the scheduler an input that changes nothing (plenty of host memory): it hands
+    over what requests did unasked first, whatever its sync timer says."""
+    h.scheduler.report_host_memory(1024 * GIB)
+
+
 async def ready(h: Harness, model: str) -> None:
     """Bring `model` up with one request, and release that lease."""
     h.scheduler.release(await h.scheduler.acquire(model))
+    nudge(h)
     await until(h, lambda: h.inflight(model) == 0)
 
 
@@ -169,8 +188,12 @@ async def test_a_client_that_leaves_while_queued_holds_nothing_and_the_wake_goes
         h.scheduler.release(lease)
 
 
+#: The asking path: a ready model with grants standing would answer without asking.
+ASKING = make_config(standing=0)
+
+
 async def test_a_client_that_leaves_the_moment_it_is_granted_does_not_keep_the_lease() -> None:
-    async with running() as h:
+    async with running(ASKING) as h:
         await ready(h, "a")
         requester: asyncio.Task[Lease] | None = None
 
@@ -224,7 +247,7 @@ async def test_a_lease_released_twice_is_released_once() -> None:
 
 
 async def test_a_requester_cancelled_before_the_scheduler_saw_it_leaks_no_lease() -> None:
-    async with running() as h:
+    async with running(ASKING) as h:
         await ready(h, "a")
         holder = asyncio.Event()
         other = h.client("a", holder)
@@ -297,3 +320,88 @@ async def test_stopping_the_runner_cancels_the_operations_under_way() -> None:
     assert gate.cancelled  # the step itself saw the cancellation
     waiting.cancel()
     await asyncio.gather(waiting, return_exceptions=True)
+
+
+# ---- standing grants: what a request does without asking (state/standing.py) ----------
+
+#: Only other inputs tell the scheduler what requests did unasked: its timer is an hour.
+QUIET = make_config(sync_ms=3_600_000)
+
+
+async def test_a_request_to_a_ready_model_takes_a_standing_grant_without_asking() -> None:
+    async with running(QUIET) as h:
+        await ready(h, "a")
+        waits = len(h.observer.waits)
+        lease = await h.scheduler.acquire("a")
+        assert lease.ticket < 0  # one the scheduler granted ahead
+        assert (lease.model, lease.port) == ("a", 8100)
+        assert h.inflight("a") == 0  # the scheduler task has not run since
+        assert len(h.observer.waits) == waits
+        nudge(h)
+        await until(h, lambda: h.inflight("a") == 1)
+        assert h.observer.waits[-1].wait_secs == 0.0
+        h.scheduler.release(lease)
+
+
+async def test_the_scheduler_hears_of_a_taken_grant_within_the_sync_bound() -> None:
+    async with running() as h:  # 20 ms, the default
+        await ready(h, "a")
+        lease = await h.scheduler.acquire("a")
+        assert lease.ticket < 0
+        await until(h, lambda: h.inflight("a") == 1)  # with no other input at all
+        h.scheduler.release(lease)
+        await until(h, lambda: h.inflight("a") == 0)
+
+
+async def test_a_switch_waits_for_a_stream_on_a_standing_grant_and_its_release_is_prompt() -> None:
+    """The claim reaches the scheduler before the request for `b` does, so `a` drains
+    around the stream rather than being evicted under it; the stream's release, with a
+    drain waiting on it, wakes the scheduler at once (its timer here is an hour)."""
+    async with running(QUIET) as h:
+        await ready(h, "a")
+        leaving = asyncio.Event()
+        streaming = h.client("a", leaving)
+        await asyncio.sleep(0)  # it took a grant
+        wanting_b = asyncio.create_task(h.scheduler.acquire("b"))
+        await until(h, lambda: h.state("a") is ModelState.DRAINING)
+        assert h.inflight("a") == 1
+        assert h.effects.steps("a") == [Step.COLD_START]
+        late = asyncio.create_task(h.scheduler.acquire("a"))
+        await asyncio.sleep(0)
+        assert not late.done()  # the grants were withdrawn with the drain: it asks, and waits
+        late.cancel()
+        await asyncio.gather(late, return_exceptions=True)
+        leaving.set()
+        await streaming
+        lease = await asyncio.wait_for(wanting_b, SETTLE_SECS)
+        assert h.effects.steps("a") == [Step.COLD_START, Step.SLEEP_OFFLOAD]
+        h.scheduler.release(lease)
+
+
+async def test_shutdown_waits_for_a_lease_the_scheduler_has_not_heard_of() -> None:
+    async with running(QUIET) as h:
+        await ready(h, "a")
+        lease = await h.scheduler.acquire("a")
+        assert lease.ticket < 0
+        h.scheduler.begin_shutdown()
+        idle = asyncio.create_task(h.scheduler.wait_idle())
+        await until(h, lambda: h.inflight("a") == 1)  # BeginShutdown handed the claim over
+        assert not idle.done()
+        h.scheduler.release(lease)
+        await asyncio.wait_for(idle, SETTLE_SECS)
+        assert h.inflight("a") == 0
+
+
+async def test_settle_brings_the_view_up_to_date_with_what_requests_did_unasked() -> None:
+    """What the status page awaits: no lag of even the sync bound (an hour here)."""
+    async with running(QUIET) as h:
+        await ready(h, "a")
+        await h.scheduler.settle()  # nothing pending: returns at once
+        lease = await h.scheduler.acquire("a")
+        assert h.scheduler.view.models["a"].inflight == 0
+        await asyncio.wait_for(h.scheduler.settle(), SETTLE_SECS)
+        assert h.scheduler.view.models["a"].inflight == 1
+        h.scheduler.release(lease)  # quiet: nothing waits on it
+        assert h.scheduler.view.models["a"].inflight == 1
+        await asyncio.wait_for(h.scheduler.settle(), SETTLE_SECS)
+        assert h.scheduler.view.models["a"].inflight == 0

@@ -91,12 +91,14 @@ TERMINAL_REQUEST_STATES = {
     RequestState.REJECTED,
     RequestState.TIMED_OUT,
     RequestState.CANCELLED,
+    RequestState.WITHDRAWN,
 }
 
 
 @pytest.mark.parametrize("state", sorted(TERMINAL_REQUEST_STATES))
 def test_terminal_request_states_have_no_exits(state: RequestState) -> None:
-    """A request's outcome is final: nothing leaves released/rejected/timed_out/cancelled."""
+    """A request's outcome is final: nothing leaves released/rejected/timed_out/cancelled,
+    nor a standing grant once withdrawn."""
     assert REQUEST_TRANSITIONS[state] == frozenset()
 
 

@@ -166,9 +166,11 @@ class AdminApi:
         return web.json_response(openapi_document())
 
     async def _get_status(self, request: web.Request) -> web.Response:
+        await self._status.settle()
         return web.json_response(build_status(self._status), dumps=_dumps)
 
     async def _get_node(self, request: web.Request) -> web.Response:
+        await self._status.settle()
         return web.json_response(node_json(self._node_status()))
 
     async def _logs(self, request: web.Request) -> web.Response:

@@ -61,6 +61,7 @@ def build_admin(
     status = StatusSources(
         config=config,
         view=lambda: scheduler.view,
+        settle=scheduler.settle,
         observer=observer,
         metrics=metrics,
         resources=resources,

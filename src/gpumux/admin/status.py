@@ -12,7 +12,7 @@ act on it.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +21,10 @@ from gpumux.scheduler.view import ModelStatus, SchedulerView
 from gpumux.telemetry.metrics import Metrics
 from gpumux.telemetry.observer import DaemonObserver
 from gpumux.telemetry.resources import Resources
+
+
+async def _nothing_to_settle() -> None:
+    return None
 
 
 @dataclass(frozen=True)
@@ -38,6 +42,9 @@ class StatusSources:
     proxy_url: str
     #: The image catalog's view (images per model, S3 transfers); {} without checkpoints.
     images: Callable[[], Mapping[str, Any]] = dict
+    #: Brings `view` up to date with what requests did without asking the scheduler
+    #: (`Scheduler.settle`); awaited before a status is built.
+    settle: Callable[[], Awaitable[None]] = _nothing_to_settle
 
 
 def build_status(src: StatusSources) -> dict[str, object]:

@@ -274,6 +274,21 @@ class PolicyConfig(_Strict):
         description="Time constant of each model's decayed arrival-rate estimate (victim "
         "choice, eviction ahead of need, auto eviction): shorter follows drift faster.",
     )
+    standing_grants: int = Field(
+        default=64,
+        ge=0,
+        description="Leases the scheduler grants ahead to each ready model with room and "
+        "nothing queued, for its next requests to take without waiting on the scheduler "
+        "task (withdrawn in the same step as any decision that changes the model; 0: "
+        "every request asks).",
+    )
+    lease_sync_ms: float = Field(
+        default=20,
+        gt=0,
+        description="Longest a standing grant taken, or a lease released while nothing waits "
+        "on it, goes unseen by the scheduler when no other input wakes it (the status and "
+        "the in-flight gauge lag by at most this).",
+    )
 
 
 class ObjectStoreConfig(_Strict):

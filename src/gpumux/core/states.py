@@ -61,21 +61,27 @@ class RequestState(StrEnum):
     """A proxied request: exactly one terminal outcome."""
 
     QUEUED = "queued"
+    #: Granted ahead by the scheduler task to no request yet (a standing grant): the
+    #: first request for its model takes it without asking, or the task withdraws it.
+    STANDING = "standing"
     GRANTED = "granted"
     RELEASED = "released"  # terminal: served (or the client left mid-stream)
     REJECTED = "rejected"  # terminal: 429/503 before service
     TIMED_OUT = "timed_out"  # terminal: 504 queue_timeout
     CANCELLED = "cancelled"  # terminal: the client left while queued
+    WITHDRAWN = "withdrawn"  # terminal: a standing grant no request took
 
 
 R = RequestState
 REQUEST_TRANSITIONS: Mapping[RequestState, frozenset[RequestState]] = {
     R.QUEUED: frozenset({R.GRANTED, R.REJECTED, R.TIMED_OUT, R.CANCELLED}),
+    R.STANDING: frozenset({R.GRANTED, R.WITHDRAWN}),
     R.GRANTED: frozenset({R.RELEASED}),
     R.RELEASED: frozenset(),
     R.REJECTED: frozenset(),
     R.TIMED_OUT: frozenset(),
     R.CANCELLED: frozenset(),
+    R.WITHDRAWN: frozenset(),
 }
 
 

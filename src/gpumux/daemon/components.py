@@ -188,8 +188,20 @@ async def _build(
         on_exit=exits,
     )
     backends = parts.backends
-    core = SchedulerCore(config, make_policy(config.policy), capacity, initial_states=prebaked)
-    scheduler = Scheduler(core, Orchestrator(backends, loop.time), observer, loop.time)
+    core = SchedulerCore(
+        config,
+        make_policy(config.policy),
+        capacity,
+        initial_states=prebaked,
+        standing_grants=config.policy.standing_grants,
+    )
+    scheduler = Scheduler(
+        core,
+        Orchestrator(backends, loop.time),
+        observer,
+        loop.time,
+        lease_sync_secs=config.policy.lease_sync_ms / 1000,
+    )
     exits.connect(scheduler.process_exited)
     streaks = BackendStreaks(config.supervision.passive_5xx_threshold)
     adapter_loader = AdapterLoader(

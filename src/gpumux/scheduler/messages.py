@@ -1,9 +1,10 @@
 """The vocabulary between the scheduler core and whoever runs it: operations and commands.
 
 Owns: `Operation` (one evict or wake of one model, as a step sequence), `OpOutcome`
-(what the orchestrator reports back), the commands the core emits (grant, reject, start
-an operation, answer an admin command, and observations for metrics and logs), and the
-enums they carry (`Mode`, `AdminRefusal`). The inputs the core accepts are in `inputs`.
+(what the orchestrator reports back), the commands the core emits (grant, stock standing
+grants, reject, start an operation, answer an admin command, and observations for metrics
+and logs), and the enums they carry (`Mode`, `AdminRefusal`). The inputs the core
+accepts are in `inputs`.
 Does not: do anything, or know HTTP (`admin/` maps an `AdminRefusal` to a status code).
 Pure data shared by the core, the async runner and the simulator.
 """
@@ -64,6 +65,24 @@ class Grant:
     model: str
     pid: int | None = None
     port: int | None = None
+
+
+@dataclass(frozen=True)
+class Stock:
+    """`model`'s standing grants changed: `grants` join the shelf its requests take from,
+    after every grant already there is withdrawn when `replace` (the model stopped
+    qualifying, or its process changed). The runner carries it out in the same step."""
+
+    model: str
+    grants: tuple[Grant, ...]
+    replace: bool = False
+
+    def onto(self, shelves: dict[str, list[Grant]]) -> None:
+        """Carry this out on `shelves` (model → the grants requests may take)."""
+        shelf = shelves.setdefault(self.model, [])
+        if self.replace:
+            shelf.clear()
+        shelf.extend(self.grants)
 
 
 @dataclass(frozen=True)
@@ -153,6 +172,7 @@ class AdminReply:
 
 Command = (
     Grant
+    | Stock
     | Reject
     | StartOp
     | StateChanged

@@ -2,8 +2,11 @@
 
 Owns: the inbox every other component sends typed inputs to (`scheduler.inputs`), the
 futures that requests and admin commands await, the running operations, the timer that
-wakes the core at its next deadline, and the frozen `SchedulerView` of the state after
-its last step. It is the only task that calls the core, so the core's state has exactly
+wakes the core at its next deadline, the frozen `SchedulerView` of the state after
+its last step, and the shelves of standing grants the core stocks (`Stock`) with what
+requests did off them since its last step (grants taken, quiet releases), handed to the
+core with its next input, at most `lease_sync_secs` later (`state/standing.py` says why
+that is safe). It is the only task that calls the core, so the core's state has exactly
 one owner; everyone else reads `view`.
 Does not: decide anything (the core does) or perform steps (the orchestrator does).
 Observations (state changes, switches, waits) go to a `SchedulerObserver` — metrics and
@@ -13,6 +16,7 @@ logs in the daemon, statistics in tests.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -54,11 +58,15 @@ from gpumux.scheduler.messages import (
     Restarted,
     StartOp,
     StateChanged,
+    Stock,
     SwitchFinished,
 )
 from gpumux.scheduler.orchestrator import Orchestrator
 from gpumux.scheduler.state.core import SchedulerCore
 from gpumux.scheduler.view import SchedulerView
+
+#: The longest a status read waits for the owner to take in what requests did unasked.
+SETTLE_WAIT_SECS = 1.0
 
 
 class SchedulerObserver(Protocol):
@@ -91,6 +99,8 @@ class Scheduler:
         orchestrator: Orchestrator,
         observer: SchedulerObserver,
         clock: Callable[[], float],
+        *,
+        lease_sync_secs: float = 0.02,
     ) -> None:
         self._core = core
         self._orchestrator = orchestrator
@@ -108,6 +118,16 @@ class Scheduler:
         self._stopped = asyncio.Event()  # set when every tree is stopped during shutdown
         self._closed = False
         self._loop: asyncio.AbstractEventLoop | None = None  # the owner task's, once it runs
+        # Standing grants (`state/standing.py`): the shelves only the owner task stocks,
+        # and what requests did unasked since its last step (taken from a shelf, released
+        # while nothing waited), each `(ticket, when)`, handed to the core at its next step.
+        self._shelves: dict[str, list[Grant]] = {}
+        self._claims: list[tuple[int, float]] = []
+        self._releases: list[tuple[int, float]] = []
+        self._releases_can_wait = False
+        self._sync_secs = lease_sync_secs
+        self._sync_timer: asyncio.TimerHandle | None = None
+        self._settling: list[asyncio.Future[None]] = []  # `settle` callers, until a publish
 
     # ---- API for other components (they only send messages and read the view) ----------
 
@@ -123,10 +143,33 @@ class Scheduler:
             self._view = self._core.view()
         return self._view
 
+    async def settle(self) -> None:
+        """Return once the owner has taken in what requests did without asking it so far
+        (grants taken, quiet releases), so that `view` counts them: for status readers,
+        which would otherwise lag by up to `lease_sync_secs`. The owner steps on the next
+        turn of the loop; `SETTLE_WAIT_SECS` only bounds a read should it be gone."""
+        if not (self._claims or self._releases):
+            return
+        waiter: asyncio.Future[None] = self._running_loop().create_future()
+        self._settling.append(waiter)
+        self._inbox.put(Tick())
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(SETTLE_WAIT_SECS):
+                await waiter
+
     async def acquire(self, model: str) -> Lease:
         """Wait until `model` may serve one request. Raises a GpumuxError when it may not."""
         if self._closed:
             raise ShuttingDown("gpumux is shutting down", retry_after=5)
+        shelf = self._shelves.get(model)
+        if shelf:
+            # A grant the owner made ahead for this model, as it stands after its last
+            # step: what asking would get now. The owner learns of it within the bound.
+            grant = shelf.pop()
+            self._claims.append((grant.ticket, self._clock()))
+            self._idle.clear()  # a lease is held, whatever the last step published
+            self._sync_soon()
+            return Lease(grant.ticket, model, grant.pid, grant.port)
         ticket = next(self._tickets)
         future: asyncio.Future[Lease] = self._running_loop().create_future()
         self._waiters[ticket] = future
@@ -146,7 +189,18 @@ class Scheduler:
         return self._loop or asyncio.get_running_loop()
 
     def release(self, lease: Lease) -> None:
-        self._inbox.put(Release(lease.ticket))
+        if self._releases_can_wait:  # nothing waits for it: the owner learns of it soon
+            self._releases.append((lease.ticket, self._clock()))
+            self._sync_soon()
+        else:
+            self._inbox.put(Release(lease.ticket))
+
+    def _sync_soon(self) -> None:
+        """Make sure the owner steps within `lease_sync_secs` of what requests did
+        unasked, if nothing else wakes it first (one timer for all of it)."""
+        if self._sync_timer is None:
+            loop = self._running_loop()
+            self._sync_timer = loop.call_later(self._sync_secs, self._inbox.put, Tick())
 
     def process_exited(self, model: str, pid: int, code: int) -> None:
         self._inbox.put(ProcessExited(model, pid, code))
@@ -194,20 +248,35 @@ class Scheduler:
         try:
             while True:
                 message = await self._next_message()
-                self._execute(self._core.handle(message, self._clock()))
+                self._step(message)
                 # What other tasks sent meanwhile is handled in the same wake-up, one input
                 # after another (each with its own `now`, its commands carried out before
                 # the next), then published once: no task runs between them, so none could
                 # have read the states in between, and under load (a Submit and a Release
                 # per request) this saves a wake-up, a deadline timer and a publish each.
                 while not self._inbox.empty():
-                    self._execute(self._core.handle(self._inbox.take(), self._clock()))
+                    self._step(self._inbox.take())
                 self._publish()
         finally:
+            if self._sync_timer is not None:
+                self._sync_timer.cancel()
             for task in list(self._ops):
                 task.cancel()
             if self._ops:
                 await asyncio.gather(*self._ops, return_exceptions=True)
+
+    def _step(self, message: Input) -> None:
+        """One input to the core, with whatever requests did unasked before it; its
+        commands are carried out (a `Stock` included) before anything else can run."""
+        claims, releases = self._claims, self._releases
+        if claims or releases:
+            self._claims, self._releases = [], []
+            if self._sync_timer is not None:
+                self._sync_timer.cancel()
+                self._sync_timer = None
+        now = self._clock()
+        self._execute(self._core.handle(message, now, claims=claims, releases=releases))
+        self._releases_can_wait = self._core.releases_can_wait
 
     async def _next_message(self) -> Input:
         deadline = self._core.next_deadline()
@@ -221,6 +290,8 @@ class Scheduler:
             match command:
                 case Grant(ticket, model, pid, port):
                     self._resolve(ticket, Lease(ticket, model, pid, port))
+                case Stock():
+                    command.onto(self._shelves)
                 case Reject(ticket, error):
                     self._resolve(ticket, error)
                 case StartOp(op):
@@ -244,6 +315,10 @@ class Scheduler:
 
     def _publish(self) -> None:
         self._view = None  # the next reader gets the state this step left
+        settling, self._settling = self._settling, []
+        for waiter in settling:
+            if not waiter.done():
+                waiter.set_result(None)
         depths, inflight = self._core.load()
         self._observer.queues_changed(depths, inflight)
         if any(inflight.values()):

@@ -6,8 +6,12 @@ running operation, request completions, crashes, and the core's own deadlines), 
 out the core's commands the way the async runner does (a grant starts service on the
 simulated backend, `StartOp` runs the real orchestrator over `SimEffects` one step at a
 time, its intermediate states and outcome go back to the core, a finished request is
-released), and the run's records. Optional `Faults` make steps fail and processes crash,
-and an observer sees every input's commands (the property tests check invariants there).
+released), and the run's records. Like the runner, a request takes a standing grant off
+its model's shelf when there is one (`policy.standing_grants`), and a release nothing
+waits on is handed to the core with its next input, at most `policy.lease_sync_ms` later.
+Optional `Faults` make steps fail and processes crash; an observer sees every input's
+commands, and an `Unasked` observer every grant taken and release handed over that way
+(the property tests check invariants there).
 Does not: sleep, use asyncio, or decide anything; only the core, policy and orchestrator
 decide.
 """
@@ -19,6 +23,7 @@ import itertools
 from collections import deque
 from collections.abc import Callable, Sequence
 from functools import partial
+from typing import Protocol
 
 from gpumux.core.config import Config
 from gpumux.core.states import ModelState
@@ -34,7 +39,7 @@ from gpumux.scheduler.inputs import (
     Submit,
     Tick,
 )
-from gpumux.scheduler.messages import Command, Grant, OpOutcome, Reject, StartOp
+from gpumux.scheduler.messages import Command, Grant, OpOutcome, Reject, StartOp, Stock
 from gpumux.scheduler.orchestrator import Orchestrator
 from gpumux.scheduler.state.core import SchedulerCore
 from gpumux.simulate.backend import Fleet, work_of
@@ -50,6 +55,13 @@ Observer = Callable[[SchedulerCore, float, Input, list[Command]], None]
 Action = Callable[[float], None]
 
 
+class Unasked(Protocol):
+    """Sees what requests do without an input: take a standing grant, release quietly."""
+
+    def took(self, core: SchedulerCore, now: float, ticket: int, grant: Grant) -> None: ...
+    def handed(self, core: SchedulerCore, releases: Sequence[tuple[int, float]]) -> None: ...
+
+
 class Simulation:
     def __init__(
         self,
@@ -59,11 +71,18 @@ class Simulation:
         *,
         faults: Faults | None = None,
         observer: Observer | None = None,
+        unasked: Unasked | None = None,
     ) -> None:
         self.config = config
         policy = make_policy(config.policy)
         states = resting_states(config)
-        self.core = SchedulerCore(config, policy, capacity_bytes(config), initial_states=states)
+        self.core = SchedulerCore(
+            config,
+            policy,
+            capacity_bytes(config),
+            initial_states=states,
+            standing_grants=config.policy.standing_grants,
+        )
         self.record = RunRecord.for_config(config)
         self._arrivals = arrivals
         self._faults = faults or Faults()
@@ -71,6 +90,14 @@ class Simulation:
         self._effects = SimEffects(step_costs(costs, config), self._abort)
         self._orchestrator = Orchestrator(self._effects, lambda: self._now)
         self._observer = observer
+        self._unasked = unasked
+        # As the runner keeps them: shelves of standing grants, what requests did unasked
+        # since the core's last input (`(ticket, when)`), and which grant a request took.
+        self._shelves: dict[str, list[Grant]] = {}
+        self._claims: list[tuple[int, float]] = []
+        self._releases: list[tuple[int, float]] = []
+        self._took: dict[int, int] = {}
+        self._sync_secs = config.policy.lease_sync_ms / 1000
         self._fleet = Fleet({a: m.max_num_seqs for a, m in config.models.items()}, self.record.busy)
         self._switches = SwitchLog(self.record)
         self._events: list[tuple[float, int, bool, Action]] = []  # (when, seq, is_tick, do)
@@ -98,6 +125,8 @@ class Simulation:
                 # re-ask at the daemon's tick interval instead.
                 tick = self.config.policy.tick_interval_ms / 1000
                 self._tick_at(deadline if deadline > now else now + tick)
+        if self._claims or self._releases:  # the core learns the last of them too
+            self._send(now, Tick())
         self.record.end = max(now, max((a.t for a in self._arrivals), default=0.0))
         return self.record
 
@@ -120,6 +149,16 @@ class Simulation:
         self.record.requests[ticket] = RequestRecord(ticket, arrival.model, now, work)
         if arrival.cancel_after is not None:
             self._push(now + arrival.cancel_after, partial(self._cancel, ticket))
+        shelf = self._shelves.get(arrival.model)
+        if shelf:
+            grant = shelf.pop()
+            if self._unasked is not None:
+                self._unasked.took(self.core, now, ticket, grant)
+            self._took[ticket] = grant.ticket
+            self._claims.append((grant.ticket, now))
+            self._tick_at(now + self._sync_secs)
+            self._granted(ticket, grant.model, now)
+            return
         self._send(now, Submit(ticket, arrival.model))
 
     def _cancel(self, ticket: int, now: float) -> None:
@@ -161,7 +200,11 @@ class Simulation:
             return  # the loop below, further up the stack, will get to it
         while self._inputs:
             message = self._inputs[0]
-            commands = self.core.handle(message, now)
+            claims, releases = self._claims, self._releases
+            self._claims, self._releases = [], []
+            if self._unasked is not None and releases:
+                self._unasked.handed(self.core, releases)
+            commands = self.core.handle(message, now, claims=claims, releases=releases)
             if self._observer is not None:
                 self._observer(self.core, now, message, commands)
             for command in commands:
@@ -170,11 +213,9 @@ class Simulation:
 
     def _execute(self, command: Command, now: float) -> None:
         if isinstance(command, Grant):
-            request = self.record.requests[command.ticket]
-            request.outcome, request.decided_at = "granted", now
-            request.switch_secs = self._switches.allowance(command.model, request.arrived_at)
-            self._fleet.backends[command.model].add(command.ticket, request.work, now)
-            self._backend_changed(command.model, now)
+            self._granted(command.ticket, command.model, now)
+        elif isinstance(command, Stock):
+            command.onto(self._shelves)
         elif isinstance(command, Reject):
             request = self.record.requests[command.ticket]
             request.outcome, request.decided_at, request.finished_at = "rejected", now, now
@@ -183,6 +224,13 @@ class Simulation:
             self._start_op(command, now)
         else:
             self._switches.observe(command, now)
+
+    def _granted(self, ticket: int, model: str, now: float) -> None:
+        request = self.record.requests[ticket]
+        request.outcome, request.decided_at = "granted", now
+        request.switch_secs = self._switches.allowance(model, request.arrived_at)
+        self._fleet.backends[model].add(ticket, request.work, now)
+        self._backend_changed(model, now)
 
     def _start_op(self, command: StartOp, now: float) -> None:
         op = command.op
@@ -230,4 +278,9 @@ class Simulation:
             request = self.record.requests[ticket]
             request.finished_at, request.completed = now, completed
             self._pending -= 1
-            self._send(now, Release(ticket))
+            lease = self._took.pop(ticket, ticket)
+            if self.core.releases_can_wait:
+                self._releases.append((lease, now))
+                self._tick_at(now + self._sync_secs)
+            else:
+                self._send(now, Release(lease))

@@ -2,12 +2,13 @@
 
 Owns: the composition of the parts (each owns its own fields; see `design.md`), the
 dispatch of every input (`handle`), the inputs no single part owns (a finished
-operation, shutdown, reload, the refusals common to admin commands), and the reconcile
-pass after each input: walk retiring models, expire deadlines, grant ready queues, call
+operation, shutdown, the refusals common to admin commands), and the reconcile pass
+after each input: walk retiring models, expire deadlines, grant ready queues, call
 off needless switches, finish drains, relieve host pressure, then the warm-up pass, the
 operator's forced switch, or the policy's choices brought up through placement, then
-eviction ahead of need (`Ahead`). Also the next deadline and the frozen view the runner
-publishes (the policy's snapshot is `snapshot.py`'s).
+eviction ahead of need (`Ahead`), and last the standing grants (`standing`). Also the
+next deadline and the frozen view the runner publishes (the policy's snapshot is
+`snapshot.py`'s).
 Does not: await, perform I/O or read the clock. The async runner (`runner`) and the
 simulator (`simulate`) feed it inputs with `now` and execute its commands, so the same
 logic runs in real and virtual time. Not thread-safe by design: one task drives it.
@@ -15,9 +16,9 @@ logic runs in real and virtual time. Not thread-safe by design: one task drives 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
-from gpumux.core.config import GIB, Config, ModelConfig, WeightStrategy
+from gpumux.core.config import GIB, Config, WeightStrategy
 from gpumux.core.errors import ModelNotFound, ShuttingDown
 from gpumux.core.states import ModelState
 from gpumux.policy.base import Policy
@@ -59,9 +60,11 @@ from gpumux.scheduler.state.outbox import Outbox
 from gpumux.scheduler.state.preload import Preload
 from gpumux.scheduler.state.publish import publish
 from gpumux.scheduler.state.queues import Queues
+from gpumux.scheduler.state.reconfigure import Reconfigure, add_model
 from gpumux.scheduler.state.retirements import Retirements
 from gpumux.scheduler.state.slots import Slot
 from gpumux.scheduler.state.snapshot import policy_snapshot
+from gpumux.scheduler.state.standing import StandingGrants
 from gpumux.scheduler.state.supervisor import Supervisor
 from gpumux.scheduler.state.switches import SwitchBook
 from gpumux.scheduler.state.warmup import Warmup
@@ -79,16 +82,16 @@ class SchedulerCore:
         *,
         costs: SwitchCosts | None = None,
         initial_states: Mapping[str, tuple[ModelState, WeightStrategy | None]] | None = None,
+        standing_grants: int = 0,
     ) -> None:
         self._last_now = 0.0
-        self._config = config
         self._policy = policy
         self.costs = costs or SwitchCosts()
         self.shutting_down = False
         self._recheck_at: float | None = None
         self.models = Models(capacity, self.costs, config.policy)
         for alias, model in config.models.items():
-            self._add(alias, model, config)
+            add_model(self.models, alias, model, config)
         for alias, (state, weights) in (initial_states or {}).items():
             self.models.slots[alias].state = state
             self.models.slots[alias].evicted_weights = weights
@@ -108,13 +111,41 @@ class SchedulerCore:
         self.ahead = Ahead(self.models, self.moves, self.switches, config.policy)
         preload = (config.resolve_model(name) for name in config.preload)
         self.preload = Preload(self.models, self.moves, [a for a in preload if a is not None])
+        self.standing = StandingGrants(
+            self.models, self.queues, self.warmup, self.retirements, standing_grants
+        )
+        self.releases_can_wait = False  # the runner reads it per release: see `standing`
+        parts = (
+            self.retirements,
+            self.idle,
+            self.operator,
+            self.warmup,
+            self.switches,
+            self.host,
+            self.supervisor,
+        )
+        self.reconfigure = Reconfigure(config, self.models, self.queues, parts=parts)
 
-    def handle(self, message: Input, now: float) -> list[Command]:
-        """Apply one input, bring every decision up to date, return what to carry out."""
+    def handle(
+        self,
+        message: Input,
+        now: float,
+        *,
+        claims: Sequence[tuple[int, float]] = (),
+        releases: Sequence[tuple[int, float]] = (),
+    ) -> list[Command]:
+        """Apply one input, bring every decision up to date, return what to carry out.
+        `claims` (standing grants taken) and `releases` (leases released without waking
+        the runner), `(ticket, when)` in order, happened before `message`: applied first."""
         out = Outbox()
         self._last_now = now  # the view's judgments are as of the last input
+        for ticket, at in claims:
+            self.standing.claimed(ticket, at, out)
+        for ticket, at in releases:
+            self.queues.release(ticket, at)
         self._apply(message, now, out)
         self._reconcile(now, out)
+        self.releases_can_wait = self.standing.end_step(self.shutting_down, out)
         return out.take()
 
     def _apply(self, message: Input, now: float, out: Outbox) -> None:
@@ -208,7 +239,8 @@ class SchedulerCore:
         slots = self.models.slots
         match command:
             case Reload(config):
-                self._reload(config, reply, out)
+                refusal = SHUTTING_DOWN if self.shutting_down else None
+                self.reconfigure.reload(config, reply, out, refusal=refusal)
             case AdminMode(Mode.MANUAL, str() as model) if not self._in_force(model):
                 # Pinning a model on its way out would queue a switch for a slot about to go.
                 out.reply(reply, f"unknown model `{model}`", refusal=AdminRefusal.UNKNOWN_MODEL)
@@ -236,72 +268,17 @@ class SchedulerCore:
         """Configured and not on its way out of the config."""
         return model in self.models.slots and not self.retirements.removing(model)
 
-    # ---- config reload -----------------------------------------------------------------------
-
-    def _reload(self, config: Config, reply: int, out: Outbox) -> None:
-        """Add new models, drain and stop removed ones, restart changed ones with their new
-        config. Untouched models keep slot, queue and process."""
-        if self.shutting_down:
-            out.reply(reply, SHUTTING_DOWN, refusal=AdminRefusal.SHUTTING_DOWN)
-            return
-        slots = self.models.slots
-        diff = self.retirements.diff(config)
-        for alias in diff.changed + diff.retuned:
-            if slots[alias].config.pinned != config.models[alias].pinned:
-                self.models.hold(alias, on=config.models[alias].pinned)  # the file's word wins
-        self._config = config
-        self.idle.configure(config)
-        for alias in diff.added:
-            self._add(alias, config.models[alias], config)
-        for alias in diff.removed + diff.changed:
-            self._retire(slots[alias], config.models.get(alias), out)
-        for alias in diff.retuned:
-            slots[alias].config = config.models[alias]  # same process, new runtime fields
-        out.note("config_reloaded", diff.as_dict())
-        out.reply(reply, "config reloaded", data=diff.as_dict())
-
-    def _add(self, alias: str, model: ModelConfig, config: Config) -> None:
-        residual = int(config.gpu.sleeping_residual_gib * GIB)
-        eviction = config.eviction_for(alias)
-        self.models.add(alias, model, eviction, residual, auto=config.eviction_is_auto(alias))
-
-    def _retire(self, slot: Slot, new: ModelConfig | None, out: Outbox) -> None:
-        self.retirements.retire(slot, new)
-        if new is not None:
-            return  # a changed model keeps its queue: those requests wait for the restart
-        gone = f"The model `{slot.alias}` was removed from the config."
-        self.queues.reject_all(slot, lambda: ModelNotFound(gone), out)
-        self.operator.forget(slot.alias, out)
-        self.warmup.drop(slot.alias)
-
-    def _retired(self, alias: str, new: ModelConfig | None, out: Outbox) -> None:
-        """`alias` finished its way out: drop its slot, or re-create it with `new`."""
-        if new is None:
-            del self.models.slots[alias]
-            self.models.hold(alias, on=False)
-            self.switches.forget(alias)
-            self.host.forget(alias)
-            self.models.demand.forget(alias)
-            out.note("model_removed", {"model": alias})
-            return
-        slot = self.models.slots[alias]
-        slot.config = new
-        slot.eviction = self._config.eviction_for(alias)
-        slot.auto = self._config.eviction_is_auto(alias)
-        slot.evicted_weights = None
-        slot.evicted_with = None
-        self.supervisor.reset(slot, out)
-        out.note("model_reconfigured", {"model": alias})
-
     # ---- the reconcile pass ------------------------------------------------------------------
 
     def _reconcile(self, now: float, out: Outbox) -> None:
         for alias, new in self.retirements.pending():
             if self.retirements.advance(alias, now, out):
-                self._retired(alias, new, out)
+                self.reconfigure.retired(alias, new, out)
         slots = self.models.slots
         self.queues.expire(now, out)
         for slot in slots.values():
+            if slot.queue:  # grants standing for nobody must not take the room it needs
+                self.standing.make_room(slot, out)
             if slot.state is M.READY and slot.queue and not self.warmup.warming(slot.alias):
                 self.queues.grant_all(slot, now, out)
         self.moves.call_off_needless(self.operator.forcing, now, out)
