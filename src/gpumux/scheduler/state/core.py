@@ -136,7 +136,8 @@ class SchedulerCore:
     ) -> list[Command]:
         """Apply one input, bring every decision up to date, return what to carry out.
         `claims` (standing grants taken) and `releases` (leases released without waking
-        the runner), `(ticket, when)` in order, happened before `message`: applied first."""
+        the owner task), `(ticket, when)` in order, happened before `message`: applied
+        first."""
         out = Outbox()
         self._last_now = now  # the view's judgments are as of the last input
         for ticket, at in claims:
