@@ -45,11 +45,17 @@ class Queues:
         cap = slot.config.max_concurrency
         while slot.queue and (cap is None or len(slot.leases) < cap):
             entry = slot.queue.popleft()
-            self._set(entry, RequestState.GRANTED)
-            slot.leases.add(entry.ticket)
-            slot.last_used_at = now
+            self.lease(entry, slot, now)
             out.add(QueueWait(slot.alias, now - entry.enqueued_at))
             out.add(Grant(entry.ticket, slot.alias, slot.pid, slot.config.port))
+
+    def lease(self, entry: Ticket, slot: Slot, now: float) -> None:
+        """`entry` holds a lease on `slot` from `now` (granted from the queue, or a standing
+        grant a request took)."""
+        self._set(entry, RequestState.GRANTED)
+        self.tickets[entry.ticket] = entry
+        slot.leases.add(entry.ticket)
+        slot.last_used_at = now
 
     def release(self, ticket: int, now: float) -> None:
         entry = self.tickets.pop(ticket, None)

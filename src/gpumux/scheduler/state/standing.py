@@ -24,7 +24,6 @@ Pure.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
 
 from gpumux.core.states import REQUEST_TRANSITIONS, RequestState, transition
 from gpumux.scheduler.messages import Grant, QueueWait, Stock
@@ -76,13 +75,9 @@ class StandingGrants:
         else:
             return  # not a standing grant: nothing to count
         alias = entry.model
-        slot = self._models.slots[alias]
         self._taken[alias] = self._taken.get(alias, 0) + 1
-        entry.state = self._set(entry, RequestState.GRANTED)
         entry.enqueued_at = at
-        self._queues.tickets[ticket] = entry
-        slot.leases.add(ticket)
-        slot.last_used_at = at
+        self._queues.lease(entry, self._models.slots[alias], at)
         self._models.demand.arrived(alias, at)
         out.add(QueueWait(alias, 0.0))
 
@@ -90,7 +85,7 @@ class StandingGrants:
         """Restock every model as the step leaves things; whether a release may wait."""
         slots = self._models.slots.values()
         if self._per_model:
-            self._restock(lambda slot: not shutting_down and self._may_stand(slot), out)
+            self._restock(shutting_down, out)
         if shutting_down or self._retirements.pending():
             return False
         return not any(slot.queue or slot.state is M.DRAINING for slot in slots)
@@ -106,7 +101,7 @@ class StandingGrants:
             and not self._retirements.retiring(slot.alias)
         )
 
-    def _restock(self, may_stand: Callable[[Slot], bool], out: Outbox) -> None:
+    def _restock(self, shutting_down: bool, out: Outbox) -> None:
         """Bring every model's stock to what it may hold now: none, or up to `per_model`
         within `max_concurrency` (leases in flight count against it)."""
         slots = self._models.slots
@@ -114,7 +109,7 @@ class StandingGrants:
             self._withdraw(alias, out)  # a reload removed it
         for alias, slot in slots.items():
             stands = self._stands.get(alias)
-            if not may_stand(slot):
+            if shutting_down or not self._may_stand(slot):
                 if stands:
                     self._withdraw(alias, out)
                 continue
