@@ -55,6 +55,7 @@ from bench.common import (
     write_results,
 )
 from bench.proxy_overhead import CpuMeter
+from gpumux.telemetry.log_writer import ACCESS_FLUSH_SECS
 from tests.support.daemon import RunningDaemon, mock_model
 from tests.support.fleet import (
     STATS_SOCKET,
@@ -268,6 +269,7 @@ def bring_ups(nodes: dict[str, RunningDaemon]) -> Counter[str]:
 
 
 def served_by(nodes: dict[str, RunningDaemon]) -> dict[str, int]:
+    time.sleep(3 * ACCESS_FLUSH_SECS)  # access lines are written in batches
     return {
         name: sum(1 for e in d.log_events() if e.get("event") == "request_finished")
         for name, d in nodes.items()

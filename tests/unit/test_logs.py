@@ -92,6 +92,18 @@ def test_counts_under_sensitive_words_are_kept_but_text_is_not() -> None:
     assert redact(event="x", token=None)["token"] is None
 
 
+@pytest.mark.parametrize("gap", [" ", "\t", "\n", "\u00a0", "\u2003", " \t "])
+def test_a_credential_after_any_whitespace_is_masked(gap: str) -> None:
+    # Plain strings skip the regex only when they hold no whitespace at all.
+    assert redact(note=f"Bearer{gap}sk-abc")["note"] == f"Bearer {REDACTED}"
+    assert redact(note=f"basic{gap}dXNlcjpwYXNz")["note"] == f"basic {REDACTED}"
+
+
+def test_strings_without_whitespace_are_kept_as_they_are() -> None:
+    kept = ["0123abcd", "Bearer", "Bearer:sk-abc", "m\u00e9-7b", ""]
+    assert [redact(note=value)["note"] for value in kept] == kept
+
+
 def test_nested_values_and_bearer_strings_are_masked_without_mutating() -> None:
     body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True}
     headers = [("Authorization", "Bearer sk-abc"), {"X-Api-Key": "k"}]

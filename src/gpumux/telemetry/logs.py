@@ -6,7 +6,8 @@ ISO-8601 UTC, `level`, `event` and any contextvars bound with
 standard library's loggers (aiohttp, asyncio, botocore) through the same processors;
 `default_format()`; `redact_secrets`, the processor that masks secrets and prompt text;
 `EVENTS`, the catalogue of event names used across gpumux; and `log_hot`, the same JSON
-line for the one event logged per proxied request, without structlog's per-call work.
+line for the one event logged per proxied request, without structlog's per-call work, and
+written in batches (`log_writer`, which every line goes through).
 
 Does not: decide what to log (each owner logs its own events, named from `EVENTS`),
 re-emit backend output (the process adapter does, as `backend_output`), or rate-limit.
@@ -18,18 +19,20 @@ obtained earlier.
 
 from __future__ import annotations
 
-import datetime
 import functools
 import itertools
 import json
 import logging
 import re
 import sys
+import time
 from collections.abc import Mapping
 from typing import Final, Literal, Protocol
 
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
+
+from gpumux.telemetry.log_writer import LineWriter, install
 
 LogFormat = Literal["json", "console"]
 
@@ -184,7 +187,10 @@ def redact_secrets(_logger: WrappedLogger, _method: str, event_dict: EventDict) 
         # `_scrub`'s ABC checks (this runs for every line: one per proxied request).
         kind = type(value)
         if kind is str:
-            event_dict[key] = _BEARER.sub(_mask_credential, value)
+            # `_BEARER` needs whitespace: a printable string without a space has none
+            # (every other whitespace character is unprintable), as ids and names do.
+            if " " in value or not value.isprintable():
+                event_dict[key] = _BEARER.sub(_mask_credential, value)
         elif kind not in _PLAIN_TYPES:
             event_dict[key] = _scrub(value, 0)
     return event_dict
@@ -233,7 +239,8 @@ def configure_logging(fmt: LogFormat, level: str = "info") -> None:
         raise ValueError(f"unknown log format {fmt!r}")
 
     processors = [*shared, renderer]
-    writer = structlog.WriteLogger(sys.stderr)
+    writer = LineWriter(sys.stderr)
+    install(writer)  # the one before it writes what it holds
     factory = _SharedWriter(writer)
     structlog.configure(
         processors=processors,
@@ -247,7 +254,8 @@ def configure_logging(fmt: LogFormat, level: str = "info") -> None:
     global _HOT
     _HOT = _HotPath(processors, factory, writer, threshold) if fmt == "json" else None
 
-    handler = logging.StreamHandler(sys.stderr)
+    # The same writer, so the stdlib's lines keep their place among gpumux's own.
+    handler = logging.StreamHandler(writer)
     handler.set_name(_HANDLER_NAME)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
@@ -271,10 +279,10 @@ def configure_logging(fmt: LogFormat, level: str = "info") -> None:
 class _SharedWriter:
     """A logger factory that hands out the same writer every time."""
 
-    def __init__(self, writer: structlog.WriteLogger) -> None:
+    def __init__(self, writer: LineWriter) -> None:
         self._writer = writer
 
-    def __call__(self, *_args: object) -> structlog.WriteLogger:
+    def __call__(self, *_args: object) -> LineWriter:
         return self._writer
 
 
@@ -303,7 +311,7 @@ class _HotPath:
         self,
         processors: list[Processor],
         factory: _SharedWriter,
-        writer: structlog.WriteLogger,
+        writer: LineWriter,
         threshold: int,
     ) -> None:
         self.processors = processors
@@ -327,7 +335,6 @@ class _HotPath:
 
 
 _HOT: _HotPath | None = None
-_UTC: Final = datetime.UTC
 
 
 class _Logs(Protocol):
@@ -342,7 +349,8 @@ def log_hot(logger: _Logs, event: str, /, **fields: object) -> None:
 
     Under the JSON configuration of `configure_logging` the line is built here: the same
     dict in the same key order (fields, `event`, the bound context vars, `level`, `ts`),
-    the same redaction (`redact_secrets` itself), the same encoder and writer. What it
+    the same redaction (`redact_secrets` itself), the same encoder and writer, which holds
+    the line for its next batch (`LineWriter.hold`, at most `ACCESS_FLUSH_SECS`). What it
     skips is structlog's per-call work, most of the line's cost: a bound logger built for
     every call (loggers are not cached, see the module's docstring), the level method's
     indirection, and two processors that only act on keys this event never has. Under
@@ -363,7 +371,24 @@ def log_hot(logger: _Logs, event: str, /, **fields: object) -> None:
     # leaves as it is, and keys are added at the end in the chain's order all the same.
     redact_secrets(hot.writer, "info", line)
     line["level"] = "info"
-    line["ts"] = datetime.datetime.now(tz=_UTC).isoformat().replace("+00:00", "Z")
+    line["ts"] = utc_now_iso()
     rendered = hot.renderer(hot.writer, "info", line)
     assert isinstance(rendered, str)  # the JSON renderer over `_encode_json`
-    hot.writer.msg(rendered)
+    hot.writer.hold(rendered)  # written with the next batch (`log_writer`)
+
+
+#: The last second `utc_now_iso` formatted, and its text up to the seconds.
+_LAST_SECOND: tuple[int, str] = (-1, "")
+
+
+def utc_now_iso() -> str:
+    """Now, as the chain's `TimeStamper(fmt="iso", utc=True)` writes it
+    (`datetime.now(UTC).isoformat()` with `Z`: microseconds, left out when zero), with
+    the date and time of day formatted once a second instead of on every line."""
+    global _LAST_SECOND
+    second, micros = divmod(time.time_ns() // 1000, 1_000_000)
+    last, text = _LAST_SECOND
+    if second != last:
+        text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        _LAST_SECOND = (second, text)
+    return f"{text}.{micros:06d}Z" if micros else f"{text}Z"
