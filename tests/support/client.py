@@ -3,7 +3,8 @@
 Owns: `request`/`post` (one exchange over a fresh connection that returns whatever came
 back, with when each body chunk arrived), the chat-completion body most tests send,
 stdlib JSON GET/POST helpers, `http_status` (None when nothing answers), a raw socket
-that sends a request and leaves the reply unread, and the assertions on gpumux's
+that sends a request and leaves the reply unread, raw replies read off a socket
+(`parse_reply`, `exchange`), and the assertions on gpumux's
 OpenAI-shaped errors (a JSON body, or an error event that ends a stream).
 Does not: start anything (`tests.support.daemon` does) or use an HTTP library beyond
 the stdlib, so a failing test shows the bytes the daemon actually sent.
@@ -132,6 +133,72 @@ def open_stream(daemon: RunningDaemon, body: bytes, path: str = CHAT) -> socket.
         + body
     )
     return sock
+
+
+@dataclass
+class RawReply:
+    """One HTTP/1.1 reply as it came off a socket: the headers in the order sent."""
+
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes  # chunked framing removed
+    raw: bytes
+
+    def header(self, name: str) -> str | None:
+        return next((v for k, v in self.headers if k.lower() == name.lower()), None)
+
+
+def parse_reply(buffer: bytes) -> tuple[RawReply, bytes] | None:
+    """The first whole reply in `buffer` and the bytes after it; None while incomplete."""
+    end = buffer.find(b"\r\n\r\n")
+    if end < 0:
+        return None
+    lines = buffer[:end].decode("latin-1").split("\r\n")
+    status = int(lines[0].split(" ")[1])
+    headers = [(k, v.strip()) for k, _, v in (line.partition(":") for line in lines[1:])]
+    names = {k.lower(): v for k, v in headers}
+    at = end + 4
+    if "content-length" in names:
+        stop = at + int(names["content-length"])
+        if len(buffer) < stop:
+            return None
+        return RawReply(status, headers, buffer[at:stop], buffer[:stop]), buffer[stop:]
+    if names.get("transfer-encoding", "").lower() != "chunked":
+        return RawReply(status, headers, b"", buffer[:at]), buffer[at:]
+    body = b""
+    while True:
+        line_end = buffer.find(b"\r\n", at)
+        if line_end < 0:
+            return None
+        size, start = int(buffer[at:line_end], 16), line_end + 2
+        if len(buffer) < start + size + 2:
+            return None
+        if size == 0:
+            return RawReply(status, headers, body, buffer[: start + 2]), buffer[start + 2 :]
+        body += buffer[start : start + size]
+        at = start + size + 2
+
+
+def exchange(sock: socket.socket, data: bytes, timeout: float = HTTP_TIMEOUT_SECS) -> RawReply:
+    """Send `data` on `sock` and read one whole reply (nothing may follow it)."""
+    sock.settimeout(timeout)
+    sock.sendall(data)
+    buffer = b""
+    while (parsed := parse_reply(buffer)) is None:
+        piece = sock.recv(65536)
+        if not piece:
+            raise ConnectionError(f"closed mid-reply after {buffer[:200]!r}")
+        buffer += piece
+    reply, rest = parsed
+    assert rest == b"", rest[:200]
+    return reply
+
+
+def raw_post(path: str, body: bytes, *headers: str) -> bytes:
+    """A POST's bytes, in the plainest form: Host, Content-Type JSON, `headers`, length."""
+    head = [f"POST {path} HTTP/1.1", "Host: x", "Content-Type: application/json", *headers]
+    head.append(f"Content-Length: {len(body)}")
+    return ("\r\n".join(head) + "\r\n\r\n").encode() + body
 
 
 # ---- gpumux's OpenAI-shaped errors --------------------------------------------------------

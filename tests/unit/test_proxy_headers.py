@@ -7,7 +7,8 @@ import re
 
 from multidict import CIMultiDict
 
-from gpumux.http.proxy import _FreshIds, client_request_id, end_to_end_headers
+from gpumux.http.forward import end_to_end_headers
+from gpumux.http.request_ids import _FreshIds, client_request_id
 
 
 def test_a_request_id_in_another_letter_case_is_dropped_so_the_proxys_own_is_the_only_one() -> None:

@@ -52,6 +52,7 @@ from aiohttp.http_parser import RawRequestMessage
 from aiohttp.streams import StreamReader
 
 from gpumux.core.errors import openai_envelope
+from gpumux.http.fast_lane import FastFront, FastLane
 
 log = structlog.get_logger(__name__)
 
@@ -78,6 +79,8 @@ class BareHandler:
 
     handle: _Handler
     client_max_size: int
+    #: Serves a connection's plainest requests without aiohttp's server (`fast_lane`).
+    fast: FastFront | None = None
 
 
 async def listen(
@@ -92,6 +95,8 @@ async def listen(
     # handler_cancellation: a client that leaves cancels its handler, which closes the
     # upstream request so vLLM aborts it (aiohttp's default is False in production).
     runner: web.BaseRunner
+    fast = served.fast if isinstance(served, BareHandler) else None
+    max_body = served.client_max_size if isinstance(served, BareHandler) else 0
     if isinstance(served, BareHandler):
         server = web.Server(
             partial(_track_requests, handler=served.handle),  # sees the whole request
@@ -105,7 +110,7 @@ async def listen(
         served.middlewares.insert(0, web.middleware(_track_requests))
         runner = web.AppRunner(served, handler_cancellation=cancel_on_disconnect, **_HANDLER_ARGS)
     await runner.setup()
-    await HeadDeadlineSite(runner, host, port, header_timeout_secs).start()
+    await HeadDeadlineSite(runner, host, port, header_timeout_secs, fast, max_body).start()
     return runner
 
 
@@ -113,7 +118,7 @@ class HeadDeadline(asyncio.Protocol):
     """One connection: aiohttp's own handler inside, plus the request-head deadline."""
 
     def __init__(
-        self, inner: web.RequestHandler, timeout: float, loop: asyncio.AbstractEventLoop
+        self, inner: asyncio.Protocol, timeout: float, loop: asyncio.AbstractEventLoop
     ) -> None:
         self._inner = inner
         self._timeout = timeout
@@ -173,6 +178,11 @@ class HeadDeadline(asyncio.Protocol):
         self._active -= 1
         self._served += 1
 
+    def request_handed_back(self) -> None:
+        """The fast lane said a request's head was whole, then gave the request to aiohttp,
+        which says so again when it dispatches it."""
+        self._active -= 1
+
     # -- the deadline ---------------------------------------------------------------------
 
     def _head_started(self) -> None:
@@ -214,14 +224,34 @@ class HeadDeadline(asyncio.Protocol):
 class HeadDeadlineSite(web.BaseSite):
     """Like `web.TCPSite`, but every connection is wrapped in a `HeadDeadline`."""
 
-    __slots__ = ("_host", "_listening", "_owner", "_port", "_timeout")
+    __slots__ = (
+        "_fast",
+        "_host",
+        "_lanes",
+        "_listening",
+        "_max_body",
+        "_owner",
+        "_port",
+        "_timeout",
+    )
 
-    def __init__(self, runner: web.BaseRunner, host: str, port: int, timeout: float) -> None:
+    def __init__(
+        self,
+        runner: web.BaseRunner,
+        host: str,
+        port: int,
+        timeout: float,
+        fast: FastFront | None = None,
+        max_body: int = 0,
+    ) -> None:
         super().__init__(runner)
         self._owner = runner
         self._host = host
         self._port = port
         self._timeout = timeout
+        self._fast = fast
+        self._max_body = max_body  # the fast lane's: the proxy's `client_max_size`
+        self._lanes: set[FastLane] = set()  # connections the fast lane still serves
         self._listening: asyncio.Server | None = None
 
     @property
@@ -234,11 +264,19 @@ class HeadDeadlineSite(web.BaseSite):
         server = self._owner.server
         assert server is not None  # BaseSite refuses a runner that was not set up
 
-        def connection() -> HeadDeadline:
+        def handler() -> ParseRefusals:
             # What web.Server's own factory does, with a handler that answers parse errors.
-            return HeadDeadline(
-                ParseRefusals(server, loop=loop, **_HANDLER_ARGS), self._timeout, loop
-            )
+            return ParseRefusals(server, loop=loop, **_HANDLER_ARGS)
+
+        def connection() -> HeadDeadline:
+            fast = self._fast
+            if fast is None:
+                return HeadDeadline(handler(), self._timeout, loop)
+            lanes, max_body = self._lanes, self._max_body
+            lane = FastLane(fast, handler, max_body, IDLE_KEEPALIVE_SECS, lanes, loop)
+            guard = HeadDeadline(lane, self._timeout, loop)
+            lane.watched_by(guard)
+            return guard
 
         # backlog as web.TCPSite's default, so nothing but the wrapper changes.
         self._listening = await loop.create_server(connection, self._host, self._port, backlog=128)
@@ -246,6 +284,8 @@ class HeadDeadlineSite(web.BaseSite):
     async def stop(self) -> None:
         if self._listening is not None:
             self._listening.close()
+        for lane in list(self._lanes):  # aiohttp's server closes the connections it has
+            lane.close()
         await super().stop()
 
 

@@ -161,15 +161,9 @@ class Scheduler:
         """Wait until `model` may serve one request. Raises a GpumuxError when it may not."""
         if self._closed:
             raise ShuttingDown("gpumux is shutting down", retry_after=5)
-        shelf = self._shelves.get(model)
-        if shelf:
-            # A grant the owner made ahead for this model, as it stands after its last
-            # step: what asking would get now. The owner learns of it within the bound.
-            grant = shelf.pop()
-            self._claims.append((grant.ticket, self._clock()))
-            self._idle.clear()  # a lease is held, whatever the last step published
-            self._sync_soon()
-            return Lease(grant.ticket, model, grant.pid, grant.port)
+        lease = self.take_standing(model)
+        if lease is not None:
+            return lease
         ticket = next(self._tickets)
         future: asyncio.Future[Lease] = self._running_loop().create_future()
         self._waiters[ticket] = future
@@ -182,6 +176,19 @@ class Scheduler:
             raise
         finally:
             self._waiters.pop(ticket, None)
+
+    def take_standing(self, model: str) -> Lease | None:
+        """A lease on `model` now, without waiting, if the owner granted one ahead (a
+        standing grant: what asking would get now); else None, and nothing changed."""
+        shelf = self._shelves.get(model)
+        if not shelf or self._closed:
+            return None
+        # The owner learns of it within the bound, as of when it was taken.
+        grant = shelf.pop()
+        self._claims.append((grant.ticket, self._clock()))
+        self._idle.clear()  # a lease is held, whatever the last step published
+        self._sync_soon()
+        return Lease(grant.ticket, model, grant.pid, grant.port)
 
     def _running_loop(self) -> asyncio.AbstractEventLoop:
         """The owner task's loop once it runs: on Python 3.11 `get_running_loop()` is a
