@@ -17,9 +17,6 @@ Adapters are configured in gpumux's config (`models.<name>.adapters`).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 from gpumux.backends.adapters import AdapterApiError, AdapterLoader
 from gpumux.core.config import Config
 from gpumux.core.errors import AdapterLoadFailed, RouteNotFound
@@ -67,14 +64,27 @@ class AdapterGate:
                 param="model",
             ) from exc
 
-    @contextmanager
-    def counting(self, record: RequestRecord) -> Iterator[None]:
+    def counting(self, record: RequestRecord) -> _Counting:
         """Count a request for an adapter when it ends, with the status it ended with
         (wrap the request log's `tracking`, which sets that status)."""
-        try:
-            yield
-        finally:
-            if record.adapter is not None:
-                self._metrics.adapter_requests.labels(
-                    record.model, record.adapter, record.endpoint, str(record.status)
-                ).inc()
+        return _Counting(self._metrics, record)
+
+
+class _Counting:
+    """`AdapterGate.counting`'s block: a class, not a generator, as it runs per request."""
+
+    __slots__ = ("_metrics", "_record")
+
+    def __init__(self, metrics: Metrics, record: RequestRecord) -> None:
+        self._metrics = metrics
+        self._record = record
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc_info: object) -> None:
+        record = self._record
+        if record.adapter is not None:
+            self._metrics.adapter_requests.labels(
+                record.model, record.adapter, record.endpoint, str(record.status)
+            ).inc()
