@@ -1,7 +1,7 @@
 """How the daemon's HTTP listeners are built: an aiohttp app (admin, metrics) or one bare
-handler (the proxy: `BareHandler`, aiohttp's low-level server without an Application)
-bound to a TCP port whose connections must deliver each request head in time (the
-slowloris guard).
+handler (the proxy: `BareHandler`, aiohttp's low-level server without an Application,
+with the proxy's fast lane in front of it: `fast_lane`) bound to a TCP port whose
+connections must deliver each request head in time (the slowloris guard).
 
 Owns: the runner/site pair behind every listener (proxy, admin, metrics) and the
 per-connection request-head deadline, `header_timeout_secs`. A connection has that long
@@ -170,7 +170,8 @@ class HeadDeadline(asyncio.Protocol):
     # -- told by the middleware -----------------------------------------------------------
 
     def request_started(self) -> None:
-        """aiohttp dispatched a request: its head is complete, so the deadline is met."""
+        """aiohttp dispatched a request (or the fast lane read a whole head): its head is
+        complete, so the deadline is met."""
         self._active += 1
         self._head_since = None
 
