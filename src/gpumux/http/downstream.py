@@ -14,12 +14,11 @@ Does not: decide what to write (the proxy does), read requests, or own connectio
 from __future__ import annotations
 
 import asyncio
-import email.utils
-import time
 from http import HTTPStatus
 from typing import Final, Protocol
 
 from aiohttp import web
+from aiohttp.helpers import rfc822_formatted_time
 from aiohttp.http import SERVER_SOFTWARE
 
 #: Past this many bytes buffered for the client, a write waits for it to read.
@@ -157,9 +156,7 @@ class RawDownstream:
         assert isinstance(body, bytes)  # json_response's: its text, encoded
         headers = dict(response.headers)
         self.close_after = headers.get("Connection", "").lower() == "close"
-        self._status, self.ended = response.status, True
-        head = self._head_bytes(response.status, headers, f"{len(body)}", response.reason)
-        self._transport.write(head + body)
+        await self.whole(response.status, headers, body)
 
     async def begin(self, status: int, headers: dict[str, str]) -> None:
         self._status = status
@@ -191,10 +188,8 @@ class RawDownstream:
             await self._connection.drain()
 
     @staticmethod
-    def _head_bytes(
-        status: int, headers: dict[str, str], length: str | None, reason: str | None = None
-    ) -> bytes:
-        lines = [f"HTTP/1.1 {status} {reason or _REASONS.get(status, '')}\r\n"]
+    def _head_bytes(status: int, headers: dict[str, str], length: str | None) -> bytes:
+        lines = [f"HTTP/1.1 {status} {_REASONS.get(status, '')}\r\n"]
         lines += [f"{name}: {value}\r\n" for name, value in headers.items()]
         if status in _BODILESS:  # as aiohttp: neither a length nor chunks (RFC 9110 §8.6)
             pass
@@ -205,22 +200,8 @@ class RawDownstream:
         typed = any(name.lower() == "content-type" for name in headers)
         if not typed and length != "0" and status not in _BODILESS:
             lines.append("Content-Type: application/octet-stream\r\n")
-        lines.append(f"Date: {http_date()}\r\nServer: {SERVER_SOFTWARE}\r\n\r\n")
+        # The Date aiohttp writes, from the same once-a-second cache.
+        lines.append(f"Date: {rfc822_formatted_time()}\r\nServer: {SERVER_SOFTWARE}\r\n\r\n")
         # Header values came from the backend's head, decoded as surrogate escapes: they go
         # back out byte for byte, as aiohttp's writer sends them.
         return "".join(lines).encode("utf-8", "surrogateescape")
-
-
-#: The last second `http_date` formatted, and its text.
-_LAST_DATE: tuple[int, str] = (-1, "")
-
-
-def http_date() -> str:
-    """Now as an HTTP date (`Sat, 05 Dec 2026 11:00:00 GMT`), formatted once a second."""
-    global _LAST_DATE
-    second = int(time.time())
-    last, text = _LAST_DATE
-    if second != last:
-        text = email.utils.formatdate(second, usegmt=True)
-        _LAST_DATE = (second, text)
-    return text

@@ -99,7 +99,9 @@ class FastLane(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._guard: Guard | None = None
         self.peer: str | None = None
-        self._pending = bytearray()  # bytes not yet read: a request's start, or pipelined
+        # Bytes not yet read: a request's start, or pipelined. `bytes`, not a bytearray: the
+        # usual request arrives whole, and b"" + data is data itself, never a copy.
+        self._pending = b""
         self._head_told = False  # the guard heard that the pending request's head is whole
         self._task: asyncio.Task[None] | None = None
         self._writable: asyncio.Future[None] | None = None  # set while writing is paused
@@ -201,7 +203,7 @@ class FastLane(asyncio.Protocol):
 
     def _read_next(self) -> None:
         """Read the pending bytes while idle: serve, wait for more, or hand off."""
-        read = read_simple(bytes(self._pending), self._max_body)
+        read = read_simple(self._pending, self._max_body)
         if read.reading is Reading.PARTIAL:
             if read.head_complete and not self._head_told:
                 self._head_told = True  # a head, whole: the deadline is met
@@ -211,7 +213,7 @@ class FastLane(asyncio.Protocol):
         if read.request is not None:
             serving = self._front.admit(read.request)
             if serving is not None:
-                self._pending.clear()
+                self._pending = b""
                 self._serve(serving)
                 return
         self._hand_off()
@@ -281,8 +283,7 @@ class FastLane(asyncio.Protocol):
         handler.connection_made(self.transport)
         if self._writing_paused:
             handler.pause_writing()
-        data = bytes(self._pending)
-        self._pending.clear()
+        data, self._pending = self._pending, b""
         handler.data_received(data)
 
     # -- idle keep-alive ---------------------------------------------------------------------

@@ -52,7 +52,7 @@ _HOP_BY_HOP = frozenset(
         "host",
         "authorization",
         "x-api-key",  # gpumux's key as Anthropic clients send it: never forwarded
-        "expect",  # answered here (`_expect_continue`); the body goes upstream whole
+        "expect",  # answered by the proxy (`_expect_continue`); the body goes whole
         "date",
         "server",
     }
@@ -92,7 +92,7 @@ class Forward:
     record: RequestRecord
     shape: ErrorShape
     started: float  # when its handling began (monotonic): time to first token counts from it
-    stream: bool = False
+    stream: bool
 
     @property
     def path(self) -> str:

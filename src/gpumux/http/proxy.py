@@ -174,9 +174,13 @@ class Proxy:
         peeked = route.read(body, content_type)
         resolved = resolve(self._config, peeked.model)
         forward = self._forwarding(
-            request.raw_path, request.headers, request[_REQUEST_ID], request.remote, resolved
+            request.raw_path,
+            request.headers,
+            request[_REQUEST_ID],
+            request.remote,
+            resolved,
+            peeked.stream,
         )
-        forward.stream = peeked.stream
         if resolved.via_alias is not None:
             body = route.body.with_model(body, content_type, resolved.model)
         record = request[_RECORD] = forward.record
@@ -230,14 +234,11 @@ class Proxy:
     ) -> None:
         """What `_handle` and `_dispatch` do after the wait, for an admitted request."""
         headers = request.headers
+        request_id = client_request_id(headers.get(REQUEST_ID))
+        structlog.contextvars.bind_contextvars(request_id=request_id)  # `_handle` binds it there
         forward = self._forwarding(
-            request.path,
-            headers,
-            client_request_id(headers.get(REQUEST_ID)),
-            downstream.peer,
-            resolved,
+            request.path, headers, request_id, downstream.peer, resolved, stream
         )
-        forward.stream = stream
         body = request.body
         if resolved.via_alias is not None:
             body = JSON_BODY.with_model(body, headers.get("Content-Type", ""), resolved.model)
@@ -264,11 +265,13 @@ class Proxy:
         request_id: str,
         client: str | None,
         resolved: Resolved,
+        stream: bool,
     ) -> Forward:
-        """The request's record and what its forward needs; the ids bound for its logs."""
+        """The request's record and what its forward needs; its model (and alias, adapter)
+        bound for its logs beside the request id its lane bound."""
         path = raw_path.split("?", 1)[0]
         model = resolved.model
-        structlog.contextvars.bind_contextvars(request_id=request_id, model=model[:128])
+        structlog.contextvars.bind_contextvars(model=model[:128])
         if resolved.via_alias is not None:
             structlog.contextvars.bind_contextvars(alias=resolved.via_alias)
         if resolved.adapter is not None:
@@ -282,7 +285,8 @@ class Proxy:
             key_hash=key_hash(presented_authorization(path, headers)),
             adapter=resolved.adapter,
         )
-        return Forward(raw_path, headers, request_id, record, shape_for(path), time.monotonic())
+        shape = shape_for(path)
+        return Forward(raw_path, headers, request_id, record, shape, time.monotonic(), stream)
 
     async def _serve(
         self, lease: Lease, forward: Forward, body: bytes, downstream: Downstream
